@@ -1,0 +1,253 @@
+"""The command line: parse, call one function of the core, print. No business logic here.
+
+Every `HarnessError` becomes one line on stderr and exit code 2; `--json` puts machine-readable output
+on stdout and nothing else there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness import __version__
+from harness.errors import HarnessError
+
+app = typer.Typer(
+    name="harness",
+    help="A reproducible grading harness for courses that train small transformer language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="The course's fixed data: freeze it, look at it.", no_args_is_help=True)
+reference_app = typer.Typer(help="Train the reference models that anchor the grades.", no_args_is_help=True)
+report_app = typer.Typer(help="PDF reports.", no_args_is_help=True)
+course_app = typer.Typer(help="The course file: everything a grade depends on.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(reference_app, name="reference")
+app.add_typer(report_app, name="report")
+app.add_typer(course_app, name="course")
+
+out = Console(soft_wrap=True)
+if not out.is_terminal:  # pipes and CI logs: wide enough for every table
+    out.width = 160
+err = Console(stderr=True)
+
+CourseOpt = Annotated[Optional[Path], typer.Option("--course", help="course.toml (default: the packaged course).")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="wiki-vital, wikitext-2, wikitext-103 or a path.")]
+TokenizerOpt = Annotated[Optional[str], typer.Option("--tokenizer", help="gpt2, char[:FILE], a path or a HF name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"harness {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """harness: train reference models, recompute students' metrics, grade, report."""
+
+
+def _not_built(command: str, issue: int) -> None:
+    raise HarnessError("not-built", f"`harness {command}` is not built in harness {__version__} yet (tracked in issue {issue})")
+
+
+def _print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def _freeze(course: Optional[Path], data: Optional[str], tokenizer: Optional[str], out_dir: Optional[Path], quiet: bool):
+    from harness.course import load_course
+    from harness.data import freeze, load_source
+    from harness.progress import progress_bar
+
+    c = load_course(course)
+    source = load_source(data or c.data_source)
+    with progress_bar("tokenizing", enabled=not quiet) as update:
+        return freeze(source, tokenizer or c.clm.tokenizer, out_dir, progress=update)
+
+
+def _data_table(frozen) -> Table:
+    from harness.data import split_summary
+
+    m = frozen.manifest
+    table = Table(title=f"{m['source']['name']} · {m['tokenizer']['name']}", title_justify="left")
+    for col in ("split", "documents", "tokens", "stream tokens", "bytes", "words", "ids sha256"):
+        table.add_column(col, justify="left" if col in ("split", "ids sha256") else "right")
+    for row in split_summary(frozen):
+        table.add_row(row["split"], f"{row['documents']:,}", f"{row['tokens']:,}", f"{row['stream_tokens']:,}",
+                      f"{row['bytes']:,}", f"{row['words']:,}", row["ids_sha256"][:16])
+    return table
+
+
+def _print_data(frozen, action: str) -> None:
+    m = frozen.manifest
+    out.print(_data_table(frozen))
+    out.print("stream tokens: one end-of-text token before each document, as clm-v1 scores them")
+    out.print(f"source sha256     {m['source']['sha256']}")
+    out.print(f"tokenizer sha256  {m['tokenizer']['sha256']}")
+    out.print(f"manifest          {frozen.folder / 'manifest.json'} ({action})")
+    out.print(f"manifest sha256   {frozen.manifest_sha256}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    course: CourseOpt = None,
+    data: DataOpt = None,
+    tokenizer: TokenizerOpt = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the frozen data (default: the cache).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Freeze the course's fixed data: token streams per split and a manifest."""
+    frozen = _freeze(course, data, tokenizer, out_dir, as_json)
+    if as_json:
+        _print_json({"folder": str(frozen.folder), "manifest_sha256": frozen.manifest_sha256, "manifest": frozen.manifest})
+    else:
+        _print_data(frozen, "reused" if frozen.reused else "written")
+
+
+@data_app.command("show")
+def data_show(
+    course: CourseOpt = None,
+    data: DataOpt = None,
+    tokenizer: TokenizerOpt = None,
+    first: Annotated[int, typer.Option("--first", help="How many first ids per split --json shows.")] = 16,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a source holds: splits, documents, tokens, fingerprints."""
+    frozen = _freeze(course, data, tokenizer, None, as_json)
+    if as_json:
+        rows = []
+        for row in _split_rows(frozen):
+            row["first_ids"] = frozen.split(row["split"]).tokens[:first].tolist()
+            rows.append(row)
+        _print_json({"source": frozen.manifest["source"], "tokenizer": frozen.manifest["tokenizer"],
+                     "split_rule": frozen.manifest["split_rule"], "manifest_sha256": frozen.manifest_sha256,
+                     "splits": rows})
+    else:
+        _print_data(frozen, "reused" if frozen.reused else "written")
+        out.print(f"split rule        {frozen.manifest['split_rule']}")
+
+
+def _split_rows(frozen):
+    from harness.data import split_summary
+
+    return split_summary(frozen)
+
+
+# --- course --------------------------------------------------------------------------------------
+
+
+@course_app.command("init")
+def course_init(
+    path: Annotated[Path, typer.Argument(help="Where to write the course file.")] = Path("course.toml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write an editable copy of the default course."""
+    from harness.course import default_course_text
+    from harness.files import write_atomic
+
+    if path.exists() and not force:
+        raise HarnessError("exists", f"{path} already exists; pass --force to overwrite it")
+    write_atomic(path, default_course_text())
+    out.print(f"wrote {path}: edit it, then pass --course {path}")
+
+
+@course_app.command("show")
+def course_show(course: CourseOpt = None, as_json: JsonOpt = False) -> None:
+    """The course as parsed, and its fingerprint."""
+    from harness.course import load_course
+
+    c = load_course(course)
+    if as_json:
+        _print_json({"fingerprint": c.fingerprint, "origin": c.origin, "course": c.to_dict()})
+        return
+    out.print(f"[bold]{c.name}[/bold] ({c.origin})")
+    out.print(f"data       {c.data_source}, split {c.data_split}")
+    for fam, s in (("clm", c.clm), ("mlm", c.mlm)):
+        out.print(f"{fam}        {s.protocol}, tokenizer {s.tokenizer}, context {s.context}, "
+                  f"stride {s.stride or 'L'}, max tokens {s.max_tokens or 'all'}")
+    out.print(f"rubric     {len(c.rubric)} criteria, {c.max_points:g} points")
+    out.print(f"fingerprint {c.fingerprint}")
+
+
+# --- the jobs ------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo writes its reports.")] = Path("reports/demo"),
+    course: CourseOpt = None,
+) -> None:
+    """The whole job offline on the embedded default: data, reference, example class, grading, PDFs."""
+    frozen = _freeze(course, None, None, None, False)
+    _print_data(frozen, "reused" if frozen.reused else "written")
+    err.print("[yellow]the rest of the demo (reference training, example class, grading, PDFs) is not built yet "
+              "(issue 8); this run prepared and checked the course's data[/yellow]")
+
+
+@reference_app.command("train")
+def reference_train(family: Annotated[str, typer.Argument(help="gpt or mlm")],
+                    config: Annotated[Optional[Path], typer.Option("--config")] = None) -> None:
+    """Train a reference model (GPU when present, CPU otherwise)."""
+    _not_built("reference train", 4)
+
+
+@reference_app.command("sweep")
+def reference_sweep() -> None:
+    """Train a grid of reference runs."""
+    _not_built("reference sweep", 4)
+
+
+@app.command()
+def inspect(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint or a submission.")]) -> None:
+    """What was recognised: format, layout, family, architecture, parameters."""
+    _not_built("inspect", 5)
+
+
+@app.command("eval")
+def eval_(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder.")]) -> None:
+    """Recomputed metrics of one checkpoint on the fixed data."""
+    _not_built("eval", 3)
+
+
+@app.command()
+def check(submission: Annotated[Path, typer.Argument(help="Your submission folder or file.")]) -> None:
+    """A student's self-check: the grader's verdict for one submission."""
+    _not_built("check", 6)
+
+
+@app.command()
+def grade(directory: Annotated[Path, typer.Argument(help="The folder of submissions.")]) -> None:
+    """Grade a class: results.json, grades.csv, PDFs."""
+    _not_built("grade", 6)
+
+
+@report_app.command("compare")
+def report_compare(runs: Annotated[list[Path], typer.Argument(help="Runs or submissions.")]) -> None:
+    """Side-by-side comparison PDF of runs or submissions."""
+    _not_built("report compare", 7)
+
+
+def main() -> None:
+    try:
+        app()
+    except HarnessError as e:
+        err.print(f"[red]error:[/red] {e.message}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

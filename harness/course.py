@@ -1,0 +1,227 @@
+"""`course.toml`: everything a grade depends on, parsed into typed values and fingerprinted.
+
+Validation names the offending key and the values it allows. The fingerprint hashes the parsed course
+in canonical form, so comments and formatting do not change it but every value does.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.files import fingerprint
+
+PROTOCOLS = {"clm": ("clm-v1",), "mlm": ("mlm-v1",)}
+RUBRIC_KINDS = ("loads", "architecture", "perplexity", "validation", "claims", "causal")
+REQUIREMENT_KEYS = ("n_layers", "d_model", "n_heads", "context", "d_ff", "params")
+FAMILIES = ("gpt", "mlm")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    protocol: str
+    tokenizer: str
+    context: int
+    stride: int = 0  # clm only; 0 means stride = L
+    max_tokens: int = 0  # 0 means no cap
+    seed: int = 1234  # mlm only
+    pseudo_ppl_tokens: int = 0  # mlm only
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    val_loss_nats: float = 0.25
+    params_relative: float = 0.10
+    memorisation_ratio: float = 5.0
+    similar_weights: float = 0.999
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    kind: str
+    points: float
+    full_ratio: float = 1.10  # perplexity: full points up to this multiple of the reference's ppl
+
+
+@dataclass(frozen=True)
+class Course:
+    name: str
+    id: str
+    data_source: str
+    data_split: str
+    clm: EvalSettings
+    mlm: EvalSettings
+    requirements: dict[str, dict[str, tuple[float, float]]]
+    tolerances: Tolerances
+    references: dict[str, str]
+    rubric: tuple[Criterion, ...]
+    base_dir: Path = field(default=Path("."), compare=False)
+    origin: str = field(default="<packaged default>", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("base_dir")
+        d.pop("origin")
+        d["requirements"] = {f: {k: list(v) for k, v in r.items()} for f, r in self.requirements.items()}
+        d["rubric"] = [asdict(c) for c in self.rubric]
+        return d
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.to_dict())
+
+    @property
+    def max_points(self) -> float:
+        return sum(c.points for c in self.rubric)
+
+    def eval_settings(self, family: str) -> EvalSettings:
+        return self.clm if family == "gpt" else self.mlm
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+class _Reader:
+    """Reads one TOML table, remembering its dotted name for messages and refusing unknown keys."""
+
+    def __init__(self, where: str, table: Any, allowed: tuple[str, ...]):
+        if not isinstance(table, dict):
+            raise HarnessError("course-invalid", f"{where.rstrip('.')} must be a table")
+        where = f"{where}." if where else ""
+        unknown = sorted(set(table) - set(allowed))
+        if unknown:
+            raise HarnessError(
+                "course-invalid", f"{where}{unknown[0]} is not a course key; {f'[{where[:-1]}]' if where else 'the top level'} allows: "
+                f"{', '.join(allowed)}"
+            )
+        self.where, self.table = where, table
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., choices: tuple = ()) -> Any:
+        if key not in self.table:
+            if default is ...:
+                raise HarnessError("course-invalid", f"{self.where}{key} is missing")
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise HarnessError("course-invalid", f"{self.where}{key} must be {names}, not {value!r}")
+        if choices and value not in choices:
+            raise HarnessError(
+                "course-invalid", f"{self.where}{key} = {value!r} is not allowed; use one of: {', '.join(map(str, choices))}"
+            )
+        return value
+
+    def positive(self, key: str, default: Any = ..., zero_ok: bool = False) -> int:
+        value = self.get(key, int, default)
+        if value < 0 or value == 0 and not zero_ok:
+            raise HarnessError("course-invalid", f"{self.where}{key} must be {'≥ 0' if zero_ok else '> 0'}, not {value}")
+        return value
+
+
+def _eval(where: str, table: dict, family: str) -> EvalSettings:
+    r = _Reader(where, table, ("protocol", "tokenizer", "context", "stride", "max_tokens", "seed", "pseudo_ppl_tokens"))
+    settings = EvalSettings(
+        protocol=r.get("protocol", str, PROTOCOLS[family][0], choices=PROTOCOLS[family]),
+        tokenizer=r.get("tokenizer", str, "gpt2" if family == "clm" else "bert-base-uncased"),
+        context=r.positive("context", 64 if family == "clm" else 128),
+        stride=r.positive("stride", 0, zero_ok=True),
+        max_tokens=r.positive("max_tokens", 0, zero_ok=True),
+        seed=r.get("seed", int, 1234),
+        pseudo_ppl_tokens=r.positive("pseudo_ppl_tokens", 0, zero_ok=True),
+    )
+    if settings.stride > settings.context:
+        raise HarnessError("course-invalid", f"{where}.stride ({settings.stride}) must not exceed context ({settings.context})")
+    return settings
+
+
+def _requirements(table: dict) -> dict[str, dict[str, tuple[float, float]]]:
+    r = _Reader("requirements", table, FAMILIES)
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for family in FAMILIES:
+        fam = _Reader(f"requirements.{family}", r.get(family, dict, {}), REQUIREMENT_KEYS)
+        out[family] = {}
+        for key in REQUIREMENT_KEYS:
+            if key in fam.table:
+                value = fam.get(key, list)
+                if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) \
+                        or value[0] > value[1]:
+                    raise HarnessError(
+                        "course-invalid", f"requirements.{family}.{key} must be [min, max] with min <= max, not {value!r}"
+                    )
+                out[family][key] = (value[0], value[1])
+    return out
+
+
+def _rubric(items: Any) -> tuple[Criterion, ...]:
+    if not isinstance(items, list) or not items:
+        raise HarnessError("course-invalid", "rubric must be a non-empty list of [[rubric]] tables")
+    criteria = []
+    for i, item in enumerate(items):
+        r = _Reader(f"rubric[{i}]", item, ("name", "kind", "points", "full_ratio"))
+        points = r.get("points", (int, float))
+        if points < 0:
+            raise HarnessError("course-invalid", f"rubric[{i}].points must be ≥ 0, not {points}")
+        ratio = r.get("full_ratio", (int, float), 1.10)
+        if ratio < 1:
+            raise HarnessError("course-invalid", f"rubric[{i}].full_ratio must be ≥ 1, not {ratio}")
+        criteria.append(Criterion(r.get("name", str), r.get("kind", str, choices=RUBRIC_KINDS), float(points), float(ratio)))
+    names = [c.name for c in criteria]
+    if len(set(names)) != len(names):
+        raise HarnessError("course-invalid", "rubric criteria must have distinct names")
+    return tuple(criteria)
+
+
+def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<string>") -> Course:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise HarnessError("course-invalid", f"{origin} is not valid TOML ({e})") from None
+    top = _Reader("", raw, ("course", "data", "eval", "requirements", "tolerances", "reference", "rubric"))
+    course = _Reader("course", top.get("course", dict, {}), ("name", "id"))
+    data = _Reader("data", top.get("data", dict, {}), ("source", "split"))
+    ev = _Reader("eval", top.get("eval", dict, {}), ("clm", "mlm"))
+    tol = _Reader("tolerances", top.get("tolerances", dict, {}), tuple(Tolerances.__dataclass_fields__))
+    ref = _Reader("reference", top.get("reference", dict, {}), FAMILIES)
+    tolerances = Tolerances(**{k: float(tol.get(k, (int, float))) for k in tol.table})
+    for k, v in asdict(tolerances).items():
+        if v <= 0:
+            raise HarnessError("course-invalid", f"tolerances.{k} must be > 0, not {v}")
+    return Course(
+        name=course.get("name", str, "Untitled course"),
+        id=course.get("id", str, "course"),
+        data_source=data.get("source", str, "wiki-vital"),
+        data_split=data.get("split", str, "validation", choices=("train", "validation", "test")),
+        clm=_eval("eval.clm", ev.get("clm", dict, {}), "clm"),
+        mlm=_eval("eval.mlm", ev.get("mlm", dict, {}), "mlm"),
+        requirements=_requirements(top.get("requirements", dict, {})),
+        tolerances=tolerances,
+        references={f: ref.get(f, str, f"reference_model/{f}") for f in FAMILIES},
+        rubric=_rubric(top.get("rubric", list)),
+        base_dir=base_dir,
+        origin=origin,
+    )
+
+
+def default_course_text() -> str:
+    return importlib.resources.files("harness").joinpath("resources/course.toml").read_text(encoding="utf-8")
+
+
+def load_course(path: str | Path | None = None) -> Course:
+    """The course at `path`, or the packaged default (whose relative paths start in the current folder)."""
+    if path is None:
+        return parse_course(default_course_text(), base_dir=Path.cwd(), origin="<packaged default>")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise HarnessError("course-missing", f"course file {path} does not exist; `harness course init` writes one")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HarnessError("course-invalid", f"{path} is not UTF-8 text") from None
+    return parse_course(text, base_dir=path.resolve().parent, origin=str(path))

@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from conftest import assert_one_line_error
+from harness import __version__
+
+
+def test_version_and_help(run_cli):
+    assert run_cli("--version", check=0).stdout.strip() == f"harness {__version__}"
+    help_text = run_cli("--help", check=0).stdout
+    for command in ("demo", "data", "reference", "inspect", "eval", "check", "grade", "report", "course"):
+        assert command in help_text
+
+
+def test_data_show_json_is_machine_readable(run_cli):
+    proc = run_cli("data", "show", "--json", "--first", "4", check=0)
+    value = json.loads(proc.stdout)  # stdout holds the JSON and nothing else
+    splits = {s["split"]: s for s in value["splits"]}
+    assert splits["validation"]["stream_tokens"] == 53796
+    assert len(splits["train"]["first_ids"]) == 4
+    assert value["source"]["sha256"] == "05ed445d555bcced1b3a3a42fecbed2ce426c1034429eb15ed043b166966b052"
+    assert len(value["manifest_sha256"]) == 64
+
+
+def test_course_show_json(run_cli):
+    value = json.loads(run_cli("course", "show", "--json", check=0).stdout)
+    assert value["course"]["clm"]["context"] == 64 and len(value["fingerprint"]) == 64
+
+
+@pytest.mark.parametrize("args", [["grade", "x"], ["reference", "sweep"], ["report", "compare", "a"]])
+def test_commands_not_built_yet_say_so_in_one_line(run_cli, args):
+    assert_one_line_error(run_cli(*args), "not built")
+
+
+def test_the_demo_prints_the_split_sizes_and_the_manifest_fingerprint(run_cli, tmp_path):
+    proc = run_cli("demo", "--out", tmp_path / "demo", check=0)
+    for number in ("937,022", "53,796", "48,987", "manifest sha256"):
+        assert number in proc.stdout
