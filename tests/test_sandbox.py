@@ -1,0 +1,79 @@
+"""Students' model code runs in a sandbox: same logits as in-process, and hostile code fails alone."""
+
+import textwrap
+
+import pytest
+import torch
+
+from harness.errors import HarnessError
+from harness.sandbox import SandboxedModel, SandboxLimits
+
+MODEL_PY = '''
+import torch, torch.nn as nn
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab_size=50, d=16, block_size=8):
+        super().__init__()
+        self.block_size = block_size
+        self.tok = nn.Embedding(vocab_size, d)
+        self.pos = nn.Embedding(block_size, d)
+        self.head = nn.Linear(d, vocab_size)
+
+    def forward(self, idx):
+        print("forward called")  # students print; the frames must not care
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        x = torch.cumsum(x, dim=1) / torch.arange(1, idx.shape[1] + 1)[None, :, None]
+        return self.head(x), None
+'''
+
+
+def _submission(tmp_path, extra=""):
+    (tmp_path / "model.py").write_text(MODEL_PY + textwrap.dedent(extra))
+    ns: dict = {}
+    exec(MODEL_PY, ns)
+    torch.manual_seed(0)
+    model = ns["TinyLM"](vocab_size=50, d=16, block_size=8).eval()
+    return model, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_sandboxed_logits_equal_in_process_logits(tmp_path):
+    model, sd = _submission(tmp_path)
+    ids = torch.randint(0, 50, (3, 8))
+    with SandboxedModel(tmp_path, "model.py:TinyLM", sd, kwargs={"vocab_size": 50, "d": 16, "block_size": 8,
+                                                                  "ignored": 1}, max_positions=8) as sm:
+        got = sm.logits(ids)
+        assert sm.n_outputs == 50
+    assert torch.equal(got, model(ids)[0].detach())
+
+
+HOSTILE = {
+    "crash": ("class Crash(TinyLM):\n    def forward(self, idx):\n        raise RuntimeError('boom')\n",
+              "Crash", "RuntimeError: boom"),
+    "loop": ("class Loop(TinyLM):\n    def forward(self, idx):\n        while True: pass\n", "Loop", "took longer than"),
+    "network": ("import socket\nclass Net(TinyLM):\n    def forward(self, idx):\n"
+                "        socket.create_connection(('127.0.0.1', 9))\n", "Net", "network access is disabled"),
+    "writes": ("class Writes(TinyLM):\n    def forward(self, idx):\n        open('model.py', 'a').write('#')\n",
+               "Writes", "Permission denied"),
+    "memory": ("class Hog(TinyLM):\n    def forward(self, idx):\n        x = bytearray(64 * 2**30)\n", "Hog", "memory"),
+    "exit": ("import os\nclass Exit(TinyLM):\n    def forward(self, idx):\n        os._exit(3)\n", "Exit", "exit code 3"),
+    "missing": ("", "NoSuchClass", "defines no NoSuchClass"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_model_code_fails_alone_with_a_clear_message(tmp_path, case):
+    extra, cls, fragment = HOSTILE[case]
+    _, sd = _submission(tmp_path, extra)
+    limits = SandboxLimits(call_seconds=5, start_seconds=60)
+    with pytest.raises(HarnessError) as e:
+        with SandboxedModel(tmp_path, f"model.py:{cls}", sd, kwargs={"vocab_size": 50, "d": 16, "block_size": 8},
+                            limits=limits) as sm:
+            sm.logits(torch.zeros(1, 4, dtype=torch.long))
+    assert e.value.code == "model-code-failed" and fragment in e.value.message, e.value.message
+    assert not (tmp_path / "model.py").read_text().endswith("#")  # the submission itself was never touched
+
+
+def test_model_code_outside_the_submission_is_refused(tmp_path):
+    _, sd = _submission(tmp_path)
+    with pytest.raises(HarnessError, match="not in the submission"):
+        SandboxedModel(tmp_path, "../model.py:TinyLM", sd)
