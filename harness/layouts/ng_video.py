@@ -1,0 +1,87 @@
+"""The GPT of Karpathy's "Let's build GPT" lecture (karpathy/ng-video-lecture `gpt.py`), much copied.
+
+`token_embedding_table`, `position_embedding_table`, `blocks.{i}.sa.heads.{h}.(key|query|value)` (one
+module per head, no biases, a `tril` mask buffer each), `blocks.{i}.sa.proj`, `blocks.{i}.ffwd.net.0/2`,
+`blocks.{i}.ln1/ln2`, `ln_f`, `lm_head` (with a bias). The number of heads is in the weights.
+
+The code fixes pre-LN, ReLU, eps 1e-5 and the causal mask. The lecture's first version scaled the
+scores by 1 / sqrt(n_embd) instead of 1 / sqrt(head_size) (fixed later): the weights cannot tell
+which; a d_model scale is folded into the query weights.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from ._shared import count_params, finish_gpt, layer_indices
+
+NAME = "ng-video-lecture"
+FAMILY = "gpt"
+DESCRIPTION = "the lecture GPT (token_embedding_table, blocks.*.sa.heads.*.query, ffwd.net, lm_head)"
+
+_HEAD_Q = re.compile(r"^blocks\.(\d+)\.sa\.heads\.(\d+)\.query\.weight$")
+
+
+def recognise(tensors) -> bool:
+    return "token_embedding_table.weight" in tensors and any(_HEAD_Q.match(k) for k in tensors)
+
+
+def _n_heads(tensors) -> int:
+    return layer_indices(tensors, r"^blocks\.0\.sa\.heads\.(\d+)\.query\.weight$")
+
+
+def convert(tensors, hints):
+    notes: list[str] = []
+    n_layers = layer_indices(tensors, r"^blocks\.(\d+)\.")
+    n_heads = _n_heads(tensors)
+    wte = tensors["token_embedding_table.weight"]
+    q_scale = 1.0 / math.sqrt(n_heads) if hints.get("attn_scale") == "d_model" else 1.0
+    sd = {"transformer.wte.weight": wte}
+    used = {"token_embedding_table.weight"}
+    for name, ours in (("position_embedding_table.weight", "transformer.wpe.weight"),
+                       ("ln_f.weight", "transformer.ln_f.weight"), ("ln_f.bias", "transformer.ln_f.bias"),
+                       ("lm_head.weight", "lm_head.weight"), ("lm_head.bias", "lm_head.bias")):
+        if name in tensors:
+            sd[ours] = tensors[name]
+            used.add(name)
+    masks = [k for k in tensors if k.endswith(".tril")]
+    used |= set(masks)
+    for i in range(n_layers):
+        b, p = f"blocks.{i}.", f"transformer.h.{i}."
+        qkv = []
+        for part in ("query", "key", "value"):
+            keys = [f"{b}sa.heads.{h}.{part}.weight" for h in range(n_heads)]
+            w = torch.cat([tensors[k] for k in keys], dim=0)
+            qkv.append(w * q_scale if part == "query" and q_scale != 1.0 else w)
+            used |= set(keys)
+        sd[p + "attn.c_attn.weight"] = torch.cat(qkv, dim=0)
+        for theirs, ours in (("sa.proj", "attn.c_proj"), ("ffwd.net.0", "mlp.c_fc"), ("ffwd.net.2", "mlp.c_proj"),
+                             ("ln1", "ln_1"), ("ln2", "ln_2")):
+            for part in ("weight", "bias"):
+                if f"{b}{theirs}.{part}" in tensors:
+                    sd[f"{p}{ours}.{part}"] = tensors[f"{b}{theirs}.{part}"]
+                    used.add(f"{b}{theirs}.{part}")
+    strays = sorted(set(tensors) - used)
+    if strays:
+        raise ValueError(f"keys with no place in the model: {', '.join(strays[:8])}")
+    if masks:
+        notes.append(f"{len(masks)} tril mask buffer(s) ignored")
+    if q_scale != 1.0:
+        notes.append("scores scaled by 1/sqrt(n_embd): folded into the query weights")
+    fields = finish_gpt(sd, notes)
+    fields["n_heads"] = n_heads
+    return fields, sd, {"params": count_params(tensors, masks), "notes": notes}
+
+
+def cannot_tell(tensors, fields):
+    return {
+        "norm": ["pre"],
+        "activation": ["relu"],
+        "ln_eps": [1e-5],
+        "causal": [True],
+        "embed_scale": [1.0],
+        "attn_scale": ["head_dim", "d_model"],
+    }
