@@ -213,27 +213,181 @@ def reference_sweep() -> None:
 
 
 @app.command()
-def inspect(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint or a submission.")]) -> None:
+def inspect(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or folder, or a submission.")],
+    as_json: JsonOpt = False,
+) -> None:
     """What was recognised: format, layout, family, architecture, parameters."""
-    _not_built("inspect", 5)
+    from harness.measure import inspect_checkpoint
+
+    info = inspect_checkpoint(checkpoint)
+    if as_json:
+        _print_json(info)
+        return
+    layout = info.get("layout", {})
+    out.print(f"[bold]{checkpoint}[/bold]  {info['format']}, {info['tensors']} tensors, sha256 {info['sha256'][:16]}")
+    if "architecture" in layout:
+        out.print(f"layout {layout['layout']} · family {layout['family']} · {layout['params']:,} parameters"
+                  f"{' (tied head counted once)' if layout['tied'] else ''} · {layout['n_outputs']:,} outputs")
+        table = Table("value", "", "source")
+        for name, v in layout["architecture"].items():
+            table.add_row(name, str(v["value"]), v["source"])
+        out.print(table)
+        for fact in layout["facts"]:
+            out.print(f"  note: {fact}")
+    else:
+        out.print(f"custom model code {layout.get('code')}: run only in the sandbox when graded")
+    for w in info["reader_warnings"] + layout.get("warnings", []) + info.get("submission", {}).get("warnings", []):
+        out.print(f"[yellow]warning:[/yellow] {w}")
+    if info["refused_globals"]:
+        out.print(f"read through inert stubs (never imported): {', '.join(info['refused_globals'])}")
+    if info["nonfinite"]:
+        out.print(f"[red]non-finite weights:[/red] {', '.join(info['nonfinite'][:5])}")
 
 
 @app.command("eval")
-def eval_(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder.")]) -> None:
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or folder (canonical, Hugging Face, ...).")],
+    course: CourseOpt = None,
+    data: DataOpt = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="train, validation or test.")] = None,
+    tokenizer: TokenizerOpt = None,
+    context: Annotated[Optional[int], typer.Option("--context", min=1)] = None,
+    stride: Annotated[Optional[int], typer.Option("--stride", min=1)] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 (default: CUDA if present).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Recomputed metrics of one checkpoint on the fixed data."""
-    _not_built("eval", 3)
+    from harness.measure import eval_checkpoint
+    from harness.progress import progress_bar
+
+    with progress_bar("evaluating (targets)", enabled=not as_json) as update:
+        result = eval_checkpoint(checkpoint, course_path=course, data=data, split=split, tokenizer=tokenizer,
+                                 context=context, stride=stride, max_tokens=max_tokens, device=device, progress=update)
+    if as_json:
+        _print_json(result)
+        return
+    m = result["metrics"]
+    table = Table("metric", "value", title=f"{checkpoint} · {m['protocol']} on {result['data']['source']} "
+                  f"{result['data']['split']}", title_justify="left")
+    table.columns[1].justify = "right"
+    rows = [("loss (nats)", f"{m['loss']:.4f}"), ("perplexity", f"{m['ppl']:,.2f}")]
+    if "accuracy" in m:
+        rows.append(("accuracy", f"{m['accuracy']:.4f}"))
+    for key, label in (("bits_per_byte", "bits per byte"), ("word_ppl", "word perplexity")):
+        if m.get(key) is not None:
+            rows.append((label, f"{m[key]:,.4f}"))
+    rows.append(("tokens scored", f"{m['tokens']:,}"))
+    if m.get("unigram_loss") is not None:
+        import math
+
+        rows.append((f"unigram baseline ppl ({m.get('unigram_source', 'train')})", f"{math.exp(m['unigram_loss']):,.2f}"))
+    if m.get("uniform_loss") is not None:
+        import math
+
+        rows.append(("uniform baseline ppl", f"{math.exp(m['uniform_loss']):,.0f}"))
+    for r in rows:
+        table.add_row(*r)
+    out.print(table)
+    out.print(f"context {m['context']}, stride {m.get('stride', m['context'])}, layout {result['checkpoint']['layout']}, "
+              f"{result['model']['params']:,} parameters, device {result['device']}")
+    out.print(f"checkpoint sha256 {result['checkpoint']['sha256']}")
+    out.print(f"data manifest     {result['data']['manifest_sha256']}")
+
+
+def _grade_options(workers: int, timeout: float, reports: bool, progress, grader: bool = False, overrides=None):
+    from harness.grade import GradeOptions
+
+    return GradeOptions(workers=workers, timeout_s=timeout, reports=reports, progress=progress,
+                        grader_reports=grader, overrides=overrides)
+
+
+def _class_table(results: dict) -> Table:
+    table = Table("id", "student", "score", "ppl", "loss", "status", "findings", title=results["course"]["name"],
+                  title_justify="left")
+    for col in (2, 3, 4):
+        table.columns[col].justify = "right"
+    for s in results["submissions"]:
+        m = s.get("metrics") or {}
+        codes = ", ".join(f["code"] for f in s["findings"] if f["code"] != "submission-warning")
+        table.add_row(s["id"], s["student"], f"{s['score']['total']:g}/{s['score']['max']:g}",
+                      f"{m['ppl']:,.1f}" if m.get("ppl") else "—", f"{m['loss']:.3f}" if m.get("loss") else "—",
+                      s["status"], codes or "—")
+    return table
 
 
 @app.command()
-def check(submission: Annotated[Path, typer.Argument(help="Your submission folder or file.")]) -> None:
+def check(
+    submission: Annotated[Path, typer.Argument(help="Your submission folder or file.")],
+    course: CourseOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the verdict and your PDF go.")] = Path("harness-check"),
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed for grading it.")] = 900,
+    reports: Annotated[bool, typer.Option("--reports/--no-reports", help="Write the PDF report.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
     """A student's self-check: the grader's verdict for one submission."""
-    _not_built("check", 6)
+    from harness.findings import CATALOGUE
+    from harness.grade import check as run_check
+    from harness.progress import progress_bar
+
+    with progress_bar("grading", enabled=not as_json) as update:
+        outcome = run_check(submission, out_dir, course, _grade_options(1, timeout, reports, update))
+    s = outcome.results["submissions"][0]
+    if as_json:
+        _print_json(s)
+    else:
+        m = s.get("metrics") or {}
+        verdict = "graded" if s["status"] == "graded" else f"NOT gradable: {s['error']['message']}"
+        out.print(f"[bold]{s['student']}[/bold]: {s['score']['total']:g} / {s['score']['max']:g} points — {verdict}")
+        if m:
+            ref = (outcome.results["reference"] or {}).get((s.get("model") or {}).get("family") or "gpt")
+            out.print(f"recomputed {m['protocol']}: loss {m['loss']:.4f}, perplexity {m['ppl']:,.2f} on "
+                      f"{m['tokens']:,} tokens" + (f" (reference {ref['ppl']:,.2f})" if ref else ""))
+        table = Table("criterion", "points", "why")
+        for c in s["score"]["criteria"]:
+            table.add_row(c["name"], f"{c['points']:g}/{c['max']:g}", c["why"])
+        out.print(table)
+        for f in s["findings"]:
+            if f.get("grader_only"):
+                continue
+            out.print(f"[{'red' if f['severity'] == 'error' else 'yellow'}]{f['code']}[/]: {f['message']}")
+            if f["code"] in CATALOGUE:
+                out.print(f"    {CATALOGUE[f['code']][2]}")
+        pdf = out_dir / f"{s['id']}.pdf"
+        if pdf.exists():
+            out.print(f"report: {pdf}")
+    if s["status"] != "graded":
+        raise typer.Exit(1)
 
 
 @app.command()
-def grade(directory: Annotated[Path, typer.Argument(help="The folder of submissions.")]) -> None:
+def grade(
+    directory: Annotated[Path, typer.Argument(help="The folder of submissions.")],
+    course: CourseOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where results and reports go.")] = Path("reports"),
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Submissions graded at once.")] = 1,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per submission.")] = 900,
+    overrides: Annotated[Optional[Path], typer.Option("--overrides", help="overrides.csv (default: DIR/overrides.csv).")] = None,
+    reports: Annotated[bool, typer.Option("--reports/--no-reports", help="Write the PDF reports.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
     """Grade a class: results.json, grades.csv, PDFs."""
-    _not_built("grade", 6)
+    from harness.grade import grade as run_grade
+    from harness.progress import progress_bar
+
+    with progress_bar("grading (submissions)", enabled=not as_json) as update:
+        outcome = run_grade(directory, out_dir, course,
+                            _grade_options(workers, timeout, reports, update, overrides=overrides))
+    if as_json:
+        _print_json(outcome.results)
+        return
+    out.print(_class_table(outcome.results))
+    out.print(f"{len(outcome.measured)} evaluated, {len(outcome.cached)} from the cache")
+    out.print(f"results  {out_dir / 'results.json'}")
+    out.print(f"grades   {out_dir / 'grades.csv'}")
+    if reports:
+        out.print(f"reports  {out_dir}/<id>.pdf, {out_dir / 'class_report.pdf'}")
 
 
 @report_app.command("compare")

@@ -30,6 +30,7 @@ class EvalSettings:
     max_tokens: int = 0  # 0 means no cap
     seed: int = 1234  # mlm only
     pseudo_ppl_tokens: int = 0  # mlm only
+    calibration_tokens: int = 4096  # train-split targets that settle what weights cannot tell; 0: never
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ class _Reader:
 
 
 def _eval(where: str, table: dict, family: str) -> EvalSettings:
-    r = _Reader(where, table, ("protocol", "tokenizer", "context", "stride", "max_tokens", "seed", "pseudo_ppl_tokens"))
+    r = _Reader(where, table, ("protocol", "tokenizer", "context", "stride", "max_tokens", "seed", "pseudo_ppl_tokens",
+                                 "calibration_tokens"))
     settings = EvalSettings(
         protocol=r.get("protocol", str, PROTOCOLS[family][0], choices=PROTOCOLS[family]),
         tokenizer=r.get("tokenizer", str, "gpt2" if family == "clm" else "bert-base-uncased"),
@@ -135,6 +137,7 @@ def _eval(where: str, table: dict, family: str) -> EvalSettings:
         max_tokens=r.positive("max_tokens", 0, zero_ok=True),
         seed=r.get("seed", int, 1234),
         pseudo_ppl_tokens=r.positive("pseudo_ppl_tokens", 0, zero_ok=True),
+        calibration_tokens=r.positive("calibration_tokens", 4096, zero_ok=True),
     )
     if settings.stride > settings.context:
         raise HarnessError("course-invalid", f"{where}.stride ({settings.stride}) must not exceed context ({settings.context})")

@@ -1,0 +1,359 @@
+"""The batch: every submission of a class measured in its own process, then findings, rubric and outputs.
+
+- Each submission runs as `python -m harness.measure` with a wall-time and a memory limit; a crash, a
+  hang or a hostile file takes down only its own process, and is recorded with its reason.
+- Each measurement is cached in `OUT/.cache/` under a key of the submission's files, the course, the
+  data and the harness version; a rerun recomputes nothing, a changed submission only itself, and a
+  batch killed half-way resumes where it stopped.
+- Findings and scores are derived from the measurements here, cheaply, every run: a changed rubric or
+  `overrides.csv` never re-evaluates a model.
+- `results.json` and `grades.csv` are written atomically and hold no clock: unchanged inputs give
+  byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from harness import __version__
+from harness.course import Course, load_course
+from harness.errors import HarnessError
+from harness.files import fingerprint, pretty_json, write_atomic, write_json
+from harness.findings import Evaluation, find, finding, vocab_finding
+from harness.measure import Job, submission_fingerprint
+from harness.rubric import read_overrides, score
+from harness.submission import Claims, CurvePoint, SubmissionRef, discover
+
+CACHE_FORMAT = "harness-measure/1"
+
+
+@dataclass
+class GradeOptions:
+    workers: int = 1
+    timeout_s: float = 900.0
+    memory_mb: int = 8192
+    overrides: Path | None = None
+    reports: bool = True
+    grader_reports: bool = False  # per-student PDFs with grader-only findings
+    progress: Callable[[int, int], None] | None = None
+    on_result: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class GradeOutcome:
+    out: Path
+    results: dict[str, Any]
+    measured: list[str] = field(default_factory=list)  # ids evaluated in this run (not from the cache)
+    cached: list[str] = field(default_factory=list)
+
+
+def _devices(workers: int) -> list[str]:
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+    except Exception:
+        n = 0
+    return [f"cuda:{i % n}" for i in range(workers)] if n else ["cpu"] * workers
+
+
+def _cache_key(ref: SubmissionRef, course: Course) -> str:
+    return fingerprint({"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.paths)),
+                        "course": course.fingerprint, "harness": __version__})[:24]
+
+
+def _run_worker(ref: SubmissionRef, course_path: Path | None, cache_dir: Path, key: str, device: str, threads: int,
+                opts: GradeOptions) -> dict[str, Any]:
+    """One submission in its own process group; whatever happens, a result comes back."""
+    result_path = cache_dir / f"{ref.id}.{key}.json"
+    sig_path = cache_dir / f"{ref.id}.{key}.npy"
+    job = Job(id=ref.id, paths=[str(p.resolve()) for p in ref.paths],
+              course_path=str(course_path.resolve()) if course_path else None,
+              signature_path=str(sig_path), device=device, threads=threads, memory_mb=opts.memory_mb,
+              timeout_s=opts.timeout_s)
+    with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
+        job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "out.json"
+        job_file.write_text(json.dumps(job.__dict__))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if device.startswith("cuda:"):
+            env["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
+        log = open(Path(tmp) / "log.txt", "w+b")
+        proc = subprocess.Popen([sys.executable, "-m", "harness.measure", str(job_file), str(out_file)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
+                                cwd=tmp)
+        try:
+            code = proc.wait(timeout=opts.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            return _cache(_error(ref, "grading-timeout", f"grading took longer than {opts.timeout_s:g} s and was "
+                                 "stopped"), result_path, key)
+        finally:
+            try:
+                os.killpg(proc.pid, 9)  # nothing of the submission's outlives its process
+            except ProcessLookupError:
+                pass
+        if code != 0 or not out_file.exists():
+            log.seek(0)
+            tail = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
+            why = "out of memory" if code in (-9, 137) else f"exit code {code}"
+            last = tail[-1][:200] if tail else ""
+            # not cached: a dead worker may be the machine's doing (memory taken by others) or ours
+            return {**_error(ref, "grading-crashed", f"grading crashed ({why}){': ' + last if last else ''}"),
+                    "cache_key": key}
+        result = json.loads(out_file.read_text())
+    return _cache(result, result_path, key)
+
+
+def _cache(result: dict[str, Any], path: Path, key: str) -> dict[str, Any]:
+    result["cache_key"] = key
+    write_json(path, result)  # the cache entry: written whole or not at all
+    return result
+
+
+def _error(ref: SubmissionRef, code: str, message: str) -> dict[str, Any]:
+    return {"id": ref.id, "student": ref.id, "status": "error", "error": {"code": code, "message": message},
+            "checkpoint": None, "model": None, "metrics": None, "claims": None, "causal": None, "nonfinite": [],
+            "tokenizer": None, "warnings": [], "harness_version": __version__}
+
+
+def _claims(d: dict[str, Any] | None) -> Claims:
+    if not d:
+        return Claims()
+    curve = tuple(CurvePoint(**p) for p in d.get("curve", ()))
+    return Claims(**{k: d.get(k) for k in ("val_loss", "val_ppl", "train_loss", "train_ppl", "params")},
+                  sources=d.get("sources", {}), curve=curve, curve_source=d.get("curve_source"))
+
+
+def evaluation_of(m: dict[str, Any]) -> Evaluation:
+    metrics = m.get("metrics")
+    return Evaluation(id=m["id"], student=m.get("student", m["id"]), family=(m.get("model") or {}).get("family"),
+                      model=m.get("model") or {}, metrics=metrics, claims=_claims(m.get("claims")),
+                      causal=m.get("causal"), nonfinite=tuple(m.get("nonfinite") or ()),
+                      tokenizer=m.get("tokenizer") or {}, error=m.get("error"),
+                      warnings=tuple(m.get("warnings") or ()), pad_id=m.get("pad_id"))
+
+
+def similarity_pairs(measured: list[dict[str, Any]], cache_dir: Path, threshold: float) -> list[dict[str, Any]]:
+    """Pairs of submissions whose weights (same names and shapes) are nearly identical: cosine ≥ threshold
+    of the centred weight samples."""
+    groups: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for m in measured:
+        key = m.get("signature_key")
+        path = cache_dir / f"{m['id']}.{m.get('cache_key')}.npy"
+        if key and path.exists():
+            v = np.load(path, allow_pickle=False).astype(np.float64)
+            groups.setdefault(key, []).append((m["id"], v))
+    pairs = []
+    for members in groups.values():
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                (a, va), (b, vb) = members[i], members[j]
+                ca, cb = va - va.mean(), vb - vb.mean()
+                denom = float(np.linalg.norm(ca) * np.linalg.norm(cb))
+                sim = float(ca @ cb / denom) if denom > 0 else 1.0
+                if sim >= threshold:
+                    pairs.append({"a": a, "b": b, "similarity": round(sim, 6)})
+    return sorted(pairs, key=lambda p: (p["a"], p["b"]))
+
+
+REFERENCE_ID = "_reference_{}"
+
+
+def reference_refs(course: Course) -> list[SubmissionRef]:
+    """The course's reference models, measured exactly like submissions (same worker, same cache)."""
+    refs = []
+    for family in ("gpt", "mlm"):
+        folder = course.resolve(course.references[family])
+        if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+            refs.append(SubmissionRef(REFERENCE_ID.format(family), (folder,)))
+    return refs
+
+
+def _reference(course: Course, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The reference models' recomputed numbers, and their training curves, for the rubric and reports."""
+    out: dict[str, Any] = {}
+    for family in ("gpt", "mlm"):
+        m = measured.pop(REFERENCE_ID.format(family), None)
+        if m is None or not m.get("metrics"):
+            out[family] = None
+            continue
+        folder = course.resolve(course.references[family])
+        curve = []
+        if (folder / "metrics.csv").is_file():
+            for row in csv.DictReader(io.StringIO((folder / "metrics.csv").read_text())):
+                curve.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+        out[family] = {"path": course.references[family], "loss": m["metrics"]["loss"], "ppl": m["metrics"]["ppl"],
+                       "params": (m.get("model") or {}).get("params"), "model": m.get("model"),
+                       "checkpoint": m.get("checkpoint"), "curve": curve}
+    return out
+
+
+def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str, Any], cache_dir: Path,
+             overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    pairs = similarity_pairs(measured, cache_dir, course.tolerances.similar_weights)
+    subs = []
+    manifests = sorted({(m.get("data") or {}).get("manifest_sha256") for m in measured} - {None})
+    for m in sorted(measured, key=lambda m: m["id"]):
+        ev = evaluation_of(m)
+        family = ev.family
+        ref = reference.get(family or "gpt") or {}
+        fs = find(ev, course, ref.get("ppl"))
+        if m.get("vocab_mismatch"):
+            fs.insert(0, finding("vocab-mismatch", m["vocab_mismatch"]))
+        similar = [{"id": p["b"] if p["a"] == ev.id else p["a"], "similarity": p["similarity"]}
+                   for p in pairs if ev.id in (p["a"], p["b"])]
+        for s in similar:
+            fs.append(finding("similar-weights", f"Weights {s['similarity']:.4f} similar to submission {s['id']}.",
+                              grader_only=True))
+        sc = score(ev, fs, course, ref.get("ppl"), overrides)
+        subs.append({
+            "id": ev.id, "student": ev.student, "status": m["status"], "error": m.get("error"),
+            "checkpoint": m.get("checkpoint"), "model": m.get("model"), "metrics": m.get("metrics"),
+            "claims": m.get("claims"), "causal": m.get("causal"), "tokenizer": m.get("tokenizer"),
+            "findings": [f.to_dict() for f in fs], "score": sc.to_dict(), "similar_to": similar,
+            "data": m.get("data"), "warnings": m.get("warnings", []), "device": m.get("device", "cpu"),
+            "report_file": m.get("report_file"),
+        })
+    return {
+        "harness_version": __version__,
+        "course": {"name": course.name, "id": course.id, "fingerprint": course.fingerprint},
+        "data": {"source": course.data_source, "split": course.data_split,
+                 "manifest_sha256": manifests[0] if len(manifests) == 1 else manifests},
+        "protocol": {"clm": {"protocol": course.clm.protocol, "context": course.clm.context,
+                             "stride": course.clm.stride or course.clm.context, "max_tokens": course.clm.max_tokens or None},
+                     "mlm": {"protocol": course.mlm.protocol, "context": course.mlm.context, "seed": course.mlm.seed,
+                             "max_tokens": course.mlm.max_tokens or None}},
+        "reference": reference,
+        "similar_pairs": pairs,
+        "submissions": subs,
+    }
+
+
+GRADES_COLUMNS = ("id", "student", "score", "max", "ppl", "loss", "bits_per_byte", "status", "findings")
+
+
+def grades_csv(results: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(GRADES_COLUMNS)
+    for s in results["submissions"]:
+        m = s.get("metrics") or {}
+        codes = ";".join(f["code"] for f in s["findings"] if not f.get("grader_only")) or ""
+        w.writerow([s["id"], s["student"], f"{s['score']['total']:g}", f"{s['score']['max']:g}",
+                    f"{m['ppl']:.4f}" if m.get("ppl") is not None else "",
+                    f"{m['loss']:.6f}" if m.get("loss") is not None else "",
+                    f"{m['bits_per_byte']:.6f}" if m.get("bits_per_byte") is not None else "",
+                    s["status"], codes])
+    return buf.getvalue()
+
+
+def grade(directory: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
+    """Grade a class folder into `out`: results.json, grades.csv, the PDFs."""
+    overrides = read_overrides(opts.overrides if opts.overrides else directory / "overrides.csv")
+    return grade_refs(discover(directory), out, course_path, opts, overrides)
+
+
+def check(submission: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
+    """A student's self-check: the very pipeline the grader runs, on one submission."""
+    if not submission.exists():
+        raise HarnessError("submission-missing", f"{submission} does not exist")
+    sid = submission.name if submission.is_dir() else submission.stem
+    return grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [])
+
+
+def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, opts: GradeOptions,
+               overrides: list[dict[str, Any]]) -> GradeOutcome:
+    course = load_course(course_path)
+    refs = refs + reference_refs(course)
+    cache_dir = (out / ".cache").resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    # the data is frozen once here, not by every worker at the same moment
+    from harness.data import freeze, load_source
+
+    source = load_source(course.data_source)
+    try:
+        freeze(source, course.clm.tokenizer)
+    except HarnessError:
+        pass
+
+    measured: dict[str, dict[str, Any]] = {}
+    todo = []
+    outcome = GradeOutcome(out, {})
+    for ref in refs:
+        key = _cache_key(ref, course)
+        cached = cache_dir / f"{ref.id}.{key}.json"
+        if cached.is_file():
+            try:
+                measured[ref.id] = json.loads(cached.read_text())
+                outcome.cached.append(ref.id)
+                continue
+            except json.JSONDecodeError:
+                pass
+        todo.append((ref, key))
+
+    total, done = len(refs), len(measured)  # the references count as work too
+    if opts.progress:
+        opts.progress(done, total)
+    devices = _devices(max(1, opts.workers))
+    threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
+        futures = {pool.submit(_run_worker, ref, course_path, cache_dir, key, devices[i % len(devices)], threads, opts):
+                   ref for i, (ref, key) in enumerate(todo)}
+        for fut in as_completed(futures):
+            ref = futures[fut]
+            result = fut.result()
+            with lock:
+                measured[ref.id] = result
+                outcome.measured.append(ref.id)
+                done += 1
+                if opts.on_result:
+                    opts.on_result(result)
+                if opts.progress:
+                    opts.progress(done, total)
+
+    keep = {f"{m['id']}.{m.get('cache_key')}" for m in measured.values()}
+    reference = _reference(course, measured)
+    results = assemble(course, list(measured.values()), reference, cache_dir, overrides)
+    write_atomic(out / "results.json", pretty_json(results))
+    write_atomic(out / "grades.csv", grades_csv(results))
+    outcome.results = results
+    _prune_cache(cache_dir, keep)
+    if opts.reports:
+        write_reports(results, out, grader=opts.grader_reports, class_report=len(results["submissions"]) > 1)
+    return outcome
+
+
+def _prune_cache(cache_dir: Path, keep: set[str]) -> None:
+    """Entries of submissions that changed or left: gone, so the cache holds one entry per submission."""
+    for p in cache_dir.iterdir():
+        stem = p.name.rsplit(".", 1)[0]
+        if stem not in keep:
+            p.unlink(missing_ok=True)
+
+
+def write_reports(results: dict[str, Any], out: Path, *, grader: bool = False, class_report: bool = True) -> list[Path]:
+    from harness import report
+
+    written = []
+    for s in results["submissions"]:
+        written.append(report.render_student_report(results, s["id"], out / f"{s['id']}.pdf", grader=grader))
+    if class_report:
+        written.append(report.render_class_report(results, out / "class_report.pdf", grader=True))
+    return written

@@ -1,0 +1,368 @@
+"""One submission, from its files to what was measured: the work each grading worker does.
+
+submission (files, claims) → checkpoint (safe read) → model (layout, inferred values; or sandboxed code)
+→ metrics (the course's protocol on its fixed data) and the causality check. The result is a plain
+JSON-ready dict: findings and the score are derived from it by the grader (so a changed rubric or an
+override never needs a re-evaluation).
+
+`python -m harness.measure JOB.json OUT.json` runs one job in its own process: the batch starts one per
+submission, with limits, so that a crash or a hang takes only that submission down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import __version__
+from harness.course import Course, load_course
+from harness.errors import HarnessError
+from harness.files import sha256_file, write_json
+
+SIGNATURE_VALUES = 1 << 15  # weights sampled per submission for the similarity check
+
+
+@dataclass
+class Job:
+    id: str
+    paths: list[str]  # a folder, a file, a zip, or the files of an LMS bulk download
+    course_path: str | None
+    signature_path: str | None = None  # where to save the weights signature (.npy), if wanted
+    device: str = "cpu"
+    threads: int = 0
+    memory_mb: int = 0  # address-space limit of the worker itself; 0: none
+    timeout_s: float = 0  # the worker ends itself after this long, even if its parent died; 0: never
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        return cls(**d)
+
+
+def submission_fingerprint(paths: list[Path]) -> str:
+    """sha256 over every file of a submission (relative names and contents): the cache key's part."""
+    h = hashlib.sha256()
+    for base in sorted(paths):
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for f in files:
+            rel = f.name if base.is_file() else f.relative_to(base).as_posix()
+            h.update(f"{rel}\0{sha256_file(f)}\0".encode())
+    return h.hexdigest()
+
+
+def _materialise(job: Job, tmp: Path) -> Path:
+    """The submission as a folder or a single file we may read: zips extracted, bulk files gathered."""
+    from harness.checkpoint import extract_zip
+    from harness.submission import lms_file_name
+
+    paths = [Path(p) for p in job.paths]
+    if len(paths) == 1 and paths[0].is_dir():
+        return paths[0]
+    if len(paths) == 1 and paths[0].suffix.lower() == ".zip":
+        return extract_zip(paths[0], tmp / "unzipped")
+    if len(paths) == 1:
+        return paths[0]
+    folder = tmp / "gathered"
+    folder.mkdir()
+    for p in paths:  # an LMS bulk download: one student's files under their own names
+        if p.suffix.lower() == ".zip":
+            inner = extract_zip(p, tmp / f"unzipped-{p.stem}")
+            shutil.copytree(inner, folder, dirs_exist_ok=True)
+        else:
+            shutil.copy2(p, folder / lms_file_name(p))
+    return folder
+
+
+def _signature(state: dict[str, Any]) -> tuple[str, np.ndarray]:
+    """A fixed sample of the weights (same positions for every submission of the same shapes), and a key
+    that only submissions of identical tensor names and shapes share."""
+    names = sorted(state)
+    shapes = [(n, tuple(state[n].shape)) for n in names]
+    total = sum(int(state[n].numel()) for n in names) or 1
+    parts = []
+    for n in names:
+        flat = state[n].detach().float().reshape(-1).numpy()
+        k = max(1, round(SIGNATURE_VALUES * flat.size / total))
+        rng = np.random.Generator(np.random.PCG64(flat.size))
+        idx = np.sort(rng.choice(flat.size, size=min(k, flat.size), replace=False))
+        parts.append(flat[idx])
+    return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16], np.concatenate(parts).astype(np.float32)
+
+
+def _calibrator(course: Course, family: str, tokenizer, train_split):
+    """Scores candidate models by the course's protocol on the start of the *train* split (never on the
+    graded split); None where the course turns calibration off."""
+    from harness.evaluate import evaluate_clm, evaluate_mlm
+
+    settings = course.eval_settings(family)
+    if settings.calibration_tokens <= 0:
+        return None
+
+    def calibrate(candidates) -> int:
+        losses = []
+        for model in candidates:
+            if family == "mlm":
+                r = evaluate_mlm(model, train_split, tokenizer, context=settings.context, seed=settings.seed,
+                                 max_tokens=settings.calibration_tokens)
+            else:
+                r = evaluate_clm(model, train_split, tokenizer, context=settings.context,
+                                 max_tokens=settings.calibration_tokens)
+            losses.append(r.loss)
+        return int(np.argmin(losses))
+
+    return calibrate
+
+
+def _tokenizer_for(family: str, sub, course: Course, root: Path):
+    """The student's named tokenizer where they named one (a path inside the submission, or a name),
+    else the course's for the family."""
+    from harness.tokenizers import get_tokenizer
+
+    spec = sub.tokenizer or course.eval_settings(family).tokenizer
+    if sub.tokenizer:
+        inside = root / sub.tokenizer if root.is_dir() else None
+        if inside is not None and inside.exists():
+            return get_tokenizer(str(inside)), True
+    return get_tokenizer(spec if spec != "course" else course.eval_settings(family).tokenizer), bool(sub.tokenizer)
+
+
+def measure(job: Job) -> dict[str, Any]:
+    """Everything measured about one submission. Errors of the submission are part of the result
+    (`error`), never exceptions."""
+    from harness.submission import read_submission
+
+    course = load_course(job.course_path)
+    started = time.monotonic()
+    result: dict[str, Any] = {"id": job.id, "student": job.id, "status": "error", "error": None,
+                              "checkpoint": None, "model": None, "metrics": None, "claims": None, "causal": None,
+                              "nonfinite": [], "tokenizer": None, "warnings": [], "pad_id": None,
+                              "harness_version": __version__, "device": job.device}
+    with tempfile.TemporaryDirectory(prefix="harness-measure-") as tmp:
+        try:
+            root = _materialise(job, Path(tmp))
+            sub = read_submission(job.id, root)
+            result["student"] = sub.student
+            result["claims"] = sub.claims.to_dict()
+            result["warnings"] = list(sub.warnings)
+            result["report_file"] = sub.report.as_posix() if sub.report else None
+            _measure_model(job, course, sub, root, result)
+        except HarnessError as e:
+            result["error"] = e.as_dict()
+    result["seconds"] = round(time.monotonic() - started, 3)
+    if result["error"] is None:
+        result["status"] = "graded"
+    return result
+
+
+def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, Any]) -> None:
+    from harness.causality import check_causal
+    from harness.checkpoint import read_checkpoint
+    from harness.data import freeze, load_source
+    from harness.evaluate import evaluate_clm, evaluate_mlm
+    from harness.findings import vocab_finding
+    from harness.model import SPELLINGS, build_model, pick_layout, read_values
+
+    if sub.weights is None:
+        raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
+                           ".safetensors or a Hugging Face folder)")
+    weights = root / sub.weights if root.is_dir() else root
+    raw = read_checkpoint(weights, root=root if root.is_dir() else root.parent)
+    result["checkpoint"] = {"path": sub.weights.as_posix(), "sha256": raw.sha256, "format": raw.format,
+                            "layout": None}
+    result["nonfinite"] = list(raw.nonfinite)
+    result["warnings"] += list(raw.warnings)
+
+    source = load_source(course.data_source)
+    if sub.code:
+        from harness.sandbox import SandboxedModel
+
+        family = sub.family or "gpt"
+        kwargs = sub.model.get("kwargs") or {k: v for k, v in raw.config.items()
+                                             if isinstance(v, (int, float, str, bool))}
+        model = SandboxedModel(root, sub.code, raw.tensors, kwargs=kwargs, max_positions=sub.model.get("context"))
+        n_outputs, state = model.n_outputs, raw.tensors
+        tokenizer, named = _tokenizer_for(family, sub, course, root)
+        params = sum(int(t.numel()) for t in {id(t): t for t in raw.tensors.values()}.values())
+        result["checkpoint"]["layout"] = "custom-code"
+        result["model"] = {"family": family, "layout": "custom-code", "params": params, "vocab_size": n_outputs,
+                           "context": sub.model.get("context"), "sources": {"params": "weights", "code": sub.code}}
+    else:
+        family = sub.family or pick_layout(raw.tensors, raw.config, None).FAMILY
+        tokenizer, named = _tokenizer_for(family, sub, course, root)
+        train = freeze(source, tokenizer).split("train") if source.has_splits else None
+        calibrate = _calibrator(course, family, tokenizer, train) if train is not None else None
+        loaded = build_model(raw, hints=sub.model, family=sub.family, calibrate=calibrate)
+        if loaded.family != family:  # the weights overrule a wrong family in submission.toml
+            family = loaded.family
+            tokenizer, named = _tokenizer_for(family, sub, course, root)
+        model, n_outputs, state = loaded.model, loaded.n_outputs, loaded.model.state_dict()
+        d, cfg = loaded.describe(), loaded.config
+        result["checkpoint"]["layout"] = loaded.layout
+        result["model"] = {
+            "family": family, "layout": loaded.layout, "params": loaded.params, "tied": loaded.tied,
+            "n_layers": cfg.n_layers, "d_model": getattr(cfg, "d_model", getattr(cfg, "hidden", None)),
+            "n_heads": cfg.n_heads, "d_ff": getattr(cfg, "d_ff", getattr(cfg, "intermediate", None)),
+            "vocab_size": n_outputs, "context": loaded.max_positions,
+            "norm": getattr(cfg, "norm", "post"), "activation": cfg.activation,
+            "positions": getattr(cfg, "positions", "learned"), "causal_mask": getattr(cfg, "causal", None),
+            "sources": {k: v["source"] for k, v in d["architecture"].items()},
+            "unverified": d["unverified"], "facts": d["facts"],
+        }
+        result["warnings"] += d["warnings"]
+        result["pad_id"] = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
+    result["tokenizer"] = {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
+                           "sha256": tokenizer.sha256, "named_by_student": named}
+
+    if job.signature_path:
+        key, sig = _signature(state)
+        np.save(job.signature_path, sig, allow_pickle=False)
+        result["signature_key"] = key
+
+    mismatch = vocab_finding(n_outputs, {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size})
+    if mismatch is not None:
+        result["vocab_mismatch"] = mismatch.message
+        if n_outputs < tokenizer.vocab_size:
+            return  # ids the model has no output for: it cannot be scored on this data
+    if raw.nonfinite:
+        return  # NaN weights: every number would be NaN
+
+    frozen = freeze(source, tokenizer)
+    split = frozen.split(course.data_split)
+    train = frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
+    settings = course.eval_settings(family)
+    if family == "mlm":
+        r = evaluate_mlm(model, split, tokenizer, context=settings.context, seed=settings.seed,
+                         max_tokens=settings.max_tokens or None, pseudo_ppl_tokens=settings.pseudo_ppl_tokens)
+    else:
+        r = evaluate_clm(model, split, tokenizer, context=settings.context, stride=settings.stride or None,
+                         max_tokens=settings.max_tokens or None, train_split=train)
+        result["causal"] = check_causal(model, context=r.context, vocab_size=min(tokenizer.vocab_size, n_outputs),
+                                        seed_material=raw.sha256).to_dict()
+    metrics = r.to_dict()
+    for k in ("unigram_loss", "uniform_loss"):
+        if metrics.get(k) is not None:
+            metrics[k.replace("_loss", "_ppl")] = float(np.exp(metrics[k]))
+    result["metrics"] = metrics
+    result["data"] = {"manifest_sha256": frozen.manifest_sha256, "split": course.data_split,
+                      "source": source.name}
+    if hasattr(model, "close"):
+        model.close()
+
+
+def _limit_self(job: Job) -> None:
+    if job.timeout_s:
+        import signal
+
+        signal.alarm(int(job.timeout_s) + 30)  # the parent kills at timeout_s; this catches orphans
+    if job.memory_mb:
+        mem = job.memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+
+
+def main(argv: list[str]) -> int:
+    job = Job.from_dict(json.loads(Path(argv[0]).read_text()))
+    _limit_self(job)
+    try:
+        result = measure(job)
+    except MemoryError:
+        result = {"id": job.id, "status": "error",
+                  "error": {"code": "limits", "message": f"grading needed more than {job.memory_mb} MB"}}
+    write_json(argv[1], result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+# --- single checkpoints: `harness inspect` and `harness eval` --------------------------------------
+
+
+def _read_for_tools(path: Path):
+    """A checkpoint file or folder, or a submission folder (its weights, hints and family)."""
+    from harness.checkpoint import read_checkpoint
+    from harness.submission import read_submission
+
+    if not path.exists():
+        raise HarnessError("checkpoint-missing", f"{path} does not exist")
+    sub = None
+    if path.is_dir() and (path / "submission.toml").is_file() or path.is_dir() and not (path / "config.json").is_file():
+        sub = read_submission(path.name, path)
+        if sub.weights is None:
+            raise HarnessError("checkpoint-missing", f"{path} holds no weights file")
+        raw = read_checkpoint(path / sub.weights, root=path)
+    else:
+        raw = read_checkpoint(path, root=path if path.is_dir() else path.parent)
+    return raw, sub
+
+
+def inspect_checkpoint(path: Path) -> dict[str, Any]:
+    """What was recognised: format, layout, family, every inferred value with its source."""
+    from harness.model import build_model
+
+    raw, sub = _read_for_tools(path)
+    info: dict[str, Any] = {"path": str(path), "sha256": raw.sha256, "format": raw.format,
+                            "refused_globals": list(raw.refused_globals), "nonfinite": list(raw.nonfinite),
+                            "reader_warnings": list(raw.warnings), "tensors": len(raw.tensors)}
+    if sub is not None:
+        info["submission"] = {"student": sub.student, "weights": sub.weights.as_posix(), "family": sub.family,
+                              "model": sub.model, "claims": sub.claims.to_dict(), "warnings": list(sub.warnings)}
+        if sub.code:
+            info["layout"] = {"layout": "custom-code", "code": sub.code}
+            return info
+    loaded = build_model(raw, hints=sub.model if sub else None, family=sub.family if sub else None)
+    info["layout"] = loaded.describe()
+    return info
+
+
+def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | None = None,
+                    split: str | None = None, tokenizer: str | None = None, context: int | None = None,
+                    stride: int | None = None, max_tokens: int | None = None, device: str | None = None,
+                    progress=None) -> dict[str, Any]:
+    """Recomputed metrics of one checkpoint on the course's fixed data (or what the options say)."""
+    import torch
+
+    from harness.data import freeze, load_source
+    from harness.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
+    from harness.model import build_model
+    from harness.tokenizers import get_tokenizer
+
+    course = load_course(course_path)
+    raw, sub = _read_for_tools(path)
+    loaded = build_model(raw, hints=sub.model if sub else None, family=sub.family if sub else None)
+    family = loaded.family
+    settings = course.eval_settings(family)
+    tok = get_tokenizer(tokenizer or (sub.tokenizer if sub and sub.tokenizer else settings.tokenizer))
+    source = load_source(data or course.data_source)
+    frozen = freeze(source, tok)
+    split_name = split or (course.data_split if source.has_splits else "validation")
+    target = frozen.split(split_name)
+    train = frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = as_logits_model(loaded.model, device=dev)
+    if family == "mlm":
+        r = evaluate_mlm(model, target, tok, context=context or settings.context, seed=settings.seed,
+                         max_tokens=max_tokens or settings.max_tokens or None, progress=progress)
+    else:
+        r = evaluate_clm(model, target, tok, context=context or settings.context,
+                         stride=stride or settings.stride or None, max_tokens=max_tokens or settings.max_tokens or None,
+                         train_split=train, progress=progress)
+    return {"harness_version": __version__, "course_fingerprint": course.fingerprint,
+            "checkpoint": {"path": str(path), "sha256": raw.sha256, "format": raw.format, "layout": loaded.layout},
+            "model": {"family": family, "params": loaded.params, "n_outputs": loaded.n_outputs},
+            "data": {"source": source.name, "split": split_name, "manifest_sha256": frozen.manifest_sha256},
+            "device": str(dev), "metrics": r.to_dict()}
