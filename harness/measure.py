@@ -232,7 +232,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     if mismatch is not None:
         result["vocab_mismatch"] = mismatch.message
         if n_outputs < tokenizer.vocab_size:
-            return  # ids the model has no output for: it cannot be scored on this data
+            model = TruncatedVocabulary(model, n_outputs, tokenizer.vocab_size)
     if raw.nonfinite:
         return  # NaN weights: every number would be NaN
 
@@ -249,6 +249,9 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         result["causal"] = check_causal(model, context=r.context, vocab_size=min(tokenizer.vocab_size, n_outputs),
                                         seed_material=raw.sha256).to_dict()
     metrics = r.to_dict()
+    if isinstance(model, TruncatedVocabulary):
+        metrics["partial"] = (f"the model has {model.n_own:,} outputs for {model.n_outputs:,} token ids: ids it lacks "
+                              "were scored at its lowest logit; not comparable with complete models")
     for k in ("unigram_loss", "uniform_loss"):
         if metrics.get(k) is not None:
             metrics[k.replace("_loss", "_ppl")] = float(np.exp(metrics[k]))
@@ -257,6 +260,27 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
                       "source": source.name}
     if hasattr(model, "close"):
         model.close()
+
+
+class TruncatedVocabulary:
+    """A model with fewer outputs than the tokenizer has ids (seed 002's 49,805), made scorable all the
+    same, so that what else is wrong with it (memorisation) still shows: an input id it has no embedding
+    for becomes its last id, and an output it lacks gets the row's lowest logit. Its metrics are marked
+    `partial` and earn no perplexity points: they are not comparable with the class's."""
+
+    def __init__(self, model: Any, n_outputs: int, vocab_size: int):
+        from harness.evaluate import as_logits_model
+
+        self.inner = as_logits_model(model)
+        self.n_own, self.n_outputs = n_outputs, vocab_size
+        self.max_positions = self.inner.max_positions
+
+    def logits(self, input_ids, attention_mask=None):
+        import torch
+
+        inner = self.inner.logits(input_ids.clamp(max=self.n_own - 1))
+        floor = inner.min(dim=-1, keepdim=True).values
+        return torch.cat([inner, floor.expand(*inner.shape[:-1], self.n_outputs - self.n_own)], dim=-1)
 
 
 def _limit_self(job: Job) -> None:

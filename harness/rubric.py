@@ -49,6 +49,8 @@ def _perplexity(c: Criterion, ev: Evaluation, findings: list[Finding], reference
         return 0.0, "no recomputed perplexity"
     if "causal-leak" in _codes(findings):
         return 0.0, f"perplexity {m['ppl']:.1f} is invalid: the model looks ahead"
+    if m.get("partial"):
+        return 0.0, f"perplexity {m['ppl']:.1f} is not comparable: {m['partial']}"
     unigram = math.exp(m["unigram_loss"]) if m.get("unigram_loss") is not None else None
     ppl = m["ppl"]
     if reference_ppl:
