@@ -1,0 +1,99 @@
+"""How long does a PDF report take? Per student report (the grader writes one per submission), the class
+report and a comparison, with each student report split into its stages.
+
+    python benchmarks/report.py [--repeat 5] [--out DIR]
+
+Results: the test suite's example class (tests/test_report.py: six submissions modelled on the seeds —
+a GPT with an epoch curve, one with training claims only, an error, a step curve, an MLM, a look-ahead copy).
+Stages of one student report: context (numbers formatted, matplotlib figures drawn to SVG), HTML (Jinja),
+layout (WeasyPrint), PDF (drawing, font subsetting, writing). The first render also pays for imports and
+font loading; it is reported apart. Aim: under 2 s per student PDF. Wall time and this process's CPU time
+are both printed: on a machine shared with other work (see the load average) the CPU time is the fairer one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_report import make_results  # noqa: E402  (the tests' example class)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3, help="renders of each student report (after the first)")
+    ap.add_argument("--out", type=Path, default=None, help="keep the PDFs here (default: a temporary folder)")
+    args = ap.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="harness-report-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    from harness import report  # noqa: PLC0415
+
+    weasyprint = report._weasyprint()
+
+    t_import = time.perf_counter() - t0
+    results = make_results()
+    ids = [s["id"] for s in results["submissions"]]
+
+    t0 = time.perf_counter()
+    report.render_student_report(results, ids[0], out / f"cold-{ids[0]}.pdf")
+    t_cold = time.perf_counter() - t0
+
+    stages: dict[str, list[float]] = {"context + figures": [], "HTML": [], "layout": [], "PDF": []}
+    per_id: dict[str, list[float]] = {i: [] for i in ids}
+    cpu: list[float] = []
+    for _ in range(args.repeat):
+        for sid in ids:
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            ctx = report.student_context(results, sid)
+            t1 = time.perf_counter()
+            html = report.render_html("student.html", ctx)
+            t2 = time.perf_counter()
+            doc = weasyprint.HTML(string=html, base_url=str(report.TEMPLATES)).render()
+            t3 = time.perf_counter()
+            with report._source_date(ctx["page"]["created"]):
+                data = doc.write_pdf()
+            t4 = time.perf_counter()
+            (out / f"{sid}.pdf").write_bytes(data)
+            for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                stages[key].append(dt)
+            per_id[sid].append(t4 - t0)
+            cpu.append(time.process_time() - c0)
+
+    t0 = time.perf_counter()
+    report.render_class_report(results, out / "class_report.pdf")
+    t_class = time.perf_counter() - t0
+
+    all_times = [t for ts in per_id.values() for t in ts]
+    print(f"harness report benchmark · Python {platform.python_version()} · {platform.machine()} · "
+          f"weasyprint {weasyprint.__version__} · PDFs in {out}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{os.cpu_count()} CPUs, load average {load:.1f} (above the CPU count, wall times stretch)")
+    print(f"import harness.report + weasyprint: {t_import:6.2f} s")
+    print(f"first student PDF (cold):          {t_cold:6.2f} s")
+    print(f"student PDF, warm, {len(all_times)} renders:     mean {statistics.mean(all_times):.2f} s · "
+          f"median {statistics.median(all_times):.2f} s · max {max(all_times):.2f} s  (aim < 2 s)")
+    print(f"  CPU time per student PDF:        mean {statistics.mean(cpu):.2f} s · max {max(cpu):.2f} s")
+    for sid, ts in per_id.items():
+        pages = len(__import__("pypdf").PdfReader(str(out / f"{sid}.pdf")).pages)
+        print(f"  {sid:<12} {statistics.median(ts):5.2f} s  ({pages} pages)")
+    print("stages (median per student PDF):")
+    for key, ts in stages.items():
+        print(f"  {key:<18} {statistics.median(ts):5.2f} s")
+    print(f"class report:                      {t_class:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()

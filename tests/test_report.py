@@ -1,0 +1,503 @@
+"""The PDF reports: rendered from results built here (the grader's results.json contract), read back as
+text, and page 1 rasterised to check it is a real A4 page."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from harness import __version__
+from harness.course import load_course
+from harness.errors import HarnessError
+from harness.findings import CATALOGUE
+from harness.report import (fmt_ppl, load_run, load_runs, render_class_report, render_comparison,
+                            render_student_report)
+
+RUBRIC = [("Checkpoint loads and is evaluated", 20), ("Architecture meets the requirements", 15),
+          ("No look-ahead", 10), ("Validation perplexity", 35), ("Reports a validation metric", 10),
+          ("Claims match the recomputed numbers", 10)]
+UNIGRAM_LOSS, UNIFORM_LOSS = 7.6212, math.log(50257)
+
+
+def _score(points: list[float], whys: list[str], overrides: list | None = None) -> dict:
+    criteria = [{"name": n, "points": p, "max": float(mx), "why": w} for (n, mx), p, w in zip(RUBRIC, points, whys)]
+    return {"total": round(sum(points), 2), "max": 100.0, "criteria": criteria, "overrides": overrides or []}
+
+
+def _finding(code: str, message: str, grader_only: bool = False) -> dict:
+    return {"code": code, "severity": CATALOGUE[code][0], "message": message, "grader_only": grader_only}
+
+
+def _metrics(loss: float, tokens: int = 53_284) -> dict:
+    return {"protocol": "clm-v1", "loss": loss, "ppl": math.exp(loss), "bits_per_byte": loss / math.log(2) / 4.41,
+            "word_ppl": math.exp(loss * 1.31), "tokens": tokens, "unigram_loss": UNIGRAM_LOSS,
+            "unigram_ppl": math.exp(UNIGRAM_LOSS), "uniform_loss": UNIFORM_LOSS, "uniform_ppl": 50257.0}
+
+
+def _gpt_model(**kw) -> dict:
+    m = {"family": "gpt", "n_layers": 2, "d_model": 128, "n_heads": 4, "d_ff": 512, "vocab_size": 50257,
+         "context": 64, "params": 6_841_600, "tied": True, "norm": "pre", "activation": "gelu", "positions": "learned",
+         "sources": {"n_heads": "submission.toml", "norm": "weights", "activation": "submission.toml"}}
+    m.update(kw)
+    return m
+
+
+def _claims(curve=(), curve_source=None, **values) -> dict:
+    keys = ("val_loss", "val_ppl", "train_loss", "train_ppl", "params")
+    return {**{k: values.get(k) for k in keys},
+            "sources": {k: values.get("source", "submission.toml") for k in keys if values.get(k) is not None},
+            "curve": list(curve), "curve_source": curve_source}
+
+
+def _epoch_curve() -> list[dict]:
+    pts = []
+    for e in range(1, 11):
+        tl = 10.3 - 4.2 * (1 - math.exp(-(e - 1) / 2.5))
+        vl = tl + 0.1 + 0.03 * e
+        pts.append({"step": float(e), "axis": "epoch", "train_loss": round(tl, 3), "val_loss": round(vl, 3),
+                    "train_ppl": round(math.exp(tl), 1), "val_ppl": round(math.exp(vl), 1)})
+    return pts
+
+
+def _step_curve(n: int = 400) -> list[dict]:
+    return [{"step": float(s), "axis": "step", "train_loss": 10.8 * math.exp(-s / 90) + 6.2 + 0.15 * math.sin(s),
+             "val_loss": None, "train_ppl": None, "val_ppl": None} for s in range(0, n * 5, 5)]
+
+
+def _reference_curve() -> list[dict]:
+    pts = []
+    for i in range(0, 51):
+        step = i * 100
+        tl = 5.2 + 5.6 * math.exp(-step / 700)
+        vl = 5.4 + 5.4 * math.exp(-step / 700) if i % 5 == 0 else None
+        pts.append({"step": step, "epoch": step * 32 * 64 / 937_022, "tokens": step * 32 * 64, "train_loss": tl,
+                    "val_loss": vl, "train_ppl": math.exp(tl), "val_ppl": math.exp(vl) if vl else None})
+    return pts
+
+
+def make_results() -> dict:
+    course = load_course()
+    ok_why = ["loaded and evaluated on the course's data", "within the assignment's requirements",
+              "predictions do not depend on later tokens"]
+    subs = [
+        {   # seed 000: claims a validation loss the harness does not reproduce; logged per epoch
+            "id": "s01-khan", "student": "Aman Khan", "status": "graded", "error": None,
+            "checkpoint": {"path": "s01-khan/mini_gpt_checkpoint.pt", "sha256": "ab" * 32, "format": "torch-pickle",
+                           "layout": "minigpt"},
+            "model": _gpt_model(context=512), "metrics": _metrics(6.8712),
+            "claims": _claims(_epoch_curve(), "training_log.csv", val_loss=6.54, val_ppl=693.0, train_loss=6.10,
+                              train_ppl=446.0, params=6_700_000),
+            "findings": [_finding("val-claim-mismatch", "Claimed validation loss 6.54; recomputed loss 6.871 "
+                                  "(perplexity 964), 0.33 nats apart (tolerance 0.25)."),
+                         _finding("similar-weights", "Weights match s06-copy at cosine similarity 0.9995.", True)],
+            "score": _score([20, 15, 10, 17.42, 10, 5], ok_why + [
+                "perplexity 964.0: 49% of the way from the unigram baseline 2042.4 to full marks at 248.5",
+                "validation metric reported (submission.toml)", "val-claim-mismatch"]),
+            "similar_to": [{"id": "s06-copy", "similarity": 0.99953}],
+        },
+        {   # seed 001: training metrics only
+            "id": "s02-nolan", "student": "Ravi Nolan", "status": "graded", "error": None,
+            "checkpoint": {"path": "s02-nolan/model.pt", "sha256": "cd" * 32, "format": "torch-pickle", "layout": "nanogpt"},
+            "model": _gpt_model(params=7_796_224, tied=False), "metrics": _metrics(6.2104),
+            "claims": _claims(train_loss=5.47, train_ppl=238.59, params=7_800_000, source="report.pdf (best effort)"),
+            "findings": [_finding("no-validation-metric", "Only training metrics were reported (training loss 5.47, "
+                                  "training perplexity 238.59); no validation loss or perplexity.")],
+            "score": _score([20, 15, 10, 27.71, 0, 10], ok_why + [
+                "perplexity 498.1: 79% of the way", "no validation loss or perplexity reported",
+                "reported numbers agree with the recomputed ones"]),
+            "similar_to": [],
+        },
+        {   # seed 002: a vocabulary of 49,805 outputs: cannot be scored
+            "id": "s03-han", "student": "Yazhen Han", "status": "error",
+            "error": {"code": "vocab-mismatch", "message": "The model has 49,805 outputs, which matches no known "
+                      "tokenizer (gpt2 has 50,257 tokens): it cannot be scored on the course's data."},
+            "checkpoint": {"path": "s03-han/ckpt.pt", "sha256": "ef" * 32, "format": "torch-pickle", "layout": "minigpt"},
+            "model": {"family": "gpt", "n_layers": 1, "d_model": 64, "n_heads": 2, "d_ff": 256, "vocab_size": 49805,
+                      "context": 64, "params": 6_479_053, "sources": {}},
+            "metrics": None,
+            "claims": _claims(train_loss=0.2274, train_ppl=1.26, params=6_479_053),
+            "findings": [_finding("vocab-mismatch", "The model has 49,805 outputs, which matches no known tokenizer "
+                                  "(gpt2 has 50,257 tokens): it cannot be scored on the course's data.")],
+            "score": _score([0, 15, 0, 0, 0, 0], ["not evaluated: The model has 49,805 outputs", "within the "
+                            "assignment's requirements", "causality not checked: the model was not evaluated",
+                            "no recomputed perplexity", "no validation loss or perplexity reported",
+                            "nothing recomputed to check the claims against"]),
+            "similar_to": [],
+        },
+        {   # seed 003: EOT as padding, logged per step, a sweep
+            "id": "s04-sweep", "student": "Lee Park", "status": "graded", "error": None,
+            "checkpoint": {"path": "s04-sweep/outcome/mini_gpt_baseline.pt", "sha256": "12" * 32,
+                           "format": "torch-pickle", "layout": "minigpt"},
+            "model": _gpt_model(tied=False, params=13_281_536), "metrics": _metrics(6.4531),
+            "claims": _claims(_step_curve(), "outcome/results_table.csv", train_loss=6.21, train_ppl=497.7,
+                              source="log outcome/results_table.csv"),
+            "findings": [_finding("no-validation-metric", "Only training metrics were reported (training loss 6.21); "
+                                  "no validation loss or perplexity."),
+                         _finding("pad-is-eot", "End-of-text targets cost 13.12 nats on average, more than a uniform "
+                                  "guess (10.82), while other tokens cost 6.45: the model was never trained to "
+                                  "predict end-of-text.")],
+            "score": _score([20, 15, 10, 23.1, 0, 10], ok_why + ["perplexity 634.5: 66% of the way",
+                            "no validation loss or perplexity reported", "reported numbers agree with the recomputed ones"]),
+            "similar_to": [],
+        },
+        {   # seed 004: BERT-style masked LM
+            "id": "s05-bert", "student": "Mina Osei", "status": "graded", "error": None,
+            "checkpoint": {"path": "s05-bert/model.safetensors", "sha256": "34" * 32, "format": "safetensors",
+                           "layout": "hf-bert"},
+            "model": {"family": "mlm", "n_layers": 3, "d_model": 256, "n_heads": 4, "d_ff": 1024, "vocab_size": 30522,
+                      "context": 512, "params": 10_187_322, "tied": True, "norm": "post", "activation": "gelu",
+                      "positions": "learned", "sources": {"n_heads": "config.json"}},
+            "metrics": {"protocol": "mlm-v1", "loss": 6.5012, "ppl": math.exp(6.5012), "accuracy": 0.1374,
+                        "tokens": 8_117, "unigram_loss": 7.12, "unigram_ppl": math.exp(7.12),
+                        "uniform_loss": math.log(30522), "uniform_ppl": 30522.0},
+            "claims": _claims(val_loss=6.48, val_ppl=657.0, train_loss=6.43),
+            "findings": [],
+            "score": _score([20, 15, 10, 12.3, 10, 10], ["loaded and evaluated on the course's data",
+                            "within the assignment's requirements", "a masked LM is bidirectional by design",
+                            "perplexity 666.0: 35% of the way", "validation metric reported (submission.toml)",
+                            "reported numbers agree with the recomputed ones"],
+                            overrides=[{"id": "s05-bert", "criterion": "Validation perplexity", "points": 12.3,
+                                        "reason": "MLM reference re-trained after the deadline"}]),
+            "similar_to": [],
+        },
+        {   # a copy of s01 whose attention is not masked
+            "id": "s06-copy", "student": "Sam O'Brien \"Jr\"", "status": "graded", "error": None,
+            "checkpoint": {"path": "s06-copy/model.pt", "sha256": "56" * 32, "format": "torch-pickle", "layout": "minigpt"},
+            "model": _gpt_model(n_layers=8), "metrics": _metrics(2.1034),
+            "claims": _claims(val_loss=2.11, val_ppl=8.25),
+            "findings": [_finding("causal-leak", "Predictions for earlier positions changed when only later tokens changed."),
+                         _finding("arch-requirements", "Outside the assignment's requirements: n_layers = 8 (allowed 1–6)."),
+                         _finding("similar-weights", "Weights match s01-khan at cosine similarity 0.9995.", True)],
+            "score": _score([20, 0, 0, 0, 10, 10], ["loaded and evaluated on the course's data",
+                            "Outside the assignment's requirements: n_layers = 8 (allowed 1–6).",
+                            "predictions change when later tokens change",
+                            "perplexity 8.2 is invalid: the model looks ahead", "validation metric reported (submission.toml)",
+                            "reported numbers agree with the recomputed ones"]),
+            "similar_to": [{"id": "s01-khan", "similarity": 0.99953}],
+        },
+    ]
+    return {
+        "harness_version": __version__,
+        "course": {"name": course.name, "id": course.id, "fingerprint": course.fingerprint},
+        "data": {"source": "wiki-vital", "split": "validation", "manifest_sha256": "9f" * 32, "tokenizer": "gpt2"},
+        "protocol": {"clm": {"protocol": "clm-v1", "context": 64, "stride": 64, "max_tokens": None},
+                     "mlm": {"protocol": "mlm-v1", "context": 128, "seed": 1234, "max_tokens": None}},
+        "reference": {"gpt": {"loss": 5.4152, "ppl": math.exp(5.4152), "params": 6_841_600,
+                              "path": "reference_model/gpt", "curve": _reference_curve()},
+                      "mlm": {"loss": 5.91, "ppl": math.exp(5.91), "params": 10_187_322, "accuracy": 0.18,
+                              "path": "reference_model/mlm", "curve": []}},
+        "device": "cpu", "generated": "2026-11-22",
+        "submissions": subs,
+    }
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def pages_text(pdf: Path) -> list[str]:
+    return [page.extract_text() or "" for page in PdfReader(str(pdf)).pages]
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def assert_a4_png(pdf: Path, tmp: Path) -> None:
+    if shutil.which("pdftoppm") is None:
+        pytest.skip("pdftoppm (poppler-utils) is not installed")
+    from PIL import Image
+
+    stem = tmp / f"{pdf.stem}-p1"
+    subprocess.run(["pdftoppm", "-r", "40", "-png", "-f", "1", "-l", "1", "-singlefile", str(pdf), str(stem)],
+                   check=True, capture_output=True, timeout=60)
+    img = Image.open(f"{stem}.png").convert("L")
+    w, h = img.size
+    assert abs(h / w - 297 / 210) < 0.01, (w, h)
+    dark = sum(img.histogram()[:160])
+    assert dark > 0.005 * w * h, f"page 1 of {pdf.name} is nearly blank ({dark} dark pixels)"
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    return make_results()
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reports")
+
+
+@pytest.fixture(scope="module")
+def gpt_pdf(results, out) -> Path:
+    return render_student_report(results, "s01-khan", out / "s01-khan.pdf")
+
+
+# --- student reports -------------------------------------------------------------------------------
+
+
+def test_student_report_shows_verdict_rubric_metrics_findings(gpt_pdf, results, out):
+    pages = pages_text(gpt_pdf)
+    text = flat(" ".join(pages))
+    sub = results["submissions"][0]
+    assert re.search(r"77\.42 ?/ ?100", text)  # the score, first
+    assert "Graded, with 1 warning" in text
+    for c in sub["score"]["criteria"]:  # every criterion with its why
+        assert c["name"] in text
+        assert c["why"][:40] in text
+    assert fmt_ppl(sub["metrics"]["ppl"]) == "964.1" and "964.1" in text
+    assert "6.871" in text and "6.540" in text and "693.0" in text  # recomputed against claimed
+    assert fmt_ppl(results["reference"]["gpt"]["ppl"]) in text and fmt_ppl(math.exp(UNIGRAM_LOSS)) in text
+    assert "50,257" in text  # uniform baseline and vocabulary
+    assert "val-claim-mismatch" in text and CATALOGUE["val-claim-mismatch"][1] in text
+    assert CATALOGUE["val-claim-mismatch"][2][:50] in text  # what it means and how to fix it
+    assert "1–6" in text and "submission.toml" in text  # requirements and sources of the architecture
+    assert "ab" * 32 in text.replace(" ", "")  # provenance: the full checkpoint hash
+    # grader-only material stays out of the student's copy
+    assert "similar-weights" not in text and "s06-copy" not in text and "grader's copy" not in text.lower()
+    # the student id is on every page, and the page count is right
+    assert len(pages) >= 2
+    for i, page in enumerate(pages, start=1):
+        assert "s01-khan" in page, f"page {i} lacks the student id"
+        assert f"page {i} of {len(pages)}" in flat(page)
+    assert f"course {results['course']['fingerprint'][:12]}" in flat(pages[-1])
+    assert f"checkpoint {'ab' * 6}" in flat(pages[-1])
+
+
+def test_student_report_figure_text_is_searchable(gpt_pdf):
+    text = flat(" ".join(pages_text(gpt_pdf)))
+    assert "perplexity (log scale)" in text and "loss (nats per token)" in text
+    assert "recomputed (harness)" in text and "epoch" in text
+    assert "fraction of training" not in text  # both logged epochs: plotted against epochs
+
+
+def test_grader_copy_adds_grader_only_findings_and_similarity(results, out):
+    pdf = render_student_report(results, "s01-khan", out / "s01-grader.pdf", grader=True)
+    pages = pages_text(pdf)
+    text = flat(" ".join(pages))
+    assert "grader's copy" in text.lower() and "similar-weights" in text and "0.9995" in text and "s06-copy" in text
+    assert all("grader's copy" in p for p in pages)
+
+
+def test_error_submission_gets_a_report(results, out):
+    pdf = render_student_report(results, "s03-han", out / "s03-han.pdf")
+    text = flat(" ".join(pages_text(pdf)))
+    assert "Could not be graded" in text and "49,805 outputs" in text
+    assert "vocab-mismatch" in text and CATALOGUE["vocab-mismatch"][2][:50] in text
+    assert re.search(r"\b15 ?/ ?100\b", text)
+    assert_a4_png(pdf, out)
+
+
+def test_mlm_report(results, out):
+    pdf = render_student_report(results, "s05-bert", out / "s05-bert.pdf")
+    text = flat(" ".join(pages_text(pdf)))
+    assert "masked LM" in text and "13.7%" in text and fmt_ppl(math.exp(6.5012)) in text
+    assert "mlm-v1" in text and "30,522" in text
+    assert "No findings" in text
+    assert "MLM reference re-trained after the deadline" in text  # the grader's override is visible
+
+
+def test_causal_leak_and_requirements(results, out):
+    pdf = render_student_report(results, "s06-copy", out / "s06.pdf")
+    text = flat(" ".join(pages_text(pdf)))
+    assert "Graded, with errors" in text and CATALOGUE["causal-leak"][1] in text
+    assert "✗ outside" in text and "not valid" in text
+    assert 'Sam O\'Brien "Jr"' in text  # quotes survive the header's CSS string
+
+
+def test_step_curve_against_reference_steps(results, out):
+    pdf = render_student_report(results, "s04-sweep", out / "s04.pdf")
+    text = flat(" ".join(pages_text(pdf)))
+    assert "pad-is-eot" in text and "outcome/results_table.csv" in text
+    assert "both runs against steps" in text and "moving mean" in text
+
+
+def test_page_one_is_a4_and_not_blank(gpt_pdf, out):
+    box = PdfReader(str(gpt_pdf)).pages[0].mediabox
+    assert abs(float(box.width) - 595.28) < 1 and abs(float(box.height) - 841.89) < 1
+    assert_a4_png(gpt_pdf, out)
+
+
+def test_same_results_same_bytes(results, out, gpt_pdf):
+    again = render_student_report(results, "s01-khan", out / "again.pdf")
+    assert again.read_bytes() == gpt_pdf.read_bytes()
+    meta = PdfReader(str(again)).metadata
+    assert meta.creation_date.date().isoformat() == "2026-11-22"
+
+
+def test_unknown_submission_is_a_clear_error(results, out):
+    with pytest.raises(HarnessError, match="no submission 'nobody'.*s01-khan"):
+        render_student_report(results, "nobody", out / "x.pdf")
+
+
+def test_minimal_submission_renders(out):
+    """Only the keys every result has: nothing optional may be required."""
+    results = {"harness_version": __version__, "course": {"name": "Tiny", "id": "t", "fingerprint": "00" * 32},
+               "data": {}, "protocol": {}, "reference": {"gpt": None, "mlm": None}, "generated": "2026-01-02",
+               "submissions": [{"id": "x1", "status": "error", "error": {"code": "checkpoint-missing", "message":
+                                "no weights"}, "checkpoint": {}, "model": {}, "metrics": None, "claims": {},
+                                "findings": [], "score": {"total": 0, "max": 100, "criteria": []}}]}
+    pdf = render_student_report(results, "x1", out / "x1.pdf")
+    assert "no weights" in flat(" ".join(pages_text(pdf)))
+    render_class_report(results, out / "tiny-class.pdf")
+
+
+# --- class report ----------------------------------------------------------------------------------
+
+
+def test_class_report(results, out):
+    pdf = render_class_report(results, out / "class.pdf")
+    pages = pages_text(pdf)
+    text = flat(" ".join(pages))
+    for s in results["submissions"]:
+        assert s["id"] in text
+    assert "Aman Khan" in text and "77.42" in text and "964.1" in text
+    assert "no-validation-metric" in text and "pad-is-eot" in text and "causal-leak" in text
+    assert "Submissions that could not be graded" in text and "49,805 outputs" in text
+    assert "Similar weights" in text and "0.9995" in text
+    assert "parameters (log scale)" in text and "claimed = recomputed" in text
+    assert all(f"of {len(pages)}" in flat(p) for p in pages)
+    # the leaderboard ranks by score (82.71, 78.10, 77.42, ...), the error last
+    lb = text[text.index("Leaderboard"):]
+    assert lb.index("s02-nolan") < lb.index("s04-sweep") < lb.index("s01-khan") < lb.index("s03-han")
+    assert "78.10" in lb
+    assert_a4_png(pdf, out)
+
+
+def test_class_report_for_students_hides_similarity(results, out):
+    text = flat(" ".join(pages_text(render_class_report(results, out / "class-public.pdf", grader=False))))
+    assert "Similar weights" not in text and "similar-weights" not in text and "grader's copy" not in text.lower()
+
+
+# --- runs and comparison ---------------------------------------------------------------------------
+
+
+def _write_reference_run(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    cols = ["step", "epoch", "tokens", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s"]
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for p in _reference_curve():
+            w.writerow([p["step"], f"{p['epoch']:.4f}", p["tokens"], 1e-3, f"{p['train_loss']:.4f}",
+                        f"{p['train_ppl']:.2f}", "" if p["val_loss"] is None else f"{p['val_loss']:.4f}",
+                        "" if p["val_ppl"] is None else f"{p['val_ppl']:.2f}", 51234.5])
+    (folder / "run.json").write_text(json.dumps({  # the shape `harness reference train` writes
+        "name": "gpt", "family": "gpt", "params": 6_841_600, "steps": 5000, "tokens": 10_240_000, "wall_s": 812.5,
+        "config": {"n_layers": 2, "d_model": 128, "n_heads": 4, "lr": 1e-3, "batch_size": 32, "context": 64,
+                   "optimizer": {"betas": [0.9, 0.95], "weight_decay": 0.1}},
+        "final": {"train_loss": 5.21, "train_ppl": math.exp(5.21), "train_loss_window": 100, "val_loss": 5.4152,
+                  "val_ppl": math.exp(5.4152), "evaluation": {"loss": 5.4152, "tokens": 53_284}}}))
+
+
+def _write_sweep(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    rows = [("baseline", 5e-4, 32, 2, 128, 6.91), ("lr_1e-3", 1e-3, 32, 2, 128, 6.52),
+            ("batch_size_16", 5e-4, 16, 2, 128, 6.70), ("n_layers_1", 5e-4, 32, 1, 128, 7.05),
+            ("embed_dim_64", 5e-4, 32, 2, 64, 7.31)]
+    with open(folder / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["experiment", "lr", "batch_size", "n_layers", "embed_dim", "final_loss", "final_perplexity"])
+        for name, lr, bs, nl, ed, loss in rows:
+            w.writerow([name, lr, bs, nl, ed, loss, round(math.exp(loss), 2)])
+    for name, *_rest, loss in rows:  # per-run logs for two of them
+        if name in ("baseline", "lr_1e-3"):
+            with open(folder / f"metrics_{name}.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["step", "loss", "perplexity"])
+                for s in range(0, 2000, 50):
+                    l = loss + 4 * math.exp(-s / 300)
+                    w.writerow([s, round(l, 4), round(math.exp(l), 2)])
+
+
+def test_load_runs_from_every_source(results, tmp_path):
+    _write_reference_run(tmp_path / "reference_model" / "gpt")
+    _write_sweep(tmp_path / "sweep")
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    ref = load_run(tmp_path / "reference_model" / "gpt")
+    assert ref["name"] == "gpt" and len(ref["curve"]) == 51 and ref["summary"]["params"] == 6_841_600
+    assert ref["curve"][5]["val_loss"] is not None and ref["curve"][4]["val_loss"] is None
+    assert ref["config"]["optimizer.weight_decay"] == 0.1
+    assert "train_loss_window" not in ref["summary"] and "evaluation" not in ref["summary"]
+    sweep = load_runs(tmp_path / "sweep")
+    assert [r["name"] for r in sweep][:2] == ["baseline", "lr_1e-3"] and len(sweep) == 5
+    assert sweep[1]["config"]["lr"] == 1e-3 and sweep[1]["summary"]["train_loss"] == 6.52
+    assert len(sweep[0]["curve"]) == 40 and sweep[2]["curve"] == []
+    assert load_run(f"{tmp_path / 'sweep'}#n_layers_1")["config"]["n_layers"] == 1
+    sub = load_run(f"{tmp_path / 'results.json'}#s01-khan")
+    assert sub["summary"]["val_loss"] == 6.8712 and len(sub["curve"]) == 10 and sub["curve"][0]["epoch"] == 1.0
+    assert len(load_runs(tmp_path / "results.json")) == 6
+    with pytest.raises(HarnessError, match="holds 5 runs"):
+        load_run(tmp_path / "sweep")
+    with pytest.raises(HarnessError, match="does not exist"):
+        load_run(tmp_path / "nowhere")
+    with pytest.raises(HarnessError, match="no run named"):
+        load_run(f"{tmp_path / 'sweep'}#nope")
+
+
+def test_comparison_pdf(results, tmp_path):
+    _write_reference_run(tmp_path / "ref" / "gpt")
+    _write_sweep(tmp_path / "sweep")
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    runs = [load_run(tmp_path / "ref" / "gpt"), load_runs(tmp_path / "sweep"),
+            load_run(f"{tmp_path / 'results.json'}#s02-nolan")]
+    pdf = render_comparison(runs, tmp_path / "compare.pdf", generated="2026-11-22")
+    text = flat(" ".join(pages_text(pdf)))
+    for name in ("gpt", "baseline", "lr_1e-3", "embed_dim_64", "s02-nolan"):
+        assert name in text
+    assert "Settings that differ" in text and "batch_size" in text and "497.9" in text
+    assert not re.search(r"\bembed_dim\b(?!_64)", text.split("Settings that differ")[1])  # it is d_model
+    assert "x is steps" in text  # every curve logged steps
+    assert_a4_png(pdf, tmp_path)
+
+
+def test_curves_in_different_units_are_normalised():
+    """A student logging per epoch against a reference logging per step only: fraction of training."""
+    from harness.report_figures import training_curves
+
+    student = [{"epoch": float(e), "train_loss": 8 - e / 3} for e in range(1, 6)]
+    reference = [{"step": s, "train_loss": 9 - s / 1000, "val_loss": None} for s in range(0, 5000, 100)]
+    svg, how = training_curves(student, "epoch", reference, recomputed_loss=6.5)
+    assert "fraction of each run's own training" in how and "fraction of training" in svg
+    assert "<text" in svg  # text stays text (svg.fonttype none)
+    assert training_curves([], None, []) is None
+
+
+def test_hostile_names_stay_text(out):
+    """A course or student name with quotes and markup is printed as text, in the body and the header."""
+    results = make_results()
+    results["course"]["name"] = 'Deep "LM" </style><b>course</b> \\ 101'
+    results["submissions"][0]["student"] = "<script>x</script> O'Neil"
+    pdf = render_student_report(results, "s01-khan", out / "hostile.pdf")
+    pages = pages_text(pdf)
+    assert all('Deep "LM" </style><b>course</b> \\ 101' in p for p in pages)
+    assert all("<script>x</script> O'Neil" in p for p in pages)
+
+
+def test_harness_sweep_folder(tmp_path):
+    """`harness reference sweep` writes results.csv (a `run` label per row) and one run folder per label."""
+    folder = tmp_path / "gpt-sweep"
+    labels = ["lr=0.001,batch_size=16", "lr=0.001,batch_size=32"]
+    for label in labels:
+        _write_reference_run(folder / label)
+    with open(folder / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lr", "batch_size", "run", "train_loss", "train_ppl", "val_loss", "val_ppl", "params", "steps",
+                    "tokens", "wall_s", "tokens_per_s", "complete"])
+        for label, bs, vl in ((labels[0], 16, 5.52), (labels[1], 32, 5.41)):
+            w.writerow([0.001, bs, label, 5.3, 200.3, vl, round(math.exp(vl), 3), 6841600, 5000, 5000 * bs * 64,
+                        800.0, 51234.5, True])
+    runs = load_runs(folder)
+    assert [r["name"] for r in runs] == labels and all(len(r["curve"]) == 51 for r in runs)
+    assert runs[0]["config"] == {"lr": 0.001, "batch_size": 16}
+    assert runs[1]["summary"]["val_loss"] == 5.41 and runs[1]["summary"]["complete"] is True
+    pdf = render_comparison(runs, tmp_path / "sweep.pdf", generated="2026-11-22")
+    text = flat(" ".join(pages_text(pdf)))
+    assert "x is tokens seen" in text and "batch_size" in text and "5.410" in text
