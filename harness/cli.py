@@ -391,9 +391,21 @@ def grade(
 
 
 @report_app.command("compare")
-def report_compare(runs: Annotated[list[Path], typer.Argument(help="Runs or submissions.")]) -> None:
+def report_compare(
+    runs: Annotated[list[Path], typer.Argument(help="Runs: reference run folders, sweep folders, results.json[#id], "
+                                               "training logs (.csv); PATH#NAME picks one.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The PDF to write.")] = Path("comparison.pdf"),
+    title: Annotated[str, typer.Option("--title")] = "Run comparison",
+) -> None:
     """Side-by-side comparison PDF of runs or submissions."""
-    _not_built("report compare", 7)
+    from harness.report import load_runs, render_comparison
+
+    loaded = [run for path in runs for run in load_runs(str(path))]
+    if not loaded:
+        raise HarnessError("run-missing", "no runs found in " + ", ".join(map(str, runs)))
+    render_comparison(loaded, out_file, title=title)
+    out.print(f"compared {len(loaded)} runs: {', '.join(r['name'] for r in loaded)}")
+    out.print(f"wrote {out_file}")
 
 
 def main() -> None:

@@ -229,15 +229,20 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
             "data": m.get("data"), "warnings": m.get("warnings", []), "device": m.get("device", "cpu"),
             "report_file": m.get("report_file"),
         })
+    dates = sorted(m.get("measured_on") or "" for m in measured)
     return {
         "harness_version": __version__,
-        "course": {"name": course.name, "id": course.id, "fingerprint": course.fingerprint},
-        "data": {"source": course.data_source, "split": course.data_split,
+        # the day of the newest measurement, not of this run: unchanged inputs give identical files
+        "generated": dates[-1] if dates and dates[-1] else None,
+        "course": {"name": course.name, "id": course.id, "fingerprint": course.fingerprint,
+                   "requirements": {f: {k: list(v) for k, v in r.items()} for f, r in course.requirements.items()},
+                   "tolerances": course.to_dict()["tolerances"]},
+        "data": {"source": course.data_source, "split": course.data_split, "tokenizer": course.clm.tokenizer,
                  "manifest_sha256": manifests[0] if len(manifests) == 1 else manifests},
         "protocol": {"clm": {"protocol": course.clm.protocol, "context": course.clm.context,
                              "stride": course.clm.stride or course.clm.context, "max_tokens": course.clm.max_tokens or None},
                      "mlm": {"protocol": course.mlm.protocol, "context": course.mlm.context, "seed": course.mlm.seed,
-                             "max_tokens": course.mlm.max_tokens or None}},
+                             "max_tokens": course.mlm.max_tokens or None, "tokenizer": course.mlm.tokenizer}},
         "reference": reference,
         "similar_pairs": pairs,
         "submissions": subs,

@@ -123,17 +123,31 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
     return calibrate
 
 
-def _tokenizer_for(family: str, sub, course: Course, root: Path):
-    """The student's named tokenizer where they named one (a path inside the submission, or a name),
-    else the course's for the family."""
+def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[str] | None = None):
+    """The tokenizer a submission is scored with, and whether the student named it: the one they named
+    (a path inside the submission, or a name), else the course's; where the course's cannot be had
+    (`bert-base-uncased` offline), a tokenizer the submission ships (tokenizer.json, vocab.txt), noted."""
     from harness.tokenizers import get_tokenizer
 
-    spec = sub.tokenizer or course.eval_settings(family).tokenizer
+    folder = root if root.is_dir() else None
     if sub.tokenizer:
-        inside = root / sub.tokenizer if root.is_dir() else None
+        inside = folder / sub.tokenizer if folder is not None else None
         if inside is not None and inside.exists():
             return get_tokenizer(str(inside)), True
-    return get_tokenizer(spec if spec != "course" else course.eval_settings(family).tokenizer), bool(sub.tokenizer)
+        return get_tokenizer(sub.tokenizer), True
+    spec = course.eval_settings(family).tokenizer
+    try:
+        return get_tokenizer(str(course.resolve(spec)) if course.resolve(spec).exists() else spec), False
+    except HarnessError as e:
+        if e.code != "tokenizer-unavailable" or folder is None:
+            raise
+        shipped = sorted(folder.rglob("tokenizer.json")) + sorted(folder.rglob("vocab.txt"))
+        if not shipped:
+            raise
+        if warnings is not None:
+            warnings.append(f"the course's tokenizer {spec!r} cannot be had here; scored with the submission's own "
+                            f"{shipped[0].relative_to(folder).as_posix()}")
+        return get_tokenizer(str(shipped[0])), False
 
 
 def measure(job: Job) -> dict[str, Any]:
@@ -159,6 +173,7 @@ def measure(job: Job) -> dict[str, Any]:
         except HarnessError as e:
             result["error"] = e.as_dict()
     result["seconds"] = round(time.monotonic() - started, 3)
+    result["measured_on"] = time.strftime("%Y-%m-%d", time.gmtime())  # kept with the cached measurement
     if result["error"] is None:
         result["status"] = "graded"
     return result
@@ -191,20 +206,20 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
                                              if isinstance(v, (int, float, str, bool))}
         model = SandboxedModel(root, sub.code, raw.tensors, kwargs=kwargs, max_positions=sub.model.get("context"))
         n_outputs, state = model.n_outputs, raw.tensors
-        tokenizer, named = _tokenizer_for(family, sub, course, root)
+        tokenizer, named = _tokenizer_for(family, sub, course, root, result["warnings"])
         params = sum(int(t.numel()) for t in {id(t): t for t in raw.tensors.values()}.values())
         result["checkpoint"]["layout"] = "custom-code"
         result["model"] = {"family": family, "layout": "custom-code", "params": params, "vocab_size": n_outputs,
                            "context": sub.model.get("context"), "sources": {"params": "weights", "code": sub.code}}
     else:
         family = sub.family or pick_layout(raw.tensors, raw.config, None).FAMILY
-        tokenizer, named = _tokenizer_for(family, sub, course, root)
+        tokenizer, named = _tokenizer_for(family, sub, course, root, result["warnings"])
         train = freeze(source, tokenizer).split("train") if source.has_splits else None
         calibrate = _calibrator(course, family, tokenizer, train) if train is not None else None
         loaded = build_model(raw, hints=sub.model, family=sub.family, calibrate=calibrate)
         if loaded.family != family:  # the weights overrule a wrong family in submission.toml
             family = loaded.family
-            tokenizer, named = _tokenizer_for(family, sub, course, root)
+            tokenizer, named = _tokenizer_for(family, sub, course, root, result["warnings"])
         model, n_outputs, state = loaded.model, loaded.n_outputs, loaded.model.state_dict()
         d, cfg = loaded.describe(), loaded.config
         result["checkpoint"]["layout"] = loaded.layout
