@@ -1,0 +1,235 @@
+"""How fast is clm-v1? Our evaluator against the textbook strided-perplexity loop, and against the machine.
+
+    python benchmarks/eval.py [--tokens 32768] [--threads N] [--hf]
+
+Model: the seeds' mini-GPT shape (2 layers, d_model 128, 4 heads, GPT-2 vocabulary, context 64), random
+weights (speed does not depend on them). Data: the first validation documents of the embedded corpus,
+GPT-2 tokenized (or the seed reports' text if the corpus is not installed). In the same run it measures:
+
+- the textbook loop of the Hugging Face perplexity guide: one window per forward,
+  `model(input_ids, labels=target_ids)` with -100 for the context tokens, the loss computed as
+  Hugging Face's causal-LM loss does (float upcast, shifted labels, cross-entropy);
+- our `evaluate_clm` on the same model, data, context and stride;
+- this machine's fp32 matmul peak (a large `torch.mm`), and the model's FLOPs per position
+  (2 x non-embedding parameters + 2 x d_model x vocab for the head + attention), so each side's speed is
+  also a fraction of peak (positions computed per second x FLOPs per position / peak).
+
+The rounds are interleaved (peak, ours, textbook, peak, ours, …) and the best of each counts, so a
+machine shared with other work disturbs the comparison as little as it can; `--threads 1 --clock cpu`
+measures CPU time instead of elapsed time, steadier still.
+
+`--hf` repeats the comparison with a Hugging Face GPT2LMHeadModel of the same shape (the textbook loop
+then calls its real `labels=` path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.data import TokenizedSplit  # noqa: E402
+from harness.evaluate import clm_stream, clm_windows, evaluate_clm  # noqa: E402
+from harness.tokenizers import get_tokenizer  # noqa: E402
+
+CONTEXT = 64
+
+
+def load_text(tokenizer, max_tokens: int) -> TokenizedSplit:
+    """Validation documents of the embedded corpus, enough for `max_tokens` stream tokens."""
+    try:
+        from harness.data import load_wiki_vital
+
+        docs = [d.text for d in load_wiki_vital().split("validation")]
+        origin = "wiki-vital validation"
+    except Exception:  # the corpus is not installed: the seed reports are real English text too
+        seeds = sorted((Path(__file__).resolve().parents[2] / "shared" / "seeds").glob("*.txt"))
+        docs = [p.read_text(encoding="utf-8") for p in seeds]
+        origin = "seed reports"
+    ids, total = [], 0
+    for text in docs:
+        t = tokenizer.encode(text)
+        ids.append(t)
+        total += len(t) + 1
+        if total > max_tokens + 1:
+            break
+    while total <= max_tokens + 1:  # too little text: repeat it
+        ids += ids
+        total *= 2
+    offsets = np.cumsum([0] + [len(x) for x in ids]).astype(np.int64)
+    tokens = np.concatenate([np.asarray(x, dtype=np.int32) for x in ids])
+    split = TokenizedSplit("validation", tokens, offsets, "benchmark", tokenizer.sha256)
+    print(f"data: {origin}, {len(ids)} documents")
+    return split
+
+
+def build_gpt(vocab: int):
+    from harness.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab, context=CONTEXT, n_layers=2, d_model=128, n_heads=4)).eval()
+
+
+def build_hf_gpt2(vocab: int):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=CONTEXT, n_embd=128, n_layer=2, n_head=4)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's ForCausalLMLoss: upcast, shift the labels left, mean cross-entropy over non -100."""
+    logits = logits.float()
+    labels = F.pad(labels, (0, 1), value=-100)
+    shift_labels = labels[..., 1:].contiguous()
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), shift_labels.view(-1), ignore_index=-100)
+
+
+def textbook_loop(model, stream: np.ndarray, max_length: int, stride: int, hf: bool) -> tuple[float, int, int]:
+    """The Hugging Face guide's strided perplexity loop (docs 'Perplexity of fixed-length models').
+    Returns the summed NLL, the targets scored and the positions run through the model."""
+    encodings = torch.from_numpy(stream)[None]
+    seq_len = encodings.size(1)
+    nll_sum, n_tokens, prev_end_loc, positions = 0.0, 0, 0, 0
+    for begin_loc in range(0, seq_len, stride):
+        end_loc = min(begin_loc + max_length, seq_len)
+        trg_len = end_loc - prev_end_loc
+        input_ids = encodings[:, begin_loc:end_loc]
+        positions += input_ids.size(1)
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        with torch.no_grad():
+            if hf:
+                loss = model(input_ids, labels=target_ids).loss
+            else:
+                loss = causal_lm_loss(model(input_ids), target_ids)
+        num_valid = int((target_ids != -100).sum()) - target_ids.size(0)
+        if num_valid > 0:  # a last window of one token has no target (its loss is nan)
+            nll_sum += float(loss) * num_valid
+        n_tokens += num_valid
+        prev_end_loc = end_loc
+        if end_loc == seq_len:
+            break
+    return nll_sum, n_tokens, positions
+
+
+CLOCK = time.perf_counter
+
+
+def matmul_peak() -> float:
+    """fp32 FLOP/s of a large square torch.mm on this machine with torch's threads (best of a few)."""
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(3):
+        t = CLOCK()
+        torch.mm(a, b)
+        best = min(best, CLOCK() - t)
+    return 2 * n**3 / best
+
+
+def flops_per_token(model, d: int, vocab: int, n_layers: int, L: int) -> float:
+    embed = sum(p.numel() for n, p in model.named_parameters() if any(k in n for k in ("wte", "wpe", "lm_head")))
+    non_embedding = sum(p.numel() for p in model.parameters()) - embed
+    attention = 2 * 2 * n_layers * L * d  # QK^T and AV over a full window, per token
+    return 2 * non_embedding + 2 * d * vocab + attention
+
+
+def compare(name, model, split, tok, stream, stride, rounds, hf, fpt, batch_tokens):
+    """Ours, the textbook loop and the matmul peak, interleaved over `rounds`; the best round of each
+    counts (on a shared machine the best is the least disturbed)."""
+    n_targets = stream.size - 1
+    t_ours = t_text = math.inf
+    peak = 0.0
+    for _ in range(rounds):
+        peak = max(peak, matmul_peak())
+        t = CLOCK()
+        ours = evaluate_clm(model, split, tok, context=CONTEXT, stride=stride, max_tokens=n_targets,
+                            batch_tokens=batch_tokens)
+        t_ours = min(t_ours, CLOCK() - t)
+        t = CLOCK()
+        nll, n_text, text_positions = textbook_loop(model, stream, CONTEXT, stride, hf)
+        t_text = min(t_text, CLOCK() - t)
+    ours_tps = ours.tokens / t_ours
+    text_tps = n_text / t_text
+    # model FLOP utilisation: positions the model computed per second (a window with stride S < L computes
+    # L positions for S new targets) times FLOPs per position, over the matmul peak
+    ours_mfu = sum(w.length for w in clm_windows(stream.size, CONTEXT, stride)) / t_ours * fpt / peak
+    text_mfu = text_positions / t_text * fpt / peak
+    row = {
+        "model": name,
+        "stride": stride,
+        "targets": n_targets,
+        "peak_gflops": round(peak / 1e9, 1),
+        "ours_tokens_per_s": round(ours_tps),
+        "textbook_tokens_per_s": round(text_tps),
+        "speedup": round(ours_tps / text_tps, 2),
+        "ours_fraction_of_peak": round(ours_mfu, 3),
+        "textbook_fraction_of_peak": round(text_mfu, 3),
+        "ours_loss": ours.loss,
+        "textbook_loss": nll / n_text,
+        "textbook_targets": n_text,
+    }
+    print(f"{name:>8} S={stride:<3} ours {ours_tps:7,.0f} tok/s ({row['ours_fraction_of_peak']:.0%} of peak)  "
+          f"textbook {text_tps:7,.0f} tok/s ({row['textbook_fraction_of_peak']:.0%})  "
+          f"ratio {row['speedup']:.2f}x  peak {peak / 1e9:.0f} GFLOP/s  "
+          f"loss {ours.loss:.5f} vs {nll / n_text:.5f} ({n_text} of {n_targets} targets)")
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=8192, help="targets to score per run")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per measurement; the best counts")
+    ap.add_argument("--batch-tokens", type=int, default=None, help="our evaluator's batch_tokens (default: its own)")
+    ap.add_argument("--hf", action="store_true", help="also compare on a Hugging Face GPT2LMHeadModel")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine (use "
+                         "with --threads 1)")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
+    args = ap.parse_args()
+    global CLOCK
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        CLOCK = time.process_time
+    threads = torch.get_num_threads()
+
+    tok = get_tokenizer("gpt2")
+    split = load_text(tok, args.tokens)
+    stream = clm_stream(split, tok, args.tokens)
+    # both sides score the same capped stream
+    capped = stream.size - 1
+
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads, "
+          f"{args.clock} clock")
+    models = [("gpt", build_gpt(tok.vocab_size), False)]
+    if args.hf:
+        models.append(("hf-gpt2", build_hf_gpt2(tok.vocab_size), True))
+    rows = []
+    for name, model, hf in models:
+        fpt = flops_per_token(model, 128, tok.vocab_size, 2, CONTEXT)
+        print(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+              f"{fpt / 1e6:.1f} MFLOP per token, {capped:,} targets, best of {args.rounds} rounds")
+        for stride in (CONTEXT, CONTEXT // 2):
+            rows.append(compare(name, model, split, tok, stream, stride, args.rounds, hf, fpt, args.batch_tokens))
+    if args.json:
+        print(json.dumps({"threads": threads, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
