@@ -58,10 +58,6 @@ def _root(
     """harness: train reference models, recompute students' metrics, grade, report."""
 
 
-def _not_built(command: str, issue: int) -> None:
-    raise HarnessError("not-built", f"`harness {command}` is not built in harness {__version__} yet (tracked in issue {issue})")
-
-
 def _print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
@@ -199,17 +195,84 @@ def demo(
               "(issue 8); this run prepared and checked the course's data[/yellow]")
 
 
+BudgetSteps = Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after this many steps in all.")]
+BudgetTokens = Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Stop after this many training tokens.")]
+BudgetMinutes = Annotated[Optional[float], typer.Option("--max-minutes", min=0.01, help="Stop this call after so long.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key=value (repeatable).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="reference_model/<name>.toml (default: the SPEC's).")]
+
+
+def _train_summary(r) -> None:
+    out.print(f"[bold]{r.out}[/bold]: {r.steps}/{r.total_steps} steps, {r.tokens:,} tokens, {r.wall_s:.0f} s, "
+              f"{r.tokens_per_s:,.0f} tokens/s" + ("" if r.complete else f" (stopped by {r.stopped_by}; run again to continue)"))
+    if r.val_ppl is not None:
+        uni = f" · unigram baseline {r.unigram_val_ppl:,.1f}" if r.unigram_val_ppl else ""
+        out.print(f"validation loss {r.val_loss:.4f}, perplexity {r.val_ppl:,.1f}{uni}")
+    if r.tokenizer_fallback:
+        out.print(f"[yellow]tokenizer:[/yellow] {r.tokenizer_fallback}")
+
+
 @reference_app.command("train")
-def reference_train(family: Annotated[str, typer.Argument(help="gpt or mlm")],
-                    config: Annotated[Optional[Path], typer.Option("--config")] = None) -> None:
-    """Train a reference model (GPU when present, CPU otherwise)."""
-    _not_built("reference train", 4)
+def reference_train(
+    family: Annotated[str, typer.Argument(help="gpt or mlm")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: reference_model/<name>).")] = None,
+    course: CourseOpt = None,
+    max_steps: BudgetSteps = None,
+    max_tokens: BudgetTokens = None,
+    max_minutes: BudgetMinutes = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes (DDP through torchrun; GPUs or CPU).")] = 1,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over instead of resuming the run folder.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a reference model (GPU when present, CPU otherwise); resumes an interrupted run."""
+    import subprocess
+
+    from harness.progress import progress_bar
+    from harness.train import torchrun_command, train_reference
+
+    if family not in ("gpt", "mlm"):
+        raise HarnessError("family-unknown", f"family {family!r} is not gpt or mlm")
+    if nproc > 1:
+        args = [a for k, v in (("--config", config), ("--out", out_dir), ("--course", course), ("--max-steps", max_steps),
+                               ("--max-tokens", max_tokens), ("--max-minutes", max_minutes)) if v is not None
+                for a in (k, str(v))]
+        args += [a for o in overrides or () for a in ("--set", o)] + (["--no-resume"] if fresh else [])
+        raise typer.Exit(subprocess.call(torchrun_command(nproc, family, args)))
+    with progress_bar(f"training {family} (steps)", enabled=not as_json) as update:
+        r = train_reference(family, config, overrides or [], out_dir, max_steps=max_steps, max_tokens=max_tokens,
+                            max_minutes=max_minutes, progress=update, resume=not fresh, course=course)
+    if as_json:
+        from harness.train.run import finite
+
+        _print_json(finite(r.to_dict()))
+    else:
+        _train_summary(r)
 
 
 @reference_app.command("sweep")
-def reference_sweep() -> None:
-    """Train a grid of reference runs."""
-    _not_built("reference sweep", 4)
+def reference_sweep(
+    family: Annotated[str, typer.Argument(help="gpt or mlm")],
+    grid: Annotated[list[str], typer.Option("--grid", help="key=v1,v2 (repeatable): one run per combination.")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Sweep folder (default: reference_model/<name>-sweep).")] = None,
+    course: CourseOpt = None,
+    max_steps: BudgetSteps = None,
+    max_tokens: BudgetTokens = None,
+    max_minutes: BudgetMinutes = None,
+) -> None:
+    """Train a grid of reference runs, each in its own folder, with a results table."""
+    from harness.progress import progress_bar
+    from harness.train import sweep
+
+    with progress_bar("sweep (steps)") as update:
+        result = sweep(family, grid, config, out_dir, overrides=overrides or [], max_steps=max_steps,
+                       max_tokens=max_tokens, max_minutes=max_minutes, progress=update, course=course,
+                       on_run=lambda label, i, n: err.print(f"run {i + 1}/{n}: {label}"))
+    out.print(result.table.to_string(index=False))
+    out.print(f"results  {result.path}")
 
 
 @app.command()

@@ -28,9 +28,16 @@ def test_course_show_json(run_cli):
     assert value["course"]["clm"]["context"] == 64 and len(value["fingerprint"]) == 64
 
 
-@pytest.mark.parametrize("args", [["grade", "x"], ["reference", "sweep"], ["report", "compare", "a"]])
-def test_commands_not_built_yet_say_so_in_one_line(run_cli, args):
-    assert_one_line_error(run_cli(*args), "not built")
+@pytest.mark.parametrize("args, fragment", [
+    (["grade", "nowhere"], "is not a folder of submissions"),
+    (["reference", "train", "gpt", "--set", "colour=blue"], "colour"),
+    (["reference", "train", "rnn"], "is not gpt or mlm"),
+    (["report", "compare", "nowhere"], "nowhere"),
+    (["eval", "nowhere.pt"], "does not exist"),
+    (["check", "nowhere"], "does not exist"),
+])
+def test_bad_input_is_one_clear_line(run_cli, args, fragment, tmp_path):
+    assert_one_line_error(run_cli(*args, cwd=tmp_path), fragment)
 
 
 def test_the_demo_prints_the_split_sizes_and_the_manifest_fingerprint(run_cli, tmp_path):
