@@ -186,13 +186,35 @@ def course_show(course: CourseOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where the demo writes its reports.")] = Path("reports/demo"),
+    submissions: Annotated[Path, typer.Option("--submissions", help="The example class's folder.")] = Path("submissions"),
     course: CourseOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
+    scale: Annotated[str, typer.Option("--scale", help="demo, or test: the same pipeline, tiny budgets.")] = "demo",
 ) -> None:
     """The whole job offline on the embedded default: data, reference, example class, grading, PDFs."""
-    frozen = _freeze(course, None, None, None, False)
-    _print_data(frozen, "reused" if frozen.reused else "written")
-    err.print("[yellow]the rest of the demo (reference training, example class, grading, PDFs) is not built yet "
-              "(issue 8); this run prepared and checked the course's data[/yellow]")
+    if scale not in ("demo", "test"):
+        raise HarnessError("demo-scale", f"--scale {scale!r} is not demo or test")
+    from harness.demo import run_demo
+    from harness.progress import progress_bar
+
+    r = run_demo(out_dir, submissions=submissions, course_path=course, workers=workers,
+                 say=lambda line: err.print(line), progress_factory=progress_bar, scale=scale)
+    _print_data(r.data, "reused" if r.data.reused else "written")
+    for family, t in r.references.items():
+        out.print(f"\n[bold]reference {family}[/bold]")
+        _train_summary(t)
+    out.print()
+    out.print(_class_table(r.grading.results))
+    ref = r.grading.results["reference"].get("gpt") or {}
+    if ref:
+        out.print(f"reference GPT (recomputed like a submission): perplexity {ref['ppl']:,.1f}")
+    out.print(f"{len(r.grading.measured)} evaluated, {len(r.grading.cached)} from the cache; "
+              f"wall time {r.timings['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in r.timings.items()
+                                                           if k != "total") + ")")
+    out.print(f"submissions  {submissions}/")
+    out.print(f"results      {out_dir / 'results.json'}")
+    out.print(f"grades       {out_dir / 'grades.csv'}")
+    out.print(f"reports      {out_dir}/<id>.pdf, {out_dir / 'class_report.pdf'}")
 
 
 BudgetSteps = Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after this many steps in all.")]

@@ -40,7 +40,15 @@ def test_bad_input_is_one_clear_line(run_cli, args, fragment, tmp_path):
     assert_one_line_error(run_cli(*args, cwd=tmp_path), fragment)
 
 
-def test_the_demo_prints_the_split_sizes_and_the_manifest_fingerprint(run_cli, tmp_path):
-    proc = run_cli("demo", "--out", tmp_path / "demo", check=0)
-    for number in ("937,022", "53,796", "48,987", "manifest sha256"):
-        assert number in proc.stdout
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_job_end_to_end(run_cli, tmp_path):
+    """The demo at test scale: data, references, example class, grading and PDFs, in a fresh folder."""
+    proc = run_cli("demo", "--scale", "test", "--workers", "2", cwd=tmp_path, check=0)
+    for text in ("937,022", "53,796", "48,987", "manifest sha256", "reference gpt", "s000_encoder", "nanogpt_clean"):
+        assert text in proc.stdout, text
+    out = tmp_path / "reports" / "demo"
+    assert (out / "results.json").is_file() and (out / "grades.csv").is_file()
+    assert (out / "class_report.pdf").stat().st_size > 10_000 and (out / "s001_pre_ln.pdf").is_file()
+    assert (tmp_path / "reference_model" / "gpt" / "model.safetensors").is_file()
+    again = run_cli("demo", "--scale", "test", "--workers", "2", cwd=tmp_path, check=0)
+    assert "0 evaluated" in again.stdout
