@@ -209,27 +209,11 @@ def map_encoder_layer(src: Tensors, prefix: str, i: int) -> dict[str, torch.Tens
 
 
 def bert_state_dict(tensors: Tensors) -> tuple[dict[str, torch.Tensor], bool]:
-    """HF BertForMaskedLM names as the canonical BertMLM's full state dict; also whether the decoder is tied.
+    """HF BertForMaskedLM names as the canonical BertMLM's full state dict; also whether the decoder is tied."""
+    from harness.models.mlm import normalise_hf_bert_keys
 
-    Leaves out the pooler, the next-sentence head and old buffers; renames TF-era gamma/beta; fills
-    the two names HF keeps for one tensor (decoder bias, tied decoder weight) from the one saved.
-    """
-    sd: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
-        if key.startswith(("bert.pooler.", "cls.seq_relationship.")) or key in (
-                "bert.embeddings.position_ids", "bert.embeddings.token_type_ids"):
-            continue
-        if key.endswith(".gamma"):
-            key = key[: -len("gamma")] + "weight"
-        elif key.endswith(".beta"):
-            key = key[: -len("beta")] + "bias"
-        sd[key] = value
+    sd = normalise_hf_bert_keys(tensors)
     word, decoder = "bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"
-    bias, decoder_bias = "cls.predictions.bias", "cls.predictions.decoder.bias"
-    if bias not in sd and decoder_bias in sd:
-        sd[bias] = sd[decoder_bias]
-    if bias in sd:
-        sd[decoder_bias] = sd[bias]
     tied = decoder not in sd or same_tensor(sd[decoder], sd.get(word))
     if tied and word in sd:
         sd[decoder] = sd[word]

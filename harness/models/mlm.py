@@ -227,12 +227,10 @@ _IGNORED_PREFIXES = ("bert.pooler.", "cls.seq_relationship.")
 _IGNORED_KEYS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
 
 
-def load_hf_bert_state_dict(model: BertMLM, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load a `BertForMaskedLM` / `BertForPreTraining` state dict, whatever HF version wrote it.
-
-    Tolerates the pooler, NSP head and old buffers; fills the tied decoder weight and the decoder bias
-    from their sources when a checkpoint saved them once; renames TF-era `gamma`/`beta`.
-    """
+def normalise_hf_bert_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `BertForMaskedLM` / `BertForPreTraining` state dict, whatever HF version wrote it, under today's
+    names: the pooler, NSP head and old buffers left out, TF-era `gamma`/`beta` renamed, and the decoder
+    bias that HF keeps under two names filled from the one saved."""
     sd: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key in _IGNORED_KEYS or key.startswith(_IGNORED_PREFIXES):
@@ -242,13 +240,20 @@ def load_hf_bert_state_dict(model: BertMLM, state_dict: Mapping[str, torch.Tenso
         elif key.endswith(".beta"):
             key = key[: -len("beta")] + "bias"
         sd[key] = value
-    word, decoder = "bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"
     bias, decoder_bias = "cls.predictions.bias", "cls.predictions.decoder.bias"
     # One tensor under two names in HF; older checkpoints saved only `cls.predictions.bias`.
     if bias not in sd and decoder_bias in sd:
         sd[bias] = sd[decoder_bias]
     if bias in sd:
         sd[decoder_bias] = sd[bias]
+    return sd
+
+
+def load_hf_bert_state_dict(model: BertMLM, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a `BertForMaskedLM` / `BertForPreTraining` state dict, whatever HF version wrote it; fills the
+    tied decoder weight from the word embeddings when a checkpoint saved it once."""
+    sd = normalise_hf_bert_keys(state_dict)
+    word, decoder = "bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"
     if model.config.tied:
         if decoder in sd and word in sd and not torch.equal(sd[decoder], sd[word]):
             raise ValueError("the checkpoint's MLM decoder is not tied to its word embeddings; "
