@@ -249,16 +249,60 @@ def _row_nll(rows: torch.Tensor, targets: torch.Tensor, want_correct: bool = Fal
     return nll, correct
 
 
-def _windows_per_batch(batch_tokens: int | None, length: int, n_outputs: int, budget: int | None,
-                       model: Any) -> int:
-    if batch_tokens is not None:
-        if isinstance(batch_tokens, bool) or batch_tokens < 1:
-            raise HarnessError("eval-invalid", f"batch_tokens must be a positive integer, got {batch_tokens!r}")
-        return max(1, int(batch_tokens) // length)
-    if budget is None:
-        device = torch.device(getattr(model, "device", "cpu"))
-        budget = CPU_LOGITS_BUDGET if device.type == "cpu" else GPU_LOGITS_BUDGET
-    return max(1, budget // (4 * length * n_outputs))
+class _Batches:
+    """Items (windows, blocks) grouped by length, so that no batch is ever padded, then cut into batches.
+
+    With `batch_tokens` the batch size is fixed up front; otherwise the first batch holds one item, and
+    the size is set from the device its logits came back on (`budget()`): a `LogitsModel` need not say
+    where it runs.
+    """
+
+    def __init__(self, items: Sequence[Any], length_of: Callable[[Any], int], *, batch_tokens: int | None,
+                 n_outputs: int, budget: int | None):
+        if batch_tokens is not None and (isinstance(batch_tokens, bool) or batch_tokens < 1):
+            raise HarnessError("eval-invalid", f"the batch size must be a positive integer, got {batch_tokens!r}")
+        self.groups: dict[int, list[Any]] = {}
+        for it in items:
+            self.groups.setdefault(length_of(it), []).append(it)
+        self.batch_tokens, self.n_outputs, self.budget = batch_tokens, n_outputs, budget
+        self.size: dict[int, int] = {}  # items per batch, by length
+        self.device: torch.device | None = None
+
+    def _size(self, length: int, device: torch.device | None) -> int | None:
+        if self.batch_tokens is not None:
+            return max(1, self.batch_tokens // length)
+        if device is None:
+            return None
+        budget = self.budget
+        if budget is None:
+            budget = CPU_LOGITS_BUDGET if device.type == "cpu" else GPU_LOGITS_BUDGET
+        return max(1, budget // (4 * length * self.n_outputs))
+
+    def saw(self, logits: torch.Tensor) -> None:
+        """Called with each batch's logits: the first one fixes the batch size."""
+        if self.device is None:
+            self.device = logits.device
+        for length in self.groups:
+            if length not in self.size:
+                size = self._size(length, self.device)
+                if size is not None:
+                    self.size[length] = size
+
+    def __iter__(self):
+        for length, items in self.groups.items():
+            i = 0
+            while i < len(items):
+                take = self.size.get(length) or self._size(length, None) or 1
+                yield length, items[i : i + take]
+                i += take
+
+
+def _checked_logits(model: LogitsModel, inputs: torch.Tensor, n_outputs: int) -> torch.Tensor:
+    logits = model.logits(inputs)
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(inputs.shape) or logits.shape[-1] != n_outputs:
+        raise HarnessError("model-output-invalid", f"the model returned logits of shape {tuple(logits.shape)} for "
+                           f"input {tuple(inputs.shape)}; expected [B, T, {n_outputs}]")
+    return logits
 
 
 def _unigram_counts(stream: np.ndarray, vocab_size: int) -> tuple[np.ndarray, int]:
@@ -358,7 +402,8 @@ class ClmResult:
     tokenizer_sha256: str | None
     context: int  # L actually used: min(requested context, the model's positions)
     requested_context: int
-    stride: int
+    stride: int  # S actually used: the requested stride (default L), at most L
+    requested_stride: int | None
     max_tokens: int | None
     n_outputs: int
     vocab_size: int
@@ -423,18 +468,21 @@ def evaluate_clm(
 ) -> ClmResult:
     """clm-v1 of `model` on `split` (see SPEC "Evaluation protocols").
 
-    `batch_tokens` caps the input positions per forward (default: as many windows as keep one batch of
-    float32 logits under `logits_budget` bytes, by default 16 MiB on a CPU and 1 GiB on a GPU). `train_split` gives the unigram baseline's counts; without
-    it they come from the evaluated split (`unigram_source = "evaluated"`). `progress(done, total)` is
-    called with scored targets after each batch.
+    `context` and `stride` are the course's; the windows are `L = min(context, model.max_positions)` long
+    and the stride is cut to `L` with them. `batch_tokens` caps the input positions per forward (default:
+    as many windows as keep one batch of float32 logits under `logits_budget` bytes: 16 MiB on a CPU,
+    1 GiB on a GPU). `train_split` gives the unigram baseline's counts (its clm-v1 stream: EOT and tokens
+    per document); without it they come from the evaluated split (`unigram_source = "evaluated"`).
+    `progress(done, total)` is called with scored targets after each batch.
     """
     model = as_logits_model(model)
     _check_split(split, tokenizer)
     L = _effective_context(context, model)
-    stride_used = L if stride is None else stride
-    if isinstance(stride_used, bool) or not isinstance(stride_used, (int, np.integer)) or not 1 <= stride_used <= L:
-        raise HarnessError("eval-invalid", f"stride must be between 1 and the context actually used ({L}), got {stride!r}")
-    stride_used = int(stride_used)
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer))
+                               or not 1 <= stride <= context):
+        raise HarnessError("eval-invalid", f"stride must be between 1 and the context ({context}), got {stride!r}")
+    # a model with fewer positions than the course's context shortens the windows, and the stride with them
+    stride_used = L if stride is None else min(int(stride), L)
     s = clm_stream(split, tokenizer, max_tokens)
     n = int(s.size)
     if n < 2:
@@ -448,34 +496,27 @@ def evaluate_clm(
     s_t = torch.from_numpy(s)
     total_targets = n - 1
     done = 0
-    per_batch = _windows_per_batch(batch_tokens, L, n_outputs, logits_budget, model)
-    # group windows of equal length (only a stream shorter than L gives a shorter one): no padding ever
-    groups: dict[int, list[ClmWindow]] = {}
-    for w in plan:
-        groups.setdefault(w.length, []).append(w)
-    for length, ws in groups.items():
+    batches = _Batches(plan, lambda w: w.length, batch_tokens=batch_tokens, n_outputs=n_outputs,
+                       budget=logits_budget)
+    for length, batch in batches:
         ar = torch.arange(length)
-        for i in range(0, len(ws), per_batch):
-            batch = ws[i : i + per_batch]
-            starts = torch.tensor([w.start for w in batch], dtype=torch.long)
-            inputs = s_t[starts[:, None] + ar[None, :]]  # [B, T]
-            logits = model.logits(inputs)
-            if logits.shape[-1] != n_outputs:
-                raise HarnessError("model-output-invalid",
-                                   f"the model returned {logits.shape[-1]} logits per position, not {n_outputs}")
-            # each window's scored rows are a view of the logits: nothing is copied
-            positions = np.concatenate([np.arange(w.targets.start, w.targets.stop) for w in batch])
-            targets = s_t[torch.from_numpy(positions)].to(logits.device)
-            parts, o = [], 0
-            for k, w in enumerate(batch):
-                parts.append(_row_nll(logits[k, w.first_scored :], targets[o : o + w.scored])[0])
-                o += w.scored
-            del logits  # never two batches of full-vocabulary logits at once
-            nll[positions] = torch.cat(parts).double().cpu().numpy()
-            seen[positions] += 1
-            done += int(positions.size)
-            if progress is not None:
-                progress(done, total_targets)
+        starts = torch.tensor([w.start for w in batch], dtype=torch.long)
+        inputs = s_t[starts[:, None] + ar[None, :]]  # [B, T]
+        logits = _checked_logits(model, inputs, n_outputs)
+        batches.saw(logits)
+        # each window's scored rows are a view of the logits: nothing is copied
+        positions = np.concatenate([np.arange(w.targets.start, w.targets.stop) for w in batch])
+        targets = s_t[torch.from_numpy(positions)].to(logits.device)
+        parts, o = [], 0
+        for k, w in enumerate(batch):
+            parts.append(_row_nll(logits[k, w.first_scored :], targets[o : o + w.scored])[0])
+            o += w.scored
+        del logits  # never two batches of full-vocabulary logits at once
+        nll[positions] = torch.cat(parts).double().cpu().numpy()
+        seen[positions] += 1
+        done += int(positions.size)
+        if progress is not None:
+            progress(done, total_targets)
 
     if seen[0] or not (seen[1:] == 1).all():
         raise AssertionError("clm-v1 window plan did not score every target once")  # a bug here, never bad input
@@ -499,6 +540,7 @@ def evaluate_clm(
         context=L,
         requested_context=int(context),
         stride=stride_used,
+        requested_stride=None if stride is None else int(stride),
         max_tokens=None if max_tokens is None else int(max_tokens),
         n_outputs=n_outputs,
         vocab_size=vocab,
@@ -626,16 +668,6 @@ class MlmResult:
         return _plain(asdict(self))
 
 
-def _mlm_batches(items: Sequence[Any], length_of: Callable[[Any], int], per_batch: int):
-    """Items grouped by length (no padding ever), then cut into batches, order kept within a length."""
-    groups: dict[int, list[Any]] = {}
-    for it in items:
-        groups.setdefault(length_of(it), []).append(it)
-    for length, its in groups.items():
-        for i in range(0, len(its), per_batch):
-            yield length, its[i : i + per_batch]
-
-
 @torch.inference_mode()
 def evaluate_mlm(
     model: Any,
@@ -654,9 +686,10 @@ def evaluate_mlm(
     """mlm-v1 of `model` on `split` (see SPEC "Evaluation protocols").
 
     `batch_size` blocks per forward (default: as many as keep one batch of float32 logits under
-    `logits_budget`, as in `evaluate_clm`). `pseudo_ppl_tokens > 0` adds pseudo-perplexity: each of the first that many
-    non-special stream tokens is masked alone in its (otherwise unmasked) block and scored.
-    `progress(done, total)` counts scored positions.
+    `logits_budget`, as in `evaluate_clm`). `pseudo_ppl_tokens > 0` adds pseudo-perplexity: each of the
+    first that many non-special stream tokens is masked alone in its (otherwise unmasked) block and
+    scored. `train_split` gives the unigram baseline's counts (its documents' tokens). `progress(done,
+    total)` counts scored positions.
     """
     model = as_logits_model(model)
     _check_split(split, tokenizer)
@@ -670,14 +703,19 @@ def evaluate_mlm(
     blocks = mlm_blocks(stream.size, L)
     if not blocks:
         raise HarnessError("eval-empty", f"split {split.name!r} has no block to score; check the data and max_tokens")
-    per_batch = _windows_per_batch(batch_size * L if batch_size else None, L, n_outputs, logits_budget, model)
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise HarnessError("eval-invalid", f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_tokens = None if batch_size is None else int(batch_size) * L
 
     # masks first: they fix the targets, the count for progress and the baselines
-    masked = []  # (block index, start, length, inputs, selected positions)
+    masked = []  # (first slot, start, length, inputs, selected positions)
+    n_selected = 0
     for b, (start, length) in enumerate(blocks):
         inputs, selected = mlm_masks(stream[start : start + length], b, tokenizer, seed)
-        masked.append((b, start, length, inputs, np.flatnonzero(selected)))
-    n_selected = sum(m[4].size for m in masked)
+        where = np.flatnonzero(selected)
+        if where.size:  # a block with nothing selected needs no forward
+            masked.append((n_selected, start, length, inputs, where))
+            n_selected += int(where.size)
     if n_selected == 0:
         raise HarnessError("eval-empty", f"split {split.name!r} gave no masked position to score; use more tokens")
     special = np.array(sorted(tokenizer.special_ids), dtype=np.int64)
@@ -686,28 +724,24 @@ def evaluate_mlm(
 
     nll = np.zeros(n_selected, dtype=np.float64)  # in the order of (block, position)
     correct = np.zeros(n_selected, dtype=bool)
-    slot = np.cumsum([0] + [m[4].size for m in masked])
+    target_ids = np.zeros(n_selected, dtype=np.int64)
     done = 0
-    for length, batch in _mlm_batches(masked, lambda m: m[2], per_batch):
-        inputs = torch.from_numpy(np.stack([m[3] for m in batch]))
-        bi = np.concatenate([np.full(m[4].size, k, dtype=np.int64) for k, m in enumerate(batch)])
-        ti = np.concatenate([m[4] for m in batch])
-        dest = np.concatenate([np.arange(slot[m[0]], slot[m[0] + 1]) for m in batch])
-        targets = torch.from_numpy(np.concatenate([stream[m[1] + m[4]] for m in batch]))
-        if ti.size == 0:
-            continue
-        logits = model.logits(inputs)
-        if logits.shape[-1] != n_outputs:
-            raise HarnessError("model-output-invalid",
-                               f"the model returned {logits.shape[-1]} logits per position, not {n_outputs}")
-        flat_idx = torch.from_numpy(bi * length + ti).to(logits.device)
-        rows = logits.reshape(-1, n_outputs).index_select(0, flat_idx)
-        del logits
-        row_nll, row_ok = _row_nll(rows, targets.to(rows.device), want_correct=True)
+    batches = _Batches(masked, lambda m: m[2], batch_tokens=batch_tokens, n_outputs=n_outputs, budget=logits_budget)
+    for length, batch in batches:
+        logits = _checked_logits(model, torch.from_numpy(np.stack([m[3] for m in batch])), n_outputs)
+        batches.saw(logits)
+        # only the selected rows are copied out of the logits
+        flat = np.concatenate([k * length + m[4] for k, m in enumerate(batch)])
+        rows = logits.reshape(-1, n_outputs).index_select(0, torch.from_numpy(flat).to(logits.device))
+        del logits  # never two batches of full-vocabulary logits at once
+        targets = np.concatenate([stream[m[1] + m[4]] for m in batch])
+        row_nll, row_ok = _row_nll(rows, torch.from_numpy(targets).to(rows.device), want_correct=True)
+        del rows
+        dest = slice(batch[0][0], batch[-1][0] + batch[-1][4].size)  # a batch's slots are consecutive
         nll[dest] = row_nll.double().cpu().numpy()
         correct[dest] = row_ok.cpu().numpy()
-        del rows
-        done += int(ti.size)
+        target_ids[dest] = targets
+        done += int(targets.size)
         if progress is not None:
             progress(done, total_work)
 
@@ -715,20 +749,23 @@ def evaluate_mlm(
     if pseudo_positions.size:
         _, _, mask_id = _mlm_ids(tokenizer)
         # one query per position: its block, unmasked except that position
-        queries = [(q, int(p // L) * L, int(p % L)) for q, p in enumerate(pseudo_positions)]
         block_len = dict(blocks)
-        for length, batch in _mlm_batches(queries, lambda q: block_len[q[1]], per_batch):
+        queries = [(q, int(p // L) * L, int(p % L)) for q, p in enumerate(pseudo_positions)]
+        batches = _Batches(queries, lambda q: block_len[q[1]], batch_tokens=batch_tokens, n_outputs=n_outputs,
+                           budget=logits_budget)
+        for length, batch in batches:
             rows_in = np.stack([stream[start : start + length] for _, start, _ in batch])
+            at = np.arange(len(batch))
             js = np.array([j for _, _, j in batch], dtype=np.int64)
-            targets = torch.from_numpy(rows_in[np.arange(len(batch)), js].copy())
-            rows_in[np.arange(len(batch)), js] = mask_id
-            logits = model.logits(torch.from_numpy(rows_in))
-            flat_idx = torch.from_numpy(np.arange(len(batch)) * length + js).to(logits.device)
-            rows = logits.reshape(-1, n_outputs).index_select(0, flat_idx)
+            targets = rows_in[at, js].copy()
+            rows_in[at, js] = mask_id
+            logits = _checked_logits(model, torch.from_numpy(rows_in), n_outputs)
+            batches.saw(logits)
+            rows = logits.reshape(-1, n_outputs).index_select(0, torch.from_numpy(at * length + js).to(logits.device))
             del logits
-            row_nll, _ = _row_nll(rows, targets.to(rows.device))
-            pseudo_nll[[q for q, _, _ in batch]] = row_nll.double().cpu().numpy()
+            row_nll, _ = _row_nll(rows, torch.from_numpy(targets).to(rows.device))
             del rows
+            pseudo_nll[[q for q, _, _ in batch]] = row_nll.double().cpu().numpy()
             done += len(batch)
             if progress is not None:
                 progress(done, total_work)
@@ -736,7 +773,6 @@ def evaluate_mlm(
     total = math.fsum(nll.tolist())
     loss = total / n_selected
     n_correct = int(correct.sum())
-    target_ids = np.concatenate([stream[m[1] + m[4]] for m in masked])
     vocab = int(tokenizer.vocab_size)
     # counts of the documents' tokens ([CLS]/[SEP] are never targets, so they are left out)
     source_split = train_split if train_split is not None else split

@@ -227,7 +227,7 @@ def reference_clm(hf_model, docs, tok, L, S, max_tokens=None):
     "L,S,max_tokens,eot",
     [
         (32, None, None, True),  # stride = L, a last short right-aligned window
-        (32, 8, None, True),  # stride < L
+        (32, 12, None, True),  # stride < L, not a divisor of L
         (32, 32, 150, True),  # max_tokens cap
         (24, 24, None, False),  # tokenizer without EOT
         (17, 5, 101, False),
@@ -302,6 +302,26 @@ def test_clm_batching_and_rerun(gpt_model, gpt2_tok):
     assert d["protocol"] == "clm-v1" and json.loads(json.dumps(d, allow_nan=False)) == d
 
 
+def test_batches_follow_the_logits_budget(gpt_model, gpt2_tok):
+    """A LogitsModel need not say where it runs: the first batch is one window, the rest fill the budget."""
+
+    class Recording:
+        def __init__(self):
+            self.inner = TorchLogitsModel(gpt_model)
+            self.n_outputs, self.max_positions, self.shapes = 50257, None, []
+
+        def logits(self, input_ids, attention_mask=None):
+            self.shapes.append(tuple(input_ids.shape))
+            return self.inner.logits(input_ids)
+
+    split = make_split(DOCS, gpt2_tok)
+    model = Recording()
+    r = evaluate_clm(model, split, gpt2_tok, context=32, logits_budget=3 * 32 * 50257 * 4)
+    assert model.shapes[0] == (1, 32) and {s[0] for s in model.shapes[1:-1]} == {3}
+    assert sum(s[0] for s in model.shapes) == r.windows
+    assert rel(r.total_nll, evaluate_clm(gpt_model, split, gpt2_tok, context=32, batch_tokens=32).total_nll) < REL
+
+
 def test_progress_and_context_capped_by_the_model(gpt_model, gpt2_tok):
     split = make_split(DOCS, gpt2_tok)
     calls = []
@@ -311,6 +331,9 @@ def test_progress_and_context_capped_by_the_model(gpt_model, gpt2_tok):
     assert capped.context == 16 and capped.requested_context == 64
     assert capped.total_nll == direct.total_nll
     assert calls[-1] == (capped.tokens, capped.tokens)
+    # the course's stride is valid for its context; the model's shorter windows shorten it too
+    strided = evaluate_clm(TorchLogitsModel(gpt_model, max_positions=16), split, gpt2_tok, context=64, stride=32)
+    assert strided.stride == 16 and strided.requested_stride == 32 and strided.total_nll == direct.total_nll
     assert all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
 
 
@@ -389,9 +412,9 @@ def test_mlm_stream_blocks_and_masks(gpt2_tok):
     assert 20 < selected.sum() < 80 and not selected[0] and not selected[-1]
 
 
-def reference_mlm(bert, tok, split, L, seed):
+def reference_mlm(bert, tok, split, L, seed, max_tokens=None):
     """HF's `labels=` loss per block, on the masks of `mlm_masks`, and an independent argmax count."""
-    stream = mlm_stream(split, tok)
+    stream = mlm_stream(split, tok)[:max_tokens]
     total, count, correct = 0.0, 0, 0
     b = 0
     for start in range(0, len(stream), L):
@@ -437,9 +460,8 @@ def test_mlm_batching_rerun_and_cap(bert_model, gpt2_tok):
     assert json.dumps(many.to_dict(), sort_keys=True) == json.dumps(again.to_dict(), sort_keys=True)
     capped = evaluate_mlm(bert_model, split, tok, context=32, max_tokens=100)
     assert capped.stream_tokens == 100 and capped.blocks == 4  # 32+32+32+4
-    # the cap keeps a prefix of the same masks
-    masks_full = [mlm_masks(mlm_stream(split, tok)[s : s + n], b, tok)[1] for b, (s, n) in enumerate(mlm_blocks(100, 32))]
-    assert capped.tokens == sum(int(m[: min(32, 100 - 32 * b)].sum()) for b, m in enumerate(masks_full))
+    total, count, correct = reference_mlm(bert_model, tok, split, 32, 1234, max_tokens=100)
+    assert capped.tokens == count and capped.correct == correct and rel(capped.total_nll, total) < REL
 
 
 def test_mlm_pseudo_perplexity(bert_model, gpt2_tok):
