@@ -420,6 +420,10 @@ class ClmResult:
     uniform_loss: float
     unigram_loss: float
     unigram_source: str  # "train" | "evaluated"
+    # end-of-text targets (each document's EOT is the target after the previous document's last token):
+    # a model that saw EOT only as ignored padding never learned to predict it (finding pad-is-eot)
+    eot_targets: int = 0
+    eot_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -521,6 +525,8 @@ def evaluate_clm(
     if seen[0] or not (seen[1:] == 1).all():
         raise AssertionError("clm-v1 window plan did not score every target once")  # a bug here, never bad input
     total = math.fsum(nll[1:].tolist())
+    eot_at = np.flatnonzero(s[1:] == tokenizer.eot_id) + 1 if tokenizer.eot_id is not None else np.empty(0, np.int64)
+    eot_loss = math.fsum(nll[eot_at].tolist()) / eot_at.size if eot_at.size else None
     tokens = total_targets
     loss = total / tokens
     n_bytes, n_words, n_docs = _scored_text_counts(split, tokenizer, n)
@@ -557,6 +563,8 @@ def evaluate_clm(
         uniform_loss=math.log(vocab),
         unigram_loss=_unigram_loss(s[1:], counts, n_count, vocab),
         unigram_source=source,
+        eot_targets=int(eot_at.size),
+        eot_loss=eot_loss,
     )
 
 

@@ -110,7 +110,9 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
 
     def calibrate(candidates) -> int:
         losses = []
-        for model in candidates:
+        for model, config in zip(candidates, candidates.configs):
+            if config.vocab_size < tokenizer.vocab_size:  # seed 002's 49,805: scorable all the same
+                model = TruncatedVocabulary(model, config.vocab_size, tokenizer.vocab_size)
             if family == "mlm":
                 r = evaluate_mlm(model, train_split, tokenizer, context=settings.context, seed=settings.seed,
                                  max_tokens=settings.calibration_tokens)
@@ -199,12 +201,16 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
 
     source = load_source(course.data_source)
     if sub.code:
-        from harness.sandbox import SandboxedModel
+        from harness.sandbox import SandboxedModel, SandboxLimits
 
         family = sub.family or "gpt"
         kwargs = sub.model.get("kwargs") or {k: v for k, v in raw.config.items()
                                              if isinstance(v, (int, float, str, bool))}
-        model = SandboxedModel(root, sub.code, raw.tensors, kwargs=kwargs, max_positions=sub.model.get("context"))
+        # one call must time out well before the worker does, so the verdict names the model code
+        limits = SandboxLimits(call_seconds=max(10.0, job.timeout_s / 4), start_seconds=max(20.0, job.timeout_s / 3)) \
+            if job.timeout_s else SandboxLimits()
+        model = SandboxedModel(root, sub.code, raw.tensors, kwargs=kwargs, max_positions=sub.model.get("context"),
+                               limits=limits)
         n_outputs, state = model.n_outputs, raw.tensors
         tokenizer, named = _tokenizer_for(family, sub, course, root, result["warnings"])
         params = sum(int(t.numel()) for t in {id(t): t for t in raw.tensors.values()}.values())
