@@ -44,6 +44,16 @@ class SandboxLimits:
     open_files: int = 256
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the thread that started it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _network_namespace_works() -> bool:
     unshare = shutil.which("unshare")
     if not unshare:
@@ -131,7 +141,9 @@ class SandboxedModel:
         lim = limits
 
         def preexec() -> None:
-            os.setsid()
+            # Same process group as the grading worker, so killing the worker's group ends this too; and
+            # killed with its parent, so a batch killed with -9 leaves nothing of a student's running.
+            _die_with_parent()
             mem = lim.memory_mb * 2**20
             resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
             resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_seconds, lim.cpu_seconds + 5))
@@ -210,10 +222,7 @@ class SandboxedModel:
     def close(self) -> None:
         proc = getattr(self, "_proc", None)
         if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            proc.kill()
             proc.wait()
         for fd in ("_w", "_r"):
             if getattr(self, fd, None) is not None:
