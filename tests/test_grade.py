@@ -1,0 +1,112 @@
+"""`harness grade` on a class written by the tests: every seed's flaw found on its own submission and on
+no other, hostile and broken ones isolated, reruns cached and byte-identical, a killed batch resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.course import default_course_text
+
+pytestmark = pytest.mark.slow
+
+SEED_FLAWS = ("causal-leak", "no-validation-metric", "memorisation", "vocab-mismatch", "pad-is-eot")
+
+
+def _course(path: Path) -> Path:
+    """The default course with the evaluation capped, so that a test class grades in a couple of minutes."""
+    text = default_course_text().replace("max_tokens = 0               # 0: every target of the split",
+                                         "max_tokens = 4096").replace("calibration_tokens = 4096    #",
+                                                                       "calibration_tokens = 1024    #")
+    assert "max_tokens = 4096" in text and "calibration_tokens = 1024" in text
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    from harness.example_class import write_example_class
+
+    root = tmp_path_factory.mktemp("class")
+    class_dir = root / "submissions"
+    write_example_class(class_dir, scale="test")
+    course = _course(root / "course.toml")
+    out = root / "out"
+    cmd = [sys.executable, "-m", "harness", "grade", str(class_dir), "--out", str(out), "--course", str(course),
+           "--workers", "2", "--timeout", "90", "--no-reports"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    return {"root": root, "class": class_dir, "course": course, "out": out, "cmd": cmd, "proc": proc,
+            "seconds": time.monotonic() - start, "results": json.loads((out / "results.json").read_text())}
+
+
+def _codes(results):
+    return {s["id"]: {f["code"] for f in s["findings"]} for s in results["submissions"]}
+
+
+def test_the_class_is_graded_and_the_bad_ones_fail_alone(graded):
+    from harness.example_class import EXPECTED
+
+    subs = {s["id"]: s for s in graded["results"]["submissions"]}
+    assert len(subs) >= 10 and set(EXPECTED) <= set(subs)
+    for sid in ("broken_file", "hostile_pickle", "custom_crash", "custom_loop"):
+        assert subs[sid]["status"] == "error" and subs[sid]["error"]["message"], sid
+    for sid in ("s000_encoder", "s001_pre_ln", "s003_pad_eot", "s004_bert", "nanogpt_clean", "hf_gpt2_clean",
+                "custom_code", "copied_model"):
+        assert subs[sid]["status"] == "graded" and subs[sid]["metrics"]["loss"] > 0, (sid, subs[sid]["error"])
+    assert subs["hostile_pickle"]["error"]["code"] == "checkpoint-unsafe"
+    assert not list(graded["class"].rglob("*MARKER*")) and not list(graded["root"].rglob("*MARKER*"))
+
+
+def test_each_seed_flaw_is_found_on_its_submission_and_on_no_other(graded):
+    from harness.example_class import EXPECTED
+
+    codes = _codes(graded["results"])
+    for sid, expected in EXPECTED.items():
+        assert expected <= codes[sid], (sid, expected - codes[sid], codes[sid])
+    for flaw in SEED_FLAWS:
+        owners = {sid for sid, exp in EXPECTED.items() if flaw in exp}
+        assert {sid for sid, c in codes.items() if flaw in c} == owners, flaw
+
+
+def test_grades_csv_is_ready_for_a_gradebook(graded):
+    lines = (graded["out"] / "grades.csv").read_text().splitlines()
+    assert lines[0] == "id,student,score,max,ppl,loss,bits_per_byte,status,findings"
+    assert len(lines) == 1 + len(graded["results"]["submissions"])
+    row = next(l for l in lines if l.startswith("nanogpt_clean,"))
+    assert ",graded," in row
+
+
+def test_a_rerun_evaluates_nothing_and_writes_identical_files(graded):
+    out = graded["out"]
+    before = {n: (out / n).read_bytes() for n in ("results.json", "grades.csv")}
+    proc = subprocess.run(graded["cmd"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 evaluated" in proc.stdout
+    assert {n: (out / n).read_bytes() for n in before} == before
+
+
+def test_a_batch_killed_half_way_resumes_without_redoing_or_losing_anything(graded):
+    out = graded["root"] / "out-killed"
+    cmd = [c if c != str(graded["out"]) else str(out) for c in graded["cmd"]]
+    cmd[cmd.index("--workers") + 1] = "1"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cache = out / ".cache"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(list(cache.glob("*.json"))) < 3:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.json")}
+    assert 3 <= len(done_before) < len(graded["results"]["submissions"]) and not (out / "results.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.json")}
+    assert all(after[name] == mtime for name, mtime in done_before.items())  # finished work was not redone
+    assert (out / "results.json").read_bytes() == (graded["out"] / "results.json").read_bytes()
