@@ -31,6 +31,7 @@ from harness.errors import HarnessError
 from harness.files import sha256_file, write_json
 
 SIGNATURE_VALUES = 1 << 15  # weights sampled per submission for the similarity check
+LEAK_MARGIN_NATS = 0.5  # calibration picks "no causal mask" only when it lowers the loss by more than this
 
 
 @dataclass
@@ -120,7 +121,11 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
                 r = evaluate_clm(model, train_split, tokenizer, context=settings.context,
                                  max_tokens=settings.calibration_tokens)
             losses.append(r.loss)
-        return int(np.argmin(losses))
+        # A model is taken as causal unless removing the mask makes it better by a clear margin: a model
+        # trained without one has learned to read the answer and gains whole nats; noise gains hundredths.
+        penalised = [loss + (LEAK_MARGIN_NATS if tried.get("causal") is False else 0.0)
+                     for loss, tried in zip(losses, candidates.tried)]
+        return int(np.argmin(penalised))
 
     return calibrate
 
