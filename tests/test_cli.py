@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -41,6 +42,8 @@ def test_bad_input_is_one_clear_line(run_cli, args, fragment, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("HARNESS_E2E") != "1",
+                    reason="8 minutes on 2 cores: run with HARNESS_E2E=1 (kept out of the 15-minute suite)")
 def test_the_demo_runs_the_whole_job_end_to_end(run_cli, tmp_path):
     """The demo at test scale: data, references, example class, grading and PDFs, in a fresh folder."""
     proc = run_cli("demo", "--scale", "test", "--workers", "2", cwd=tmp_path, check=0)
@@ -51,4 +54,4 @@ def test_the_demo_runs_the_whole_job_end_to_end(run_cli, tmp_path):
     assert (out / "class_report.pdf").stat().st_size > 10_000 and (out / "s001_pre_ln.pdf").is_file()
     assert (tmp_path / "reference_model" / "gpt" / "model.safetensors").is_file()
     again = run_cli("demo", "--scale", "test", "--workers", "2", cwd=tmp_path, check=0)
-    assert "0 evaluated" in again.stdout
+    assert "from the cache" in again.stdout
