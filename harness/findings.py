@@ -138,7 +138,9 @@ def find(ev: Evaluation, course: Course, reference_ppl: float | None = None) -> 
     if m and m.get("unigram_loss") is not None and m["loss"] > m["unigram_loss"]:
         out.append(finding("worse-than-unigram", f"Recomputed perplexity {_fmt(m['ppl'])} is worse than the unigram "
                            f"baseline's {_fmt(math.exp(m['unigram_loss']))} on the same tokens."))
-    if m and m.get("eot_loss") is not None and m.get("eot_targets", 0) >= 5 and m.get("uniform_loss"):
+    # (not on partial metrics: a model without an end-of-text output at all says nothing about padding)
+    if m and m.get("eot_loss") is not None and m.get("eot_targets", 0) >= 5 and m.get("uniform_loss") \
+            and not m.get("partial"):
         # A model that saw EOT only as ignored padding pushes its logit down: worse than guessing uniformly.
         if m["eot_loss"] > m["uniform_loss"] and m["loss"] < m["uniform_loss"] - 1.0:
             out.append(finding("pad-is-eot", f"End-of-text targets cost {m['eot_loss']:.2f} nats on average, more than "
