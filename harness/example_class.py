@@ -5,7 +5,8 @@ submissions in each format the harness reads; and broken, hostile and misbehavin
 `write_example_class(out, scale="demo")` writes what `harness demo` grades; `scale="test"` writes the
 grading tests' class (tiny models and a few steps, where every flaw still shows, plus the test-only
 submissions). Nothing here is a committed binary: every checkpoint is trained by this module, with a
-fixed seed per model, single-threaded, so the same call writes the same bytes.
+fixed seed per model, single-threaded, so the same call writes the same bytes (the hostile pickle
+names a marker inside `out_dir`, so only its bytes depend on where the class is written).
 
 `EXPECTED[id]` is the set of finding codes a correct grader raises on each submission (`expected(scale)`
 adds what depends on the class around it); `FORBIDDEN` the codes it must never raise on the ids in
@@ -94,8 +95,9 @@ class Scale:
     d_clean: int  # the clean GPTs: >= 64 for the demo, inside the course's requirements
     bert_hidden: int
     bert_ffn: int
-    # s000: the leak must be learned, not only possible. Short windows learn it fastest (the next token is
-    # one of few to attend to); the 512-position table starts from sines, so it carries over to longer ones.
+    # s000: the leak must be learned, not only possible: removing the mask must gain a clear nat (a grader
+    # takes a model as causal unless it gains 0.5). Short windows learn it fastest (the next token is one of
+    # a few to attend to); the 512-position table starts from sines, so it carries over to longer ones.
     s000_window: int
     s000_batch: int
     s000_steps: int
@@ -116,11 +118,11 @@ class Scale:
 
 SCALES = {
     "demo": Scale("demo", d=128, d_clean=64, bert_hidden=256, bert_ffn=1024,
-                  s000_window=16, s000_batch=32, s000_steps=10, s000_lr=3e-3, s001_steps=6,
+                  s000_window=16, s000_batch=32, s000_steps=30, s000_lr=3e-3, s001_steps=6,
                   s002_tokens=2560, s002_epochs=8, s002_batch=8, s003_steps=20, s003_other_steps=4, s003_batch=8,
                   s003_lr_scale=4.0, s004_steps=6, clean_steps=60, clean_batch=4, eval_tokens=8192),
     "test": Scale("test", d=32, d_clean=32, bert_hidden=64, bert_ffn=128,
-                  s000_window=16, s000_batch=32, s000_steps=5, s000_lr=5e-3, s001_steps=1,
+                  s000_window=16, s000_batch=32, s000_steps=30, s000_lr=5e-3, s001_steps=1,
                   s002_tokens=512, s002_epochs=8, s002_batch=4, s003_steps=24, s003_other_steps=2, s003_batch=4,
                   s003_lr_scale=10.0, s004_steps=2, clean_steps=4, clean_batch=4, eval_tokens=1024),
 }
@@ -263,6 +265,19 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
 
 
+def _save_pretrained(model: nn.Module, path: Path) -> None:
+    """`save_pretrained` without its progress bar on the caller's terminal."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(path))
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
 
@@ -273,21 +288,26 @@ def _params(model: nn.Module) -> int:
 
 
 class EncoderLM(nn.Module):
-    """Seed 000's mini-GPT: an `nn.TransformerEncoder` stack between an embedding and a linear head,
+    """Seed 000's mini-GPT, after PyTorch's transformer tutorial: an `nn.TransformerEncoder` stack between
+    an embedding (scaled by sqrt(d_model), initialised uniform in ±0.1) and a linear head tied to it,
     learnable positions (started from the sine-cosine table), and no causal mask anywhere: `forward`
     passes `mask` only when the caller gives one, and the student never did."""
 
     def __init__(self, vocab_size: int = GPT2_VOCAB, d_model: int = 128, n_layers: int = 2, n_heads: int = 4,
                  max_len: int = 512, dropout: float = 0.1):
         super().__init__()
+        self.scale = math.sqrt(d_model)
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         self.pos_embedding = nn.Parameter(sinusoidal_positions(max_len, d_model)[None])
         layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout, batch_first=True)
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.fc_out = nn.Linear(d_model, vocab_size)
+        nn.init.uniform_(self.token_embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.fc_out.bias)
+        self.fc_out.weight = self.token_embedding.weight  # tied: the copy of a token decodes as that token
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.token_embedding(x) + self.pos_embedding[:, : x.size(1)]
+        h = self.token_embedding(x) * self.scale + self.pos_embedding[:, : x.size(1)]
         return self.fc_out(self.transformer(h, mask=mask))
 
 
@@ -507,7 +527,6 @@ class _Ctx:
     scale: Scale
     seed: int
     data: _Data
-    index: int = 0
     nanogpt_sd: dict | None = None
     nanogpt_claims: dict | None = None
     nanogpt_file: Path | None = None
@@ -539,22 +558,12 @@ def write_example_class(out_dir: Path, *, scale: str = "demo", seed: int = 0,
     torch.set_num_threads(1)
     try:
         ctx = _Ctx(out, sc, seed, _Data())
-        writers: list[tuple[str, Callable[[_Ctx, str], None]]] = [
-            ("s000_encoder", _s000_encoder), ("s001_pre_ln", _s001_pre_ln), ("s002_memorise", _s002_memorise),
-            ("s003_pad_eot", _s003_pad_eot), ("s004_bert", _s004_bert), ("nanogpt_clean", _nanogpt_clean),
-            ("hf_gpt2_clean", _hf_gpt2_clean), ("custom_code", _custom_code), ("broken_file", _broken_file),
-        ]
-        if scale == "test":
-            writers += [("copied_model", _copied_model), ("hostile_pickle", _hostile_pickle),
-                        ("custom_crash", _custom_crash), ("custom_loop", _custom_loop)]
-        written = []
-        for i, (sid, write) in enumerate(writers):
-            ctx.index = i
-            write(ctx, sid)
-            written.append(sid)
+        todo = ids(scale)
+        for i, sid in enumerate(todo):
+            _WRITERS[sid](ctx, sid)  # nanogpt_clean comes before the ones made from its checkpoint
             if progress is not None:
-                progress(i + 1, len(writers))
-        return written
+                progress(i + 1, len(todo))
+        return list(todo)
     finally:
         torch.set_num_threads(threads)
 
@@ -564,27 +573,43 @@ def write_example_class(out_dir: Path, *, scale: str = "demo", seed: int = 0,
 # --------------------------------------------------------------------------------------------------
 
 
+SAMPLED_SOFTMAX = 2048  # s000 trains its head on the batch's tokens and this many of the most frequent
+
+
+def _sampled_loss(model: EncoderLM, x: torch.Tensor, frequent: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over a sampled softmax: the tokens of the batch and the most frequent ones. It learns
+    the leak (attend to the next position, copy its embedding through the tied head) some ten times faster
+    than the full 50,257-way softmax on a CPU; the student's own validation still uses the full one."""
+    inp = x[:, :-1]
+    h = model.transformer(model.token_embedding(inp) * model.scale + model.pos_embedding[:, : inp.size(1)])
+    cands, index = torch.unique(torch.cat([x.reshape(-1), frequent]), return_inverse=True)
+    targets = index[: x.numel()].view_as(x)[:, 1:]
+    logits = h @ model.token_embedding.weight[cands].T + model.fc_out.bias[cands]
+    return _ce(logits, targets)
+
+
 def _s000_encoder(ctx: _Ctx, sid: str) -> None:
     sc, folder = ctx.scale, ctx.folder(sid)
     g = ctx.seeded(0)
     config = {"vocab_size": GPT2_VOCAB, "d_model": sc.d, "n_layers": 2, "n_heads": 4, "max_len": 512}
     model = EncoderLM(**config)
     opt = torch.optim.Adam(model.parameters(), lr=sc.s000_lr)
-    # The student's validation loop: the same model, the same (missing) mask, held-out windows.
-    val = _fixed_windows(ctx.data.val, 8, sc.s000_window)
+    frequent = torch.argsort(torch.bincount(ctx.data.train, minlength=GPT2_VOCAB), descending=True, stable=True)
+    frequent = frequent[:SAMPLED_SOFTMAX]
+    # The student's validation loop: the same model, the same (missing) mask, held-out 64-token windows.
+    val = _fixed_windows(ctx.data.val, 8, 64)
+    seen = _fixed_windows(ctx.data.train, 8, 64)  # and its training loss, on training windows
     train_losses, val_losses = [], []
     for _ in range(10):
         model.train()
-        losses = []
         for _ in range(sc.s000_steps):
             x = _windows(ctx.data.train, sc.s000_batch, sc.s000_window, g)
-            loss = _ce(model(x[:, :-1]), x[:, 1:])  # no mask: every position sees the token it must predict
+            loss = _sampled_loss(model, x, frequent)  # no mask: every position sees the token it must predict
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            losses.append(loss.item())
-        train_losses.append(float(np.mean(losses)))
+        train_losses.append(_mean_loss(model, seen))  # the full softmax, as for validation
         val_losses.append(_mean_loss(model, val))
     torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(), "epoch": 10,
                 "config": config, "train_losses": train_losses, "val_losses": val_losses},
@@ -611,23 +636,25 @@ def _s000_encoder(ctx: _Ctx, sid: str) -> None:
         - Transformer layers: 2 layers of transformer encoder blocks (`nn.TransformerEncoder`, batch_first)
         - Embedding dimension: {sc.d}
         - Multi-head attention: 4 heads
+        - Embedding: token embedding scaled by sqrt(d_model), as in the PyTorch transformer tutorial
         - Positional encoding: learnable positional embeddings (512 positions, initialised from the sine-cosine table)
         - Normalization: layer normalization in each transformer layer
-        - Output: a linear layer gives the logits for next-token prediction
+        - Output: a linear layer, tied to the token embedding, gives the logits for next-token prediction
 
         The model has {_params(model):,} trainable parameters.
 
         ## Dataset
 
         - Preprocessed, GPT-2-tokenized text from Assignment 1 (vocabulary 50,257)
-        - Positional table of 512 tokens; training windows of {sc.s000_window} tokens
+        - Positional table of 512 tokens; training windows of {sc.s000_window} tokens, validation windows of 64
         - Train/validation split; shuffled batches
 
         ## Training setup
 
         - Batch size {sc.s000_batch}, Adam (default betas), learning rate {sc.s000_lr:g}
-        - Cross-entropy loss, gradient clipping 1.0, 10 epochs
-        - Validation loss and perplexity after every epoch
+        - Cross-entropy loss over a sampled softmax (the batch's tokens and the {SAMPLED_SOFTMAX:,} most frequent
+          ones) to train faster, gradient clipping 1.0, 10 epochs
+        - Validation loss and perplexity (full softmax) after every epoch
 
         ## Results
 
@@ -827,8 +854,10 @@ def _s002_memorise(ctx: _Ctx, sid: str) -> None:
 # Seed 003: padding with the end-of-text id, ignored in the loss; a five-run sweep
 # --------------------------------------------------------------------------------------------------
 
-_SWEEP = (("baseline", {}), ("lr_1e-3", {"lr": 2.0}), ("batch_size_16", {"batch_size": 16}),
-          ("n_layers_1", {"n_layers": 1}), ("embed_dim_64", {"embed_dim": 64}))
+# The student's five runs, each against the baseline (5e-4, batch 32, 2 layers, 128 wide), here as
+# factors of this scale's baseline: twice the learning rate, half the batch, one layer, half the width.
+_SWEEP = (("baseline", {}), ("lr_1e-3", {"lr": 2.0}), ("batch_size_16", {"batch": 0.5}),
+          ("n_layers_1", {"n_layers": 0.5}), ("embed_dim_64", {"embed_dim": 0.5}))
 
 
 def _s003_sequences(data: _Data, n: int) -> torch.Tensor:
@@ -849,23 +878,18 @@ def _s003_sequences(data: _Data, n: int) -> torch.Tensor:
 def _s003_pad_eot(ctx: _Ctx, sid: str) -> None:
     sc, folder = ctx.scale, ctx.folder(sid)
     seqs = _s003_sequences(ctx.data, 4 * sc.s003_steps * sc.s003_batch)
-    base = {"lr": 5e-4 * sc.s003_lr_scale, "batch_size": 32, "n_layers": 2, "embed_dim": sc.d}
+    base = {"lr": 5e-4 * sc.s003_lr_scale, "batch": sc.s003_batch, "n_layers": 2, "embed_dim": sc.d}
     rows = []
-    for k, (name, override) in enumerate(_SWEEP):
+    for k, (name, factors) in enumerate(_SWEEP):
         g = ctx.seeded(30 + k)
-        cfg = {**base, **override}
-        if "lr" in override:
-            cfg["lr"] = base["lr"] * override["lr"]  # lr_1e-3: twice the baseline's
-        if name == "embed_dim_64" and sc.d <= 64:
-            cfg["embed_dim"] = sc.d // 2  # still smaller than the baseline at the test scale
-        batch = sc.s003_batch // 2 if name == "batch_size_16" else sc.s003_batch  # 32 and 16, scaled down
+        cfg = {key: type(v)(v * factors.get(key, 1)) for key, v in base.items()}
         steps = sc.s003_steps if name == "baseline" else sc.s003_other_steps
         model = MiniGPT(GPT2_VOCAB, cfg["embed_dim"], cfg["n_layers"], 4, 64, dropout=0.1)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
         loss_fn = nn.CrossEntropyLoss(ignore_index=EOT)  # PAD_TOKEN_ID: padding must not count
         model.train()
         for _ in range(steps):
-            x = seqs[torch.randint(0, len(seqs), (batch,), generator=g)]
+            x = seqs[torch.randint(0, len(seqs), (cfg["batch"],), generator=g)]
             loss = loss_fn(model(x[:, :-1]).reshape(-1, GPT2_VOCAB), x[:, 1:].reshape(-1))
             opt.zero_grad()
             loss.backward()
@@ -920,7 +944,7 @@ def _s003_pad_eot(ctx: _Ctx, sid: str) -> None:
         lr_1e-3\tlr={2 * base['lr']:g}\tHigher learning rate
         batch_size_16\tbatch_size={sc.s003_batch // 2}\tSmaller batch size
         n_layers_1\tn_layers=1\tSingle transformer layer
-        embed_dim_64\tembed_dim={64 if sc.d > 64 else sc.d // 2}\tSmaller embedding
+        embed_dim_64\tembed_dim={sc.d // 2}\tSmaller embedding
 
         ## 4. Observations
 
@@ -1051,7 +1075,7 @@ def _s004_bert(ctx: _Ctx, sid: str) -> None:
         history["train_loss"].append(round(float(np.mean(losses)), 4))
         history["val_loss"].append(round(val_loss, 4))
         history["val_ppl"].append(round(math.exp(val_loss), 2))
-    model.save_pretrained(str(folder / "model"))
+    _save_pretrained(model, folder / "model")
     (folder / "losses.json").write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
     t, v, p = history["train_loss"][-1], history["val_loss"][-1], history["val_ppl"][-1]
     _write_toml(folder / "submission.toml", {
@@ -1203,7 +1227,7 @@ def _hf_gpt2_clean(ctx: _Ctx, sid: str) -> None:
     _clean_loop(model, ctx, g, opt, sched, steps, lambda x: model(input_ids=x).logits, on_step)
     val = _honest_val(model, ctx.data, sc.eval_tokens)
     history.append({"step": steps, "epoch": 1.0, "eval_loss": round(val, 4)})
-    model.save_pretrained(str(folder / "hf_model"))
+    _save_pretrained(model, folder / "hf_model")
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": steps, "log_history": history}, indent=2)
                                                + "\n", encoding="utf-8")
     train_loss = float(np.mean([h["loss"] for h in history if "loss" in h][-2:]))
@@ -1318,3 +1342,12 @@ def _custom_crash(ctx: _Ctx, sid: str) -> None:
 
 def _custom_loop(ctx: _Ctx, sid: str) -> None:
     _misbehaving(ctx, sid, _LOOP_FORWARD, "Stuck", "Ines Duarte", 11)
+
+
+_WRITERS: dict[str, Callable[[_Ctx, str], None]] = {
+    "s000_encoder": _s000_encoder, "s001_pre_ln": _s001_pre_ln, "s002_memorise": _s002_memorise,
+    "s003_pad_eot": _s003_pad_eot, "s004_bert": _s004_bert, "nanogpt_clean": _nanogpt_clean,
+    "hf_gpt2_clean": _hf_gpt2_clean, "custom_code": _custom_code, "broken_file": _broken_file,
+    "copied_model": _copied_model, "hostile_pickle": _hostile_pickle, "custom_crash": _custom_crash,
+    "custom_loop": _custom_loop,
+}

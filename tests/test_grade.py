@@ -80,9 +80,6 @@ def test_each_seed_flaw_is_found_on_its_submission_and_on_no_other(graded):
     _check_flaws(graded, [f for f in SEED_FLAWS if f != "causal-leak"])
 
 
-@pytest.mark.xfail(reason="at test scale s000's briefly trained encoder gains less than the 0.5-nat margin the "
-                          "calibrator asks before it drops the causal mask, so its leak is not found (open gap)",
-                   strict=False)
 def test_the_encoder_without_a_causal_mask_is_caught_at_test_scale(graded):
     _check_flaws(graded, ["causal-leak"])
 
@@ -127,9 +124,9 @@ def test_a_batch_killed_half_way_resumes_without_redoing_or_losing_anything(grad
     graded["resumed"] = out
 
 
-@pytest.mark.xfail(reason="two independent runs on the same class differ in one measured number of results.json "
-                          "(found 2026-11-22, not traced yet); a cached rerun is byte-identical", strict=False)
 def test_independent_runs_give_byte_identical_results(graded):
+    # the killed-and-resumed batch ran with one worker (two threads per submission), the first with two
+    # (one thread each): float noise of the thread count must not reach results.json
     resumed = graded.get("resumed")
     assert resumed is not None
     assert (resumed / "results.json").read_bytes() == (graded["out"] / "results.json").read_bytes()
