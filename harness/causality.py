@@ -58,4 +58,6 @@ def check_causal(model: Any, *, context: int, vocab_size: int, seed_material: st
     ok = worst <= tolerance
     message = ("predictions depend only on earlier tokens" if ok else
                f"{where} (by {worst:.2g} of the logits' scale): the model looks ahead")
-    return CausalResult(ok, trials, worst, tolerance, message)
+    # Recorded to 1e-5: float32 noise (~1e-7 here) depends on the thread count, which depends on how many
+    # workers a grader starts; results must not.
+    return CausalResult(ok, trials, round(worst, 5), tolerance, message)
