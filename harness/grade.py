@@ -72,7 +72,7 @@ def _devices(workers: int) -> list[str]:
 
 
 def _cache_key(ref: SubmissionRef, course: Course) -> str:
-    return fingerprint({"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.paths)),
+    return fingerprint({"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.key_paths or ref.paths)),
                         "course": course.fingerprint, "harness": __version__})[:24]
 
 
@@ -179,8 +179,10 @@ def reference_refs(course: Course) -> list[SubmissionRef]:
     refs = []
     for family in ("gpt", "mlm"):
         folder = course.resolve(course.references[family])
-        if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
-            refs.append(SubmissionRef(REFERENCE_ID.format(family), (folder,)))
+        weights = (folder / "model.safetensors", folder / "config.json")
+        if all(p.is_file() for p in weights):
+            # keyed on the model alone: a resumed or re-run training rewrites its curves and run.json
+            refs.append(SubmissionRef(REFERENCE_ID.format(family), (folder,), key_paths=weights))
     return refs
 
 

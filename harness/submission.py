@@ -37,6 +37,8 @@ class SubmissionRef:
 
     id: str
     paths: tuple[Path, ...]  # a folder, a single file, a zip, or the grouped files of a bulk download
+    # the files whose contents key its cached measurement; None: every file under `paths`
+    key_paths: tuple[Path, ...] | None = None
 
 
 @dataclass(frozen=True)

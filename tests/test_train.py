@@ -261,6 +261,17 @@ def test_a_budget_stop_then_a_continue_equals_one_uninterrupted_run(gpt_run, sma
     assert e.value.code == "train-resume-mismatch"
 
 
+def test_a_finished_run_is_reused_as_it_is(gpt_run, small_data, tmp_path):
+    out = tmp_path / "again"
+    first = train_reference("gpt", None, tiny(small_data), out)
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    again = train_reference("gpt", None, tiny(small_data), out)
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before  # nothing retrained, re-evaluated or rewritten: a grader's cache key stays valid
+    assert (again.complete, again.resumed_from, again.steps) == (True, first.steps, first.steps)
+    assert again.val_loss == pytest.approx(first.val_loss) and again.params == first.params
+
+
 def test_a_time_budget_stops_cleanly_and_writes_everything(small_data, tmp_path):
     r = train_reference("gpt", None, tiny(small_data, total_steps=200), tmp_path / "t", max_minutes=1e-6)
     assert (r.steps, r.stopped_by, r.complete) == (1, "max_minutes", False)

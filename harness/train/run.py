@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import os
 import platform
@@ -257,7 +258,34 @@ class _Run:
         rate = self.eval_rate or 3 * train_rate
         return n / rate if rate > 0 else 0.0
 
+    def _completed(self) -> TrainResult | None:
+        """The finished run in this folder, as its run.json tells it, when that is this very run (same
+        configuration and data, all steps taken, the weights it names): nothing to train or re-evaluate."""
+        path, weights = self.run_dir / RUN_FILE, self.run_dir / "model.safetensors"
+        if self.resumed_from is None or self.step < self.total or not path.is_file() or not weights.is_file():
+            return None
+        try:
+            m = json.loads(path.read_text())
+            if (m.get("format") != RUN_FORMAT or m.get("config_fingerprint") != self.fingerprint
+                    or not m.get("complete") or m.get("steps") != self.step
+                    or m.get("checkpoint_sha256") != sha256_file(weights)):
+                return None
+            final, base = m["final"], m["baselines"]
+            return TrainResult(
+                out=self.run_dir, family=m["family"], name=m["name"], steps=m["steps"], total_steps=m["total_steps"],
+                complete=True, stopped_by=m.get("stopped_by"), tokens=m["tokens"], wall_s=m["wall_s"],
+                tokens_per_s=0.0, train_loss=_num(final.get("train_loss")), train_ppl=_num(final.get("train_ppl")),
+                val_loss=_num(final.get("val_loss")), val_ppl=_num(final.get("val_ppl")),
+                unigram_val_loss=_num(base.get("unigram_val_loss")), unigram_val_ppl=_num(base.get("unigram_val_ppl")),
+                params=m["params"], resumed_from=self.step, tokenizer=m["tokenizer"]["spec"],
+                tokenizer_fallback=(m["tokenizer"].get("fallback") or {}).get("reason"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def train(self) -> TrainResult:
+        done = self._completed()
+        if done is not None:
+            return done  # a finished run is reused as it is: its files stay byte for byte
         cfg, spe = self.cfg, self.batches.steps_per_epoch
         limit_steps = min(self.total, self.budgets["max_steps"] or self.total)
         deadline = self.started + 60 * self.budgets["max_minutes"] if self.budgets["max_minutes"] else math.inf
@@ -404,6 +432,10 @@ class _Run:
         write_json(d / RUN_FILE, finite(manifest))
         if self.device.type != "cpu":
             self.model.to(self.device)
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def finite(value: Any) -> Any:
