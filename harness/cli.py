@@ -409,6 +409,8 @@ def check(
     out_dir: Annotated[Path, typer.Option("--out", help="Where the verdict and your PDF go.")] = Path("harness-check"),
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed for grading it.")] = 900,
     reports: Annotated[bool, typer.Option("--reports/--no-reports", help="Write the PDF report.")] = True,
+    gradescope: Annotated[Optional[Path], typer.Option("--gradescope", help="Also write Gradescope's results.json "
+                                                       "here (e.g. /autograder/results/results.json).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A student's self-check: the grader's verdict for one submission."""
@@ -419,6 +421,10 @@ def check(
     with progress_bar("grading", enabled=not as_json) as update:
         outcome = run_check(submission, out_dir, course, _grade_options(1, timeout, reports, update))
     s = outcome.results["submissions"][0]
+    if gradescope is not None:  # before the exit code: a submission that is not gradable still gets its score
+        from harness.exports import write_gradescope
+
+        write_gradescope(outcome.results, s["id"], gradescope)
     if as_json:
         _print_json(s)
     else:
@@ -442,6 +448,8 @@ def check(
         pdf = out_dir / f"{s['id']}.pdf"
         if pdf.exists():
             out.print(f"report: {pdf}")
+        if gradescope is not None:
+            out.print(f"gradescope: {gradescope}", markup=False)
     if s["status"] != "graded":
         raise typer.Exit(1)
 
@@ -455,17 +463,38 @@ def grade(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per submission.")] = 900,
     overrides: Annotated[Optional[Path], typer.Option("--overrides", help="overrides.csv (default: DIR/overrides.csv).")] = None,
     reports: Annotated[bool, typer.Option("--reports/--no-reports", help="Write the PDF reports.")] = True,
+    canvas_template: Annotated[Optional[Path], typer.Option("--canvas-template", help="A Canvas gradebook export: "
+                                                            "writes OUT/canvas_grades.csv to import.")] = None,
+    canvas_column: Annotated[Optional[str], typer.Option("--canvas-column", help="The assignment column to fill: "
+                                                         "header, name or assignment id.")] = None,
+    gradescope: Annotated[bool, typer.Option("--gradescope", help="Also write OUT/gradescope/<id>/results.json.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Grade a class: results.json, grades.csv, PDFs."""
+    """Grade a class: results.json, grades.csv, PDFs; a Canvas gradebook CSV and Gradescope results on request."""
+    from harness import exports
     from harness.grade import grade as run_grade
     from harness.progress import progress_bar
 
+    if canvas_column is not None and canvas_template is None:
+        raise HarnessError("canvas-template-missing", "--canvas-column needs --canvas-template FILE (the gradebook "
+                           "exported from Canvas)")
+    if canvas_template is not None:  # a wrong template or column fails now, not after the whole class is graded
+        exports.read_canvas_template(canvas_template, canvas_column)
     with progress_bar("grading (submissions)", enabled=not as_json) as update:
         outcome = run_grade(directory, out_dir, course,
                             _grade_options(workers, timeout, reports, update, overrides=overrides))
+    lines = []
+    if canvas_template is not None:
+        path, export = exports.write_canvas_csv(outcome.results, canvas_template, canvas_column, out_dir)
+        lines.append(f"canvas   {path}: {export.summary()}")
+        lines += [f"         ambiguous: {note}" for note in export.ambiguous]
+    if gradescope:
+        exports.write_gradescope_all(outcome.results, out_dir)
+        lines.append(f"gradescope {out_dir}/gradescope/<id>/results.json")
     if as_json:
         _print_json(outcome.results)
+        for line in lines:  # stdout holds the JSON alone
+            err.print(line, highlight=False, markup=False)
         return
     out.print(_class_table(outcome.results))
     out.print(f"{len(outcome.measured)} evaluated, {len(outcome.cached)} from the cache")
@@ -473,6 +502,8 @@ def grade(
     out.print(f"grades   {out_dir / 'grades.csv'}")
     if reports:
         out.print(f"reports  {out_dir}/<id>.pdf, {out_dir / 'class_report.pdf'}")
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
 
 
 @report_app.command("compare")
