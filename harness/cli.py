@@ -353,6 +353,8 @@ def eval_(
     if as_json:
         _print_json(result)
         return
+    for warning in result.get("warnings", []):
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     m = result["metrics"]
     table = Table("metric", "value", title=f"{checkpoint} · {m['protocol']} on {result['data']['source']} "
                   f"{result['data']['split']}", title_justify="left")

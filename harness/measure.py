@@ -131,13 +131,14 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
 
 
 def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[str] | None = None):
+    # `sub` may be None: a bare checkpoint (harness eval), scored like a submission that names nothing
     """The tokenizer a submission is scored with, and whether the student named it: the one they named
     (a path inside the submission, or a name), else the course's; where the course's cannot be had
     (`bert-base-uncased` offline), a tokenizer the submission ships (tokenizer.json, vocab.txt), noted."""
     from harness.tokenizers import get_tokenizer
 
     folder = root if root.is_dir() else None
-    if sub.tokenizer:
+    if sub is not None and sub.tokenizer:
         inside = folder / sub.tokenizer if folder is not None else None
         if inside is not None and inside.exists():
             return get_tokenizer(str(inside)), True
@@ -388,20 +389,30 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
 
     from harness.data import freeze, load_source
     from harness.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
-    from harness.model import build_model
+    from harness.model import build_model, pick_layout
     from harness.tokenizers import get_tokenizer
 
     course = load_course(course_path)
     raw, sub = _read_for_tools(path)
-    loaded = build_model(raw, hints=sub.model if sub else None, family=sub.family if sub else None)
-    family = loaded.family
-    settings = course.eval_settings(family)
-    tok = get_tokenizer(tokenizer or (sub.tokenizer if sub and sub.tokenizer else settings.tokenizer))
+    root = path if path.is_dir() else path.parent
+    warnings: list[str] = []
+    hints, named_family = (sub.model, sub.family) if sub else (None, None)
+    family = named_family or pick_layout(raw.tensors, raw.config, None).FAMILY
+    # the tokenizer and the calibration that grading would use, unless the options say otherwise
+    tok = get_tokenizer(tokenizer) if tokenizer else _tokenizer_for(family, sub, course, root, warnings)[0]
     source = load_source(data or course.data_source)
     frozen = freeze(source, tok)
+    train = frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
+    calibrate = _calibrator(course, family, tok, train) if train is not None else None
+    loaded = build_model(raw, hints=hints, family=named_family, calibrate=calibrate)
+    if loaded.family != family:  # the weights overrule a wrong family in submission.toml
+        family = loaded.family
+        if not tokenizer:
+            tok = _tokenizer_for(family, sub, course, root, warnings)[0]
+            frozen = freeze(source, tok)
+    settings = course.eval_settings(family)
     split_name = split or (course.data_split if source.has_splits else "validation")
     target = frozen.split(split_name)
-    train = frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = as_logits_model(loaded.model, device=dev)
     if family == "mlm":
@@ -415,4 +426,5 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
             "checkpoint": {"path": str(path), "sha256": raw.sha256, "format": raw.format, "layout": loaded.layout},
             "model": {"family": family, "params": loaded.params, "n_outputs": loaded.n_outputs},
             "data": {"source": source.name, "split": split_name, "manifest_sha256": frozen.manifest_sha256},
-            "device": str(dev), "metrics": r.to_dict()}
+            "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size, "sha256": tok.sha256},
+            "device": str(dev), "metrics": r.to_dict(), "warnings": warnings}

@@ -130,3 +130,14 @@ def test_independent_runs_give_byte_identical_results(graded):
     resumed = graded.get("resumed")
     assert resumed is not None
     assert (resumed / "results.json").read_bytes() == (graded["out"] / "results.json").read_bytes()
+
+
+def test_harness_eval_on_a_submission_gives_the_graded_number(graded):
+    # the same tokenizer and the same calibration of what the weights cannot tell (s000: no causal mask)
+    for sid in ("s000_encoder", "s004_bert"):
+        proc = subprocess.run([sys.executable, "-m", "harness", "eval", str(graded["class"] / sid), "--course",
+                               str(graded["course"]), "--json"], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        mine = json.loads(proc.stdout)["metrics"]
+        sub = next(s for s in graded["results"]["submissions"] if s["id"] == sid)
+        assert mine["loss"] == sub["metrics"]["loss"] and mine["tokens"] == sub["metrics"]["tokens"], sid
