@@ -325,6 +325,32 @@ def test_ddp_with_two_processes_follows_the_one_process_curve(small_data, tmp_pa
     assert run["world_size"] == 2 and run["steps"] == 8
 
 
+def test_two_nodes_rendezvous_as_the_slurm_example_does(small_data, tmp_path):
+    # docs/multinode.md: one torchrun per node, --nnodes 2 --node-rank i, the head node's address; here both
+    # "nodes" are this machine (one process each, gloo) and the run folder is shared, as on a cluster
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = tiny(small_data, dropout=0.0, threads=1, total_steps=4, eval_every=2, checkpoint_every=0)
+    one = train_reference("gpt", None, args, tmp_path / "one")
+    train_args = [*sum((["--set", a] for a in args), []), "--out", str(tmp_path / "two")]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}",
+                               "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
+                               "-m", "harness.train", "gpt", *train_args],
+                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outs = [n.communicate(timeout=400) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], [o[1][-2000:] for o in outs]
+    assert json.loads(outs[0][0].strip().splitlines()[-1])["steps"] == 4 and not outs[1][0].strip()  # one writer
+    rows_one, rows_two = read_rows(one.out / "metrics.csv"), read_rows(tmp_path / "two" / "metrics.csv")
+    assert [r["tokens"] for r in rows_one] == [r["tokens"] for r in rows_two]
+    for a, b in zip(rows_one, rows_two):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+
+
 def test_mlm_trains_with_the_offline_wordpiece_fallback(small_data, tmp_path):
     # conftest sets HF_HUB_OFFLINE: without a cached bert-base-uncased the fallback must be used, and said
     from harness.tokenizers import get_tokenizer
