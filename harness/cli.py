@@ -383,11 +383,12 @@ def eval_(
     out.print(f"data manifest     {result['data']['manifest_sha256']}")
 
 
-def _grade_options(workers: int, timeout: float, reports: bool, progress, grader: bool = False, overrides=None):
+def _grade_options(workers: int, timeout: float, reports: bool, progress, grader: bool = False, overrides=None,
+                   backend: str = "local", address: str | None = None):
     from harness.grade import GradeOptions
 
     return GradeOptions(workers=workers, timeout_s=timeout, reports=reports, progress=progress,
-                        grader_reports=grader, overrides=overrides)
+                        grader_reports=grader, overrides=overrides, backend=backend, ray_address=address)
 
 
 def _class_table(results: dict) -> Table:
@@ -470,6 +471,11 @@ def grade(
     canvas_column: Annotated[Optional[str], typer.Option("--canvas-column", help="The assignment column to fill: "
                                                          "header, name or assignment id.")] = None,
     gradescope: Annotated[bool, typer.Option("--gradescope", help="Also write OUT/gradescope/<id>/results.json.")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="local: processes on this machine; ray: one Ray task per "
+                                         "submission (pip install 'harness[ray]'; paths must be the same on every "
+                                         "node).")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="With --backend ray: the cluster to join "
+                                                   "(auto, host:port); default: a Ray on this machine.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Grade a class: results.json, grades.csv, PDFs; a Canvas gradebook CSV and Gradescope results on request."""
@@ -484,7 +490,8 @@ def grade(
         exports.read_canvas_template(canvas_template, canvas_column)
     with progress_bar("grading (submissions)", enabled=not as_json) as update:
         outcome = run_grade(directory, out_dir, course,
-                            _grade_options(workers, timeout, reports, update, overrides=overrides))
+                            _grade_options(workers, timeout, reports, update, overrides=overrides, backend=backend,
+                                           address=address))
     lines = []
     if canvas_template is not None:
         path, export = exports.write_canvas_csv(outcome.results, canvas_template, canvas_column, out_dir)

@@ -1,7 +1,9 @@
 """The batch: every submission of a class measured in its own process, then findings, rubric and outputs.
 
 - Each submission runs as `python -m harness.measure` with a wall-time and a memory limit; a crash, a
-  hang or a hostile file takes down only its own process, and is recorded with its reason.
+  hang or a hostile file takes down only its own process, and is recorded with its reason. Where the
+  processes run is the backend's business (`harness.backends`: threads here, or tasks of a Ray cluster);
+  the results, the cache and the outputs do not depend on it.
 - Each measurement is cached in `OUT/.cache/` under a key of the submission's files, the course, the
   data and the harness version; a rerun recomputes nothing, a changed submission only itself, and a
   batch killed half-way resumes where it stopped.
@@ -17,12 +19,6 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from harness import __version__
+from harness.backends import Measured, backend
 from harness.course import Course, load_course
 from harness.errors import HarnessError
 from harness.files import fingerprint, pretty_json, write_atomic, write_json
@@ -51,6 +48,8 @@ class GradeOptions:
     grader_reports: bool = False  # per-student PDFs with grader-only findings
     progress: Callable[[int, int], None] | None = None
     on_result: Callable[[dict[str, Any]], None] | None = None
+    backend: str = "local"  # local: processes on this machine; ray: a Ray task per submission
+    ray_address: str | None = None  # for ray.init: None starts a Ray on this machine (or joins RAY_ADDRESS); "auto"
 
 
 @dataclass
@@ -61,74 +60,25 @@ class GradeOutcome:
     cached: list[str] = field(default_factory=list)
 
 
-def _devices(workers: int) -> list[str]:
-    try:
-        import torch
-
-        n = torch.cuda.device_count()
-    except Exception:
-        n = 0
-    return [f"cuda:{i % n}" for i in range(workers)] if n else ["cpu"] * workers
-
-
 def _cache_key(ref: SubmissionRef, course: Course) -> str:
     return fingerprint({"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.key_paths or ref.paths)),
                         "course": course.fingerprint, "harness": __version__})[:24]
 
 
-def _run_worker(ref: SubmissionRef, course_path: Path | None, cache_dir: Path, key: str, device: str, threads: int,
-                opts: GradeOptions) -> dict[str, Any]:
-    """One submission in its own process group; whatever happens, a result comes back."""
-    result_path = cache_dir / f"{ref.id}.{key}.json"
-    sig_path = cache_dir / f"{ref.id}.{key}.npy"
-    job = Job(id=ref.id, paths=[str(p.resolve()) for p in ref.paths],
-              course_path=str(course_path.resolve()) if course_path else None,
-              signature_path=str(sig_path), device=device, threads=threads, memory_mb=opts.memory_mb,
-              timeout_s=opts.timeout_s)
-    with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
-        job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "out.json"
-        job_file.write_text(json.dumps(job.__dict__))
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        if device.startswith("cuda:"):
-            env["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
-        log = open(Path(tmp) / "log.txt", "w+b")
-        proc = subprocess.Popen([sys.executable, "-m", "harness.measure", str(job_file), str(out_file)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
-                                cwd=tmp)
-        try:
-            code = proc.wait(timeout=opts.timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            return _cache(_error(ref, "grading-timeout", f"grading took longer than {opts.timeout_s:g} s and was "
-                                 "stopped"), result_path, key)
-        finally:
-            try:
-                os.killpg(proc.pid, 9)  # nothing of the submission's outlives its process
-            except ProcessLookupError:
-                pass
-        if code != 0 or not out_file.exists():
-            log.seek(0)
-            tail = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
-            why = "out of memory" if code in (-9, 137) else f"exit code {code}"
-            last = tail[-1][:200] if tail else ""
-            # not cached: a dead worker may be the machine's doing (memory taken by others) or ours
-            return {**_error(ref, "grading-crashed", f"grading crashed ({why}){': ' + last if last else ''}"),
-                    "cache_key": key}
-        result = json.loads(out_file.read_text())
-    return _cache(result, result_path, key)
+def _store(m: Measured, cache_dir: Path, sid: str, key: str) -> dict[str, Any]:
+    """A measurement into the cache (the signature first, then the result that names it); a crash is not
+    cached: a dead worker may be the machine's doing (memory taken by others) or ours."""
+    if not m.cacheable:
+        return {**m.result, "cache_key": key}
+    if m.signature is not None:
+        write_atomic(cache_dir / f"{sid}.{key}.npy", m.signature)
+    return _cache(m.result, cache_dir / f"{sid}.{key}.json", key)
 
 
 def _cache(result: dict[str, Any], path: Path, key: str) -> dict[str, Any]:
     result["cache_key"] = key
     write_json(path, result)  # the cache entry: written whole or not at all
     return result
-
-
-def _error(ref: SubmissionRef, code: str, message: str) -> dict[str, Any]:
-    return {"id": ref.id, "student": ref.id, "status": "error", "error": {"code": code, "message": message},
-            "checkpoint": None, "model": None, "metrics": None, "claims": None, "causal": None, "nonfinite": [],
-            "tokenizer": None, "warnings": [], "harness_version": __version__}
 
 
 def _claims(d: dict[str, Any] | None) -> Claims:
@@ -285,6 +235,7 @@ def check(submission: Path, out: Path, course_path: Path | None = None, opts: Gr
 
 def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, opts: GradeOptions,
                overrides: list[dict[str, Any]]) -> GradeOutcome:
+    run = backend(opts.backend, workers=opts.workers, address=opts.ray_address)
     course = load_course(course_path)
     refs = refs + reference_refs(course)
     cache_dir = (out / ".cache").resolve()
@@ -317,23 +268,19 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     total, done = len(refs), len(measured)  # the references count as work too
     if opts.progress:
         opts.progress(done, total)
-    devices = _devices(max(1, opts.workers))
-    threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))
-    lock = threading.Lock()
-    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
-        futures = {pool.submit(_run_worker, ref, course_path, cache_dir, key, devices[i % len(devices)], threads, opts):
-                   ref for i, (ref, key) in enumerate(todo)}
-        for fut in as_completed(futures):
-            ref = futures[fut]
-            result = fut.result()
-            with lock:
-                measured[ref.id] = result
-                outcome.measured.append(ref.id)
-                done += 1
-                if opts.on_result:
-                    opts.on_result(result)
-                if opts.progress:
-                    opts.progress(done, total)
+    threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))  # the same on every backend
+    jobs = [Job(id=ref.id, paths=[str(p.resolve()) for p in ref.paths],
+                course_path=str(course_path.resolve()) if course_path else None, threads=threads,
+                memory_mb=opts.memory_mb, timeout_s=opts.timeout_s) for ref, _ in todo]
+    keys = {ref.id: key for ref, key in todo}
+    for job, result in run(jobs, lambda job, m: _store(m, cache_dir, job.id, keys[job.id])):
+        measured[job.id] = result
+        outcome.measured.append(job.id)
+        done += 1
+        if opts.on_result:
+            opts.on_result(result)
+        if opts.progress:
+            opts.progress(done, total)
 
     keep = {f"{m['id']}.{m.get('cache_key')}" for m in measured.values()}
     reference = _reference(course, measured)

@@ -92,7 +92,7 @@ def _signature(state: dict[str, Any]) -> tuple[str, np.ndarray]:
     total = sum(int(state[n].numel()) for n in names) or 1
     parts = []
     for n in names:
-        flat = state[n].detach().float().reshape(-1).numpy()
+        flat = state[n].detach().float().reshape(-1).cpu().numpy()
         k = max(1, round(SIGNATURE_VALUES * flat.size / total))
         rng = np.random.Generator(np.random.PCG64(flat.size))
         idx = np.sort(rng.choice(flat.size, size=min(k, flat.size), replace=False))
@@ -255,6 +255,11 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         np.save(job.signature_path, sig, allow_pickle=False)
         result["signature_key"] = key
 
+    if job.device.startswith("cuda") and not sub.code:
+        from harness.evaluate import as_logits_model
+
+        # the worker sees its one GPU only (CUDA_VISIBLE_DEVICES): "cuda:3" of the grader is cuda:0 here
+        model = as_logits_model(model, device="cuda")
     mismatch = vocab_finding(n_outputs, {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size})
     if mismatch is not None:
         result["vocab_mismatch"] = mismatch.message
