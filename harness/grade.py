@@ -29,7 +29,7 @@ from harness import __version__
 from harness.backends import Measured, backend
 from harness.course import Course, load_course
 from harness.errors import HarnessError
-from harness.files import fingerprint, pretty_json, write_atomic, write_json
+from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
 from harness.findings import Evaluation, find, finding, vocab_finding
 from harness.measure import Job, submission_fingerprint
 from harness.rubric import read_overrides, score
@@ -302,12 +302,36 @@ def _prune_cache(cache_dir: Path, keep: set[str]) -> None:
             p.unlink(missing_ok=True)
 
 
+REPORTS_STAMP = ".reports.json"  # in OUT: what the PDFs there were rendered from
+
+
+def _report_code_fingerprint() -> str:
+    """The templates and the code that render the PDFs: a changed template renders again."""
+    here = Path(__file__).parent
+    files = sorted([*here.glob("report*.py"), *(here / "templates").rglob("*")])
+    return fingerprint({f.relative_to(here).as_posix(): sha256_file(f) for f in files if f.is_file()})
+
+
 def write_reports(results: dict[str, Any], out: Path, *, grader: bool = False, class_report: bool = True) -> list[Path]:
+    """Every student's PDF and the class report. Rendered again only when what they show changed:
+    a rerun on unchanged inputs leaves the PDFs (and their bytes) as they are."""
     from harness import report
 
+    planned = [f"{s['id']}.pdf" for s in results["submissions"]] + (["class_report.pdf"] if class_report else [])
+    key = fingerprint({"results": results, "grader": grader, "class_report": class_report,
+                       "code": _report_code_fingerprint(), "harness": __version__})
+    stamp = out / REPORTS_STAMP
+    try:
+        before = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        before = {}
+    if before.get("key") == key and sorted(before.get("files", {})) == sorted(planned) and all(
+            (out / name).is_file() and sha256_file(out / name) == sha for name, sha in before["files"].items()):
+        return [out / name for name in planned]
     written = []
     for s in results["submissions"]:
         written.append(report.render_student_report(results, s["id"], out / f"{s['id']}.pdf", grader=grader))
     if class_report:
         written.append(report.render_class_report(results, out / "class_report.pdf", grader=True))
+    write_json(stamp, {"key": key, "files": {p.name: sha256_file(p) for p in written}})
     return written

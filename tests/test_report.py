@@ -501,3 +501,21 @@ def test_harness_sweep_folder(tmp_path):
     pdf = render_comparison(runs, tmp_path / "sweep.pdf", generated="2026-11-22")
     text = flat(" ".join(pages_text(pdf)))
     assert "x is tokens seen" in text and "batch_size" in text and "5.410" in text
+
+
+def test_reports_are_rendered_again_only_when_what_they_show_changed(results, tmp_path):
+    import copy
+
+    from harness.grade import write_reports
+
+    first = write_reports(results, tmp_path)
+    stamps = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first}
+    again = write_reports(results, tmp_path)  # unchanged results: nothing rendered, files untouched
+    assert [p.name for p in again] == [p.name for p in first]
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in again} == stamps
+    changed = copy.deepcopy(results)
+    changed["submissions"][0]["score"]["total"] += 1
+    write_reports(changed, tmp_path)
+    assert all(p.stat().st_mtime_ns != stamps[p.name][0] for p in first)
+    (tmp_path / first[0].name).unlink()  # a PDF gone: rendered again
+    assert write_reports(changed, tmp_path)[0].is_file()
