@@ -11,4 +11,4 @@ test:
 
 bench:
 	bash scripts/setup.sh
-	.venv/bin/python benchmarks/eval.py
+	.venv/bin/python -m benchmarks

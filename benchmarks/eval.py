@@ -19,7 +19,8 @@ machine shared with other work disturbs the comparison as little as it can; `--t
 measures CPU time instead of elapsed time, steadier still.
 
 `--hf` repeats the comparison with a Hugging Face GPT2LMHeadModel of the same shape (the textbook loop
-then calls its real `labels=` path).
+then calls its real `labels=` path). `measure()` returns the rows that `main()` prints and `python -m benchmarks`
+tabulates; on a GPU (`device="cuda"`) every clock reading first waits for the device.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ from harness.tokenizers import get_tokenizer  # noqa: E402
 CONTEXT = 64
 
 
-def load_text(tokenizer, max_tokens: int) -> TokenizedSplit:
+def load_text(tokenizer, max_tokens: int, log: Callable[[str], None] | None = print) -> TokenizedSplit:
     """Validation documents of the embedded corpus, enough for `max_tokens` stream tokens."""
     try:
         from harness.data import load_wiki_vital
@@ -69,15 +71,17 @@ def load_text(tokenizer, max_tokens: int) -> TokenizedSplit:
     offsets = np.cumsum([0] + [len(x) for x in ids]).astype(np.int64)
     tokens = np.concatenate([np.asarray(x, dtype=np.int32) for x in ids])
     split = TokenizedSplit("validation", tokens, offsets, "benchmark", tokenizer.sha256)
-    print(f"data: {origin}, {len(ids)} documents")
+    if log:
+        log(f"data: {origin}, {len(ids)} documents")
     return split
 
 
-def build_gpt(vocab: int):
+def build_gpt(vocab: int, n_layers: int = 2, d_model: int = 128, n_heads: int = 4):
     from harness.models.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=vocab, context=CONTEXT, n_layers=2, d_model=128, n_heads=4)).eval()
+    return GPT(GPTConfig(vocab_size=vocab, context=CONTEXT, n_layers=n_layers, d_model=d_model,
+                         n_heads=n_heads)).eval()
 
 
 def build_hf_gpt2(vocab: int):
@@ -100,7 +104,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def textbook_loop(model, stream: np.ndarray, max_length: int, stride: int, hf: bool) -> tuple[float, int, int]:
     """The Hugging Face guide's strided perplexity loop (docs 'Perplexity of fixed-length models').
     Returns the summed NLL, the targets scored and the positions run through the model."""
-    encodings = torch.from_numpy(stream)[None]
+    device = next(model.parameters()).device
+    encodings = torch.from_numpy(stream)[None].to(device)
     seq_len = encodings.size(1)
     nll_sum, n_tokens, prev_end_loc, positions = 0.0, 0, 0, 0
     for begin_loc in range(0, seq_len, stride):
@@ -125,19 +130,30 @@ def textbook_loop(model, stream: np.ndarray, max_length: int, stride: int, hf: b
     return nll_sum, n_tokens, positions
 
 
-CLOCK = time.perf_counter
+def make_clock(kind: str = "wall", device: str = "cpu") -> Callable[[], float]:
+    """wall: elapsed time; cpu: this process's CPU time. On a GPU the clock first waits for the device, so
+    a reading is taken after the work queued before it has run."""
+    base = time.process_time if kind == "cpu" else time.perf_counter
+    if torch.device(device).type != "cuda":
+        return base
+
+    def clock() -> float:
+        torch.cuda.synchronize()
+        return base()
+
+    return clock
 
 
-def matmul_peak() -> float:
+def matmul_peak(clock: Callable[[], float] = time.perf_counter, device: str = "cpu") -> float:
     """fp32 FLOP/s of a large square torch.mm on this machine with torch's threads (best of a few)."""
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n = 8192 if torch.device(device).type == "cuda" else 2048  # a GPU needs a larger matrix to reach its peak
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
     best = math.inf
     for _ in range(3):
-        t = CLOCK()
+        t = clock()
         torch.mm(a, b)
-        best = min(best, CLOCK() - t)
+        best = min(best, clock() - t)
     return 2 * n**3 / best
 
 
@@ -148,21 +164,22 @@ def flops_per_token(model, d: int, vocab: int, n_layers: int, L: int) -> float:
     return 2 * non_embedding + 2 * d * vocab + attention
 
 
-def compare(name, model, split, tok, stream, stride, rounds, hf, fpt, batch_tokens):
+def compare(name, model, split, tok, stream, stride, rounds, hf, fpt, batch_tokens,
+            clock: Callable[[], float] = time.perf_counter, device: str = "cpu"):
     """Ours, the textbook loop and the matmul peak, interleaved over `rounds`; the best round of each
     counts (on a shared machine the best is the least disturbed)."""
     n_targets = stream.size - 1
     t_ours = t_text = math.inf
     peak = 0.0
     for _ in range(rounds):
-        peak = max(peak, matmul_peak())
-        t = CLOCK()
+        peak = max(peak, matmul_peak(clock, device))
+        t = clock()
         ours = evaluate_clm(model, split, tok, context=CONTEXT, stride=stride, max_tokens=n_targets,
                             batch_tokens=batch_tokens)
-        t_ours = min(t_ours, CLOCK() - t)
-        t = CLOCK()
+        t_ours = min(t_ours, clock() - t)
+        t = clock()
         nll, n_text, text_positions = textbook_loop(model, stream, CONTEXT, stride, hf)
-        t_text = min(t_text, CLOCK() - t)
+        t_text = min(t_text, clock() - t)
     ours_tps = ours.tokens / t_ours
     text_tps = n_text / t_text
     # model FLOP utilisation: positions the model computed per second (a window with stride S < L computes
@@ -183,11 +200,52 @@ def compare(name, model, split, tok, stream, stride, rounds, hf, fpt, batch_toke
         "textbook_loss": nll / n_text,
         "textbook_targets": n_text,
     }
-    print(f"{name:>8} S={stride:<3} ours {ours_tps:7,.0f} tok/s ({row['ours_fraction_of_peak']:.0%} of peak)  "
+    return row
+
+
+def row_line(row: dict) -> str:
+    """One row as the script prints it."""
+    name, stride, peak = row["model"], row["stride"], row["peak_gflops"] * 1e9
+    ours_tps, text_tps, n_targets, n_text = (row["ours_tokens_per_s"], row["textbook_tokens_per_s"], row["targets"],
+                                             row["textbook_targets"])
+    loss, text_loss = row["ours_loss"], row["textbook_loss"]
+    return (f"{name:>8} S={stride:<3} ours {ours_tps:7,.0f} tok/s ({row['ours_fraction_of_peak']:.0%} of peak)  "
           f"textbook {text_tps:7,.0f} tok/s ({row['textbook_fraction_of_peak']:.0%})  "
           f"ratio {row['speedup']:.2f}x  peak {peak / 1e9:.0f} GFLOP/s  "
-          f"loss {ours.loss:.5f} vs {nll / n_text:.5f} ({n_text} of {n_targets} targets)")
-    return row
+            f"loss {loss:.5f} vs {text_loss:.5f} ({n_text} of {n_targets} targets)")
+
+
+def measure(*, tokens: int = 8192, rounds: int = 5, strides: tuple[int, ...] = (CONTEXT, CONTEXT // 2),
+            hf: bool = False, batch_tokens: int | None = None, clock: str = "wall", device: str = "cpu",
+            log: Callable[[str], None] | None = None) -> list[dict]:
+    """The comparison's rows: per model and stride, ours against the textbook loop and the matmul peak.
+    `log` gets the lines the script prints before and between them (data, machine, model)."""
+    tick = make_clock(clock, device)
+    tok = get_tokenizer("gpt2")
+    split = load_text(tok, tokens, log)
+    stream = clm_stream(split, tok, tokens)
+    # both sides score the same capped stream
+    capped = stream.size - 1
+    if log:
+        log(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {clock} clock")
+    models = [("gpt", lambda: build_gpt(tok.vocab_size), False)]
+    if hf:
+        models.append(("hf-gpt2", lambda: build_hf_gpt2(tok.vocab_size), True))
+    rows = []
+    for name, build, is_hf in models:
+        model = build().to(device)
+        fpt = flops_per_token(model, 128, tok.vocab_size, 2, CONTEXT)
+        if log:
+            log(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+                f"{fpt / 1e6:.1f} MFLOP per token, {capped:,} targets, best of {rounds} rounds")
+        for stride in strides:
+            row = compare(name, model, split, tok, stream, stride, rounds, is_hf, fpt, batch_tokens, tick, device)
+            row["mflop_per_token"] = round(fpt / 1e6, 2)
+            rows.append(row)
+            if log:
+                log(row_line(row))
+    return rows
 
 
 def main() -> None:
@@ -202,31 +260,11 @@ def main() -> None:
                          "with --threads 1)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
     args = ap.parse_args()
-    global CLOCK
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.clock == "cpu":
-        CLOCK = time.process_time
     threads = torch.get_num_threads()
-
-    tok = get_tokenizer("gpt2")
-    split = load_text(tok, args.tokens)
-    stream = clm_stream(split, tok, args.tokens)
-    # both sides score the same capped stream
-    capped = stream.size - 1
-
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads, "
-          f"{args.clock} clock")
-    models = [("gpt", build_gpt(tok.vocab_size), False)]
-    if args.hf:
-        models.append(("hf-gpt2", build_hf_gpt2(tok.vocab_size), True))
-    rows = []
-    for name, model, hf in models:
-        fpt = flops_per_token(model, 128, tok.vocab_size, 2, CONTEXT)
-        print(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-              f"{fpt / 1e6:.1f} MFLOP per token, {capped:,} targets, best of {args.rounds} rounds")
-        for stride in (CONTEXT, CONTEXT // 2):
-            rows.append(compare(name, model, split, tok, stream, stride, args.rounds, hf, fpt, args.batch_tokens))
+    rows = measure(tokens=args.tokens, rounds=args.rounds, hf=args.hf, batch_tokens=args.batch_tokens,
+                   clock=args.clock, log=print)
     if args.json:
         print(json.dumps({"threads": threads, "rows": rows}, indent=2))
 

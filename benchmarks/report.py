@@ -9,6 +9,7 @@ Stages of one student report: context (numbers formatted, matplotlib figures dra
 layout (WeasyPrint), PDF (drawing, font subsetting, writing). The first render also pays for imports and
 font loading; it is reported apart. Aim: under 2 s per student PDF. Wall time and this process's CPU time
 are both printed: on a machine shared with other work (see the load average) the CPU time is the fairer one.
+`measure()` returns the figures that `main()` prints and `python -m benchmarks` tabulates.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_report import make_results  # noqa: E402  (the tests' example class)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3, help="renders of each student report (after the first)")
-    ap.add_argument("--out", type=Path, default=None, help="keep the PDFs here (default: a temporary folder)")
-    args = ap.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="harness-report-bench-"))
+def measure(*, repeat: int = 3, out: Path | None = None, students: int | None = None,
+            class_report: bool = True) -> list[dict]:
+    """One row: import, cold and warm render times (wall and CPU), per student and per stage, and the class
+    report's. `students` renders only the first few of the class (the class report still has them all)."""
+    out = out or Path(tempfile.mkdtemp(prefix="harness-report-bench-"))
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
@@ -44,7 +44,7 @@ def main() -> None:
 
     t_import = time.perf_counter() - t0
     results = make_results()
-    ids = [s["id"] for s in results["submissions"]]
+    ids = [s["id"] for s in results["submissions"]][:students]
 
     t0 = time.perf_counter()
     report.render_student_report(results, ids[0], out / f"cold-{ids[0]}.pdf")
@@ -53,7 +53,7 @@ def main() -> None:
     stages: dict[str, list[float]] = {"context + figures": [], "HTML": [], "layout": [], "PDF": []}
     per_id: dict[str, list[float]] = {i: [] for i in ids}
     cpu: list[float] = []
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         for sid in ids:
             c0 = time.process_time()
             t0 = time.perf_counter()
@@ -72,27 +72,44 @@ def main() -> None:
             per_id[sid].append(t4 - t0)
             cpu.append(time.process_time() - c0)
 
-    t0 = time.perf_counter()
-    report.render_class_report(results, out / "class_report.pdf")
-    t_class = time.perf_counter() - t0
+    t_class = None
+    if class_report:
+        t0 = time.perf_counter()
+        report.render_class_report(results, out / "class_report.pdf")
+        t_class = time.perf_counter() - t0
 
-    all_times = [t for ts in per_id.values() for t in ts]
+    import pypdf  # noqa: PLC0415
+
+    return [{
+        "out": str(out), "weasyprint": weasyprint.__version__, "import_s": t_import, "cold_s": t_cold,
+        "renders_s": [t for ts in per_id.values() for t in ts], "cpu_s": cpu, "per_student_s": per_id,
+        "pages": {sid: len(pypdf.PdfReader(str(out / f"{sid}.pdf")).pages) for sid in ids},
+        "stages_s": stages, "class_report_s": t_class,
+    }]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3, help="renders of each student report (after the first)")
+    ap.add_argument("--out", type=Path, default=None, help="keep the PDFs here (default: a temporary folder)")
+    args = ap.parse_args()
+    r = measure(repeat=args.repeat, out=args.out)[0]
+    all_times, cpu = r["renders_s"], r["cpu_s"]
     print(f"harness report benchmark · Python {platform.python_version()} · {platform.machine()} · "
-          f"weasyprint {weasyprint.__version__} · PDFs in {out}")
+          f"weasyprint {r['weasyprint']} · PDFs in {r['out']}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{os.cpu_count()} CPUs, load average {load:.1f} (above the CPU count, wall times stretch)")
-    print(f"import harness.report + weasyprint: {t_import:6.2f} s")
-    print(f"first student PDF (cold):          {t_cold:6.2f} s")
+    print(f"import harness.report + weasyprint: {r['import_s']:6.2f} s")
+    print(f"first student PDF (cold):          {r['cold_s']:6.2f} s")
     print(f"student PDF, warm, {len(all_times)} renders:     mean {statistics.mean(all_times):.2f} s · "
           f"median {statistics.median(all_times):.2f} s · max {max(all_times):.2f} s  (aim < 2 s)")
     print(f"  CPU time per student PDF:        mean {statistics.mean(cpu):.2f} s · max {max(cpu):.2f} s")
-    for sid, ts in per_id.items():
-        pages = len(__import__("pypdf").PdfReader(str(out / f"{sid}.pdf")).pages)
-        print(f"  {sid:<12} {statistics.median(ts):5.2f} s  ({pages} pages)")
+    for sid, ts in r["per_student_s"].items():
+        print(f"  {sid:<12} {statistics.median(ts):5.2f} s  ({r['pages'][sid]} pages)")
     print("stages (median per student PDF):")
-    for key, ts in stages.items():
+    for key, ts in r["stages_s"].items():
         print(f"  {key:<18} {statistics.median(ts):5.2f} s")
-    print(f"class report:                      {t_class:6.2f} s")
+    print(f"class report:                      {r['class_report_s']:6.2f} s")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Speed measurements with in-run baselines: each script runs alone, `python -m benchmarks` runs them together."""

@@ -1,0 +1,324 @@
+"""Every benchmark in one run, side by side, each against a baseline measured in the same run.
+
+    python -m benchmarks [--quick | --tiny] [--only eval,train,grade,report,scaling]
+                         [--append BENCHMARKS.md | --no-append] [--device cpu|cuda] [--json]
+
+What is measured (the scripts beside this file, each also runnable alone):
+- eval (eval.py): tokens/s of our `evaluate_clm` against the textbook strided-perplexity loop on the seeds'
+  mini-GPT, and each as a fraction of this machine's fp32 matmul peak (a large `torch.mm`, same rounds);
+- train (train.py): tokens/s of the harness's training step against a plain PyTorch loop, same model, batches
+  and optimizer (the reference GPT; the full run adds the reference MLM);
+- grade (grade.py): a test-scale example class graded from scratch, 2 workers against 1 (submissions per
+  minute), and the cached rerun's time against the first run's;
+- report (report.py): seconds per student PDF, warm, wall and CPU time, against the 2 s aim;
+- scaling (scaling.py): how our evaluation's time grows with the targets scored (1x, 2x, 4x) and with the
+  model (2, 4, 8 layers at d_model 128: 1x, 2x, 4x the non-embedding FLOPs, vocabulary fixed), against
+  linear growth.
+
+Ratios read "above 1: ours is better": ours / baseline for rates, baseline / ours for times; scaling's ratio
+is the time ratio to its 1x setting, with the ideal (linear) one and their quotient in the notes. On a
+shared machine wall-clock figures are noisy: every comparison alternates its sides over rounds and keeps the
+best of each. `--quick` cuts sizes and rounds (a few minutes on 2 cores; grade takes four submissions of
+the class), `--tiny` to the least that runs (for the tests: its figures mean little; grade takes a class of
+two submissions written on the spot). The test-scale class is written once and kept in the harness's cache
+(`$HARNESS_CACHE/bench/`, about 130 MB). The combined table is printed, and appended to BENCHMARKS.md as
+a dated section named after the machine unless `--no-append`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ("eval", "train", "grade", "report", "scaling")
+REPORT_AIM_S = 2.0  # seconds per student PDF
+# the test class's custom_loop never returns: the suite leaves it out rather than wait for its timeout
+GRADE_DROP = ("custom_loop",)
+QUICK_GRADE_IDS = ("broken_file", "hostile_pickle", "hf_gpt2_clean", "nanogpt_clean")
+TINY_TRAIN = ("d_model=32", "n_layers=1", "n_heads=2", "batch_size=4")
+
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "eval": dict(tokens=8192, rounds=5, strides=(64, 32)),
+        "train": dict(families=("gpt", "mlm"), steps=6, repeat=2, overrides=()),
+        "grade": dict(tiny=False, keep=None, max_tokens=4096, timeout_s=300),
+        "report": dict(repeat=2, students=None, class_report=True),
+        "scaling": dict(tokens=2048, rounds=5),
+    },
+    "quick": {
+        "eval": dict(tokens=2048, rounds=3, strides=(64,)),
+        "train": dict(families=("gpt",), steps=2, repeat=2, overrides=()),
+        "grade": dict(tiny=False, keep=QUICK_GRADE_IDS, max_tokens=1024, timeout_s=120),
+        "report": dict(repeat=1, students=3, class_report=False),
+        "scaling": dict(tokens=1024, rounds=4),
+    },
+    "tiny": {
+        "eval": dict(tokens=128, rounds=1, strides=(64,)),
+        "train": dict(families=("gpt",), steps=1, repeat=1, overrides=TINY_TRAIN),
+        "grade": dict(tiny=True, keep=None, max_tokens=256, timeout_s=120),
+        "report": dict(repeat=1, students=1, class_report=False),
+        "scaling": dict(tokens=64, rounds=1),
+    },
+}
+
+
+def row(benchmark: str, measure: str, ours: float, baseline: float, unit: str, ratio: float, notes: str) -> dict:
+    return {"benchmark": benchmark, "measure": measure, "ours": ours, "baseline": baseline, "unit": unit,
+            "ratio": ratio, "notes": notes}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# each benchmark: its script's measurement, turned into rows of the table
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_eval(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
+    from benchmarks import eval as bench
+
+    rows = []
+    for r in bench.measure(tokens=size["tokens"], rounds=size["rounds"], strides=size["strides"], device=device,
+                           log=log):
+        setting = (f"mini-GPT 2L d128, vocab 50,257, ctx 64, {r['mflop_per_token']} MFLOP/pos; "
+                   f"{r['targets']:,} targets, best of {size['rounds']} interleaved rounds")
+        rows.append(row("eval", f"tokens/s, stride {r['stride']}", r["ours_tokens_per_s"],
+                        r["textbook_tokens_per_s"], "tok/s", r["speedup"],
+                        f"vs the textbook loop (HF perplexity guide); {setting}"))
+        rows.append(row("eval", f"fraction of matmul peak, stride {r['stride']}", r["ours_fraction_of_peak"],
+                        r["textbook_fraction_of_peak"], "of peak",
+                        r["ours_fraction_of_peak"] / r["textbook_fraction_of_peak"]
+                        if r["textbook_fraction_of_peak"] else None,  # rounded to 0.1%: a GPU's peak is far off
+                        f"fp32 torch.mm peak {r['peak_gflops']:,} GFLOP/s; baseline: the textbook loop's"))
+    return rows
+
+
+def run_train(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
+    from benchmarks import train as bench
+
+    rows = []
+    for family in size["families"]:
+        r = bench.measure(family, steps=size["steps"], repeat=size["repeat"], overrides=size["overrides"],
+                          device=device)[0]
+        rounds = ", ".join(f"{h / p:.2f}" for p, h in zip(r["plain_tokens_per_s"], r["harness_tokens_per_s"]))
+        log(f"{family}: plain {r['best_plain']:.1f} tok/s, harness {r['best_harness']:.1f} tok/s (rounds {rounds})")
+        extra = " (harness: bf16 autocast; plain: fp32)" if device == "cuda" else f", {r['threads']} threads"
+        setting = (f"{r['n_layers']}L d{r['d_model']}, batch {r['batch_size']} x {r['context']}, {r['steps']} steps, "
+                   f"best of {len(r['plain_tokens_per_s'])} alternating rounds (ratios {rounds}){extra}")
+        rows.append(row("train", f"tokens/s, reference {family.upper()}", r["best_harness"], r["best_plain"], "tok/s",
+                        r["ratio"], f"vs a plain PyTorch loop; {setting}"))
+    return rows
+
+
+def run_grade(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
+    from benchmarks import grade as bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if size["tiny"]:
+            folder = bench.tiny_class(Path(tmp) / "class")
+            which = "tiny class (a 1-layer d32 Hugging Face GPT-2 and a damaged file)"
+        else:
+            folder, wrote = bench.cached_class()
+            log(f"example class: {'written in %.0f s' % wrote if wrote is not None else 'reused'} ({folder})")
+            which = ("test-scale class less custom_loop (it only waits for its timeout)" if size["keep"] is None
+                     else "subset of the test-scale class: " + ", ".join(size["keep"]))
+        r1, r2 = bench.measure(workers=(1, 2), max_tokens=size["max_tokens"], timeout_s=size["timeout_s"],
+                               class_dir=folder, drop=GRADE_DROP, keep=size["keep"],
+                               on_row=lambda r: log(f"{r['workers']} worker(s): first {r['first_s']:.1f} s, "
+                                                    f"cached {r['cached_s']:.2f} s"))
+    ended = (f"{r1['errors']} ended in an error finding, as built" +
+             (f"; {r1['timeouts']} / {r2['timeouts']} hit the {size['timeout_s']:.0f} s timeout"
+              if r1["timeouts"] or r2["timeouts"] else f"; none hit the {size['timeout_s']:.0f} s timeout"))
+    setting = f"{r1['submissions']} submissions, max_tokens {size['max_tokens']}"
+    gpu = "; the grader puts workers on CUDA when present" if device == "cuda" or torch.cuda.is_available() else ""
+    return [
+        row("grade", "submissions/min, first run, 2 workers vs 1", r2["subs_per_min"], r1["subs_per_min"],
+            "subs/min", r2["subs_per_min"] / r1["subs_per_min"],
+            f"{which}; {setting}; first run {r2['first_s']:.0f} s vs {r1['first_s']:.0f} s; {ended}{gpu}"),
+        row("grade", "cached rerun, 1 worker", r1["cached_s"], r1["first_s"], "s", r1["ratio"],
+            "baseline: the first run; the rerun evaluates nothing (checked); one run each"),
+        row("grade", "cached rerun, 2 workers", r2["cached_s"], r2["first_s"], "s", r2["ratio"],
+            "baseline: the first run"),
+    ]
+
+
+def run_report(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
+    from benchmarks import report as bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r = bench.measure(repeat=size["repeat"], students=size["students"], class_report=size["class_report"],
+                          out=Path(tmp))[0]
+    wall, cpu = statistics.mean(r["renders_s"]), statistics.mean(r["cpu_s"])
+    n = len(r["per_student_s"])
+    renders = f"{len(r['renders_s'])} warm renders of {n} student{'s' * (n > 1)} (tests' example class)"
+    stages = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in r["stages_s"].items())
+    class_s = f"; class report {r['class_report_s']:.1f} s" if r["class_report_s"] is not None else ""
+    log(f"student PDF: mean {wall:.2f} s wall, {cpu:.2f} s CPU; cold {r['cold_s']:.2f} s{class_s}")
+    return [
+        row("report", "s per student PDF, wall", wall, REPORT_AIM_S, "s", REPORT_AIM_S / wall,
+            f"baseline: the 2 s aim; {renders}; max {max(r['renders_s']):.2f} s; first (cold) {r['cold_s']:.2f} s "
+            f"after {r['import_s']:.1f} s of imports{class_s}"),
+        row("report", "s per student PDF, CPU", cpu, REPORT_AIM_S, "s", REPORT_AIM_S / cpu,
+            f"baseline: the 2 s aim; median stages (s): {stages}"),
+    ]
+
+
+def run_scaling(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
+    from benchmarks import scaling as bench
+
+    rows = []
+    for r in bench.measure(tokens=size["tokens"], rounds=size["rounds"], device=device, log=log):
+        if r["scale"] == 1:
+            continue  # the baseline of the others
+        if r["axis"] == "tokens":
+            what = f"eval time, {r['scale']}x targets ({r['targets']:,})"
+            how = f"2L d128; baseline {size['tokens']:,} targets"
+        else:
+            what = f"eval time, {r['scale']}x non-embedding FLOPs ({r['n_layers']} layers)"
+            how = (f"d128, vocab 50,257 fixed: {r['mflop_per_position']} MFLOP/pos (head included); "
+                   f"baseline 2 layers, {r['targets']:,} targets")
+        rows.append(row("scaling", what, r["seconds"], r["seconds"] / r["time_ratio"], "s", r["time_ratio"],
+                        f"ideal (linear) {r['ideal_ratio']:.2f}x, vs linear {r['vs_linear']:.2f}; {how}; best of "
+                        f"{size['rounds']} interleaved rounds"))
+    return rows
+
+
+RUNNERS = {"eval": run_eval, "train": run_train, "grade": run_grade, "report": run_report, "scaling": run_scaling}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the table and the machine it was measured on
+# ----------------------------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "of peak":
+        return f"{value:.1%} of peak" if value >= 0.001 else f"{value:.2%} of peak"
+    if unit == "s":
+        return f"{value:,.0f} s" if value >= 100 else f"{value:.2f} s"
+    if unit == "tok/s":
+        return f"{value:,.0f} tok/s"
+    return f"{value:,.1f} {unit}"
+
+
+def table(rows: list[dict]) -> str:
+    """A markdown table, its columns padded so it reads in a terminal too."""
+    head = ["benchmark", "measure", "ours", "baseline", "ratio", "notes"]
+    body = [[r["benchmark"], r["measure"], fmt(r["ours"], r["unit"]), fmt(r["baseline"], r["unit"]),
+             f"{r['ratio']:.2f}x" if r["ratio"] is not None else "—", r["notes"].replace("|", "/")] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    widths[-1] = len(head[-1])  # the notes run on, unpadded
+    right = {2, 3, 4}
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *(line(b) for b in body)])
+
+
+def machine(device: str) -> str:
+    cpu = None
+    try:
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                cpu = " ".join(text.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = f"{cpu}, {cores} cores, torch {torch.__version__}"
+    if device == "cuda":
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds: minutes, not a quarter hour")
+    size.add_argument("--tiny", action="store_true", help="the least that runs, for tests; the figures mean little")
+    ap.add_argument("--only", default=",".join(BENCHMARKS), metavar="NAMES",
+                    help=f"comma-separated, of {', '.join(BENCHMARKS)} (default: all)")
+    dest = ap.add_mutually_exclusive_group()
+    dest.add_argument("--append", type=Path, default=ROOT / "BENCHMARKS.md", metavar="FILE",
+                      help="append the table to this markdown file (default: BENCHMARKS.md)")
+    dest.add_argument("--no-append", action="store_true", help="print only")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where eval, train and scaling run")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
+    a = ap.parse_args()
+
+    only = [n.strip() for n in a.only.split(",") if n.strip()]
+    unknown = [n for n in only if n not in BENCHMARKS]
+    if unknown or not only:
+        print(f"error: unknown benchmark {', '.join(map(repr, unknown)) or '(none given)'}; choose from "
+              f"{', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device cuda was asked for, but this torch ({torch.__version__}) sees no CUDA device; "
+              f"run with --device cpu", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    mode = "tiny" if a.tiny else "quick" if a.quick else "full"
+    where = machine(a.device)
+    started = dt.datetime.now(dt.timezone.utc)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"benchmarks ({mode}): {', '.join(only)} on {where}; load average {load:.1f}", file=sys.stderr)
+
+    rows: list[dict] = []
+    failed: list[str] = []
+    t_all = time.perf_counter()
+    for name in [n for n in BENCHMARKS if n in only]:
+        def log(text: str, name: str = name) -> None:
+            print(f"[{name}] {text}", file=sys.stderr, flush=True)
+
+        t0 = time.perf_counter()
+        try:
+            got = RUNNERS[name](SIZES[mode][name], a.device, log)
+        except Exception as e:  # one benchmark's failure is a row; the others still run
+            traceback.print_exc()
+            failed.append(name)
+            got = [row(name, "failed", None, None, "", None, f"{type(e).__name__}: {e}".splitlines()[0])]
+        log(f"done in {time.perf_counter() - t0:.0f} s")
+        rows.extend(got)
+    seconds = time.perf_counter() - t_all
+
+    flags = " ".join(x for x in ("--quick" if a.quick else "", "--tiny" if a.tiny else "",
+                                 f"--only {','.join(only)}" if len(only) < len(BENCHMARKS) else "",
+                                 "--device cuda" if a.device == "cuda" else "") if x)
+    summary = (f"`python -m benchmarks{' ' + flags if flags else ''}`: {seconds:.0f} s, torch threads "
+               f"{torch.get_num_threads()}, load average {load:.1f} at the start. Ratio above 1: ours is better "
+               f"(ours / baseline for rates, baseline / ours for times); scaling: time ratio to the 1x setting.")
+    title = f"### Suite run {started:%Y-%m-%d %H:%M} UTC — {where}"
+    if a.json:
+        print(json.dumps({"title": title, "mode": mode, "machine": where, "device": a.device, "seconds": seconds,
+                          "failed": failed, "rows": rows}, indent=2))
+    else:
+        print(f"{title}\n\n{summary}\n\n{table(rows)}")
+    if failed:
+        print(f"error: {', '.join(failed)} failed (see above); nothing was appended", file=sys.stderr)
+        return 1
+    if not a.no_append:
+        with open(a.append, "a", encoding="utf-8") as f:
+            f.write(f"\n{title}\n\n{summary}\n\n{table(rows)}\n")
+        print(f"appended to {a.append}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
