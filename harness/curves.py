@@ -32,13 +32,17 @@ def _number(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _smooth(values: list[float]) -> list[float]:
-    """Centred moving mean over about 4% of the run (shrinking at the ends): no lag behind a falling loss."""
+def _smooth(values: list[float], log: bool = False) -> list[float]:
+    """Centred moving mean over about 4% of the run (shrinking at the ends): no lag behind a falling loss.
+    `log`: the mean of the logarithms (perplexity: exp of the mean loss), so one spike cannot hold the
+    curve up for a whole window as an arithmetic mean of perplexities would."""
     half = max(2, len(values) // 50)
+    xs = [math.log(v) for v in values] if log else values
     out = []
-    for i in range(len(values)):
-        window = values[max(0, i - half) : i + half + 1]
-        out.append(sum(window) / len(window))
+    for i in range(len(xs)):
+        window = xs[max(0, i - half) : i + half + 1]
+        mean = sum(window) / len(window)
+        out.append(math.exp(mean) if log else mean)
     return out
 
 
@@ -51,7 +55,7 @@ def _figure(title: str, ylabel: str, log: bool, steps, train, val_steps, val, ba
     ax = fig.add_subplot()
     if len(train) >= SMOOTH_FROM:
         ax.plot(steps, train, color="#1f77b4", alpha=0.25, linewidth=0.8, label="train (per step)")
-        ax.plot(steps, _smooth(train), color="#1f77b4", linewidth=1.8, label="train (moving mean)")
+        ax.plot(steps, _smooth(train, log=log), color="#1f77b4", linewidth=1.8, label="train (moving mean)")
     elif train:
         ax.plot(steps, train, color="#1f77b4", linewidth=1.5, label="train (per step)")
     if val:

@@ -519,3 +519,15 @@ def test_reports_are_rendered_again_only_when_what_they_show_changed(results, tm
     assert all(p.stat().st_mtime_ns != stamps[p.name][0] for p in first)
     (tmp_path / first[0].name).unlink()  # a PDF gone: rendered again
     assert write_reports(changed, tmp_path)[0].is_file()
+
+
+def test_the_perplexity_curve_smooths_the_loss_not_the_perplexity():
+    import math
+
+    from harness.curves import _smooth
+
+    # one spike among steady steps: a mean of perplexities would sit far above every ordinary step
+    ppl = [math.exp(7.0)] * 20 + [math.exp(12.0)] + [math.exp(7.0)] * 20
+    smooth = _smooth(ppl, log=True)
+    assert max(smooth) < math.exp(8.0) and smooth[0] == pytest.approx(math.exp(7.0))
+    assert _smooth([1.0, 3.0, 2.0])[1] == pytest.approx(2.0)
