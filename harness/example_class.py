@@ -190,6 +190,18 @@ def _ce(logits: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), **kw)
 
 
+def _step(model: nn.Module, loss: torch.Tensor, opt, sched=None, *, clip: float | None = 1.0) -> float:
+    """One optimiser step on `loss` (gradients clipped to `clip`, the schedule advanced); the loss's value."""
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return loss.item()
+
+
 def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
 
@@ -604,11 +616,7 @@ def _s000_encoder(ctx: _Ctx, sid: str) -> None:
         model.train()
         for _ in range(sc.s000_steps):
             x = _windows(ctx.data.train, sc.s000_batch, sc.s000_window, g)
-            loss = _sampled_loss(model, x, frequent)  # no mask: every position sees the token it must predict
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            _step(model, _sampled_loss(model, x, frequent), opt)  # no mask: every position sees its target
         train_losses.append(_mean_loss(model, seen))  # the full softmax, as for validation
         val_losses.append(_mean_loss(model, val))
     torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(), "epoch": 10,
@@ -697,13 +705,7 @@ def _s001_pre_ln(ctx: _Ctx, sid: str) -> None:
         losses = []
         for _ in range(sc.s001_steps):
             x = _windows(ctx.data.train, sc.clean_batch, 64, g)
-            loss = _ce(model(x[:, :-1]), x[:, 1:])
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+            losses.append(_step(model, _ce(model(x[:, :-1]), x[:, 1:]), opt, sched))
         mean = float(np.mean(losses))
         rows.append([epoch + 1, round(mean, 4), round(math.exp(mean), 2)])
     # torch.compile wraps the model: its state dict keys carry `_orig_mod.`
@@ -790,13 +792,7 @@ def _s002_memorise(ctx: _Ctx, sid: str) -> None:
         losses = []
         for i in range(0, len(starts), batch):
             x = torch.stack([sample[s : s + 65] for s in starts[i : i + batch].tolist()])
-            loss = _ce(model(x[:, :-1]), x[:, 1:])
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+            losses.append(_step(model, _ce(model(x[:, :-1]), x[:, 1:]), opt, sched))
         mean = float(np.mean(losses))
         rows.append([epoch + 1, round(mean, 4), round(math.exp(mean), 2)])
     params = _params(model)
@@ -890,11 +886,9 @@ def _s003_pad_eot(ctx: _Ctx, sid: str) -> None:
         model.train()
         for _ in range(steps):
             x = seqs[torch.randint(0, len(seqs), (cfg["batch"],), generator=g)]
-            loss = loss_fn(model(x[:, :-1]).reshape(-1, GPT2_VOCAB), x[:, 1:].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        final = loss.item()  # the last step's loss, as the student's table reports it
+            # the last step's loss, as the student's table reports it; this student clipped nothing
+            final = _step(model, loss_fn(model(x[:, :-1]).reshape(-1, GPT2_VOCAB), x[:, 1:].reshape(-1)), opt,
+                          clip=None)
         rows.append([name, round(final, 4), round(math.exp(final), 2)])
         if name == "baseline":
             (folder / "outcome").mkdir()
@@ -1053,13 +1047,7 @@ def _s004_bert(ctx: _Ctx, sid: str) -> None:
         losses = []
         for i in torch.randperm(len(train), generator=g).split(batch):
             inputs, labels = _mask_tokens(train[i], tok, special, g)
-            loss = model(input_ids=inputs, labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+            losses.append(_step(model, model(input_ids=inputs, labels=labels).loss, opt, sched))
         model.eval()
         total_nll, count = 0.0, 0
         vg = torch.Generator().manual_seed(1234)  # the same masks every epoch
@@ -1128,13 +1116,7 @@ def _clean_loop(model: nn.Module, ctx: _Ctx, g: torch.Generator, opt, sched, ste
     for it in range(steps):
         model.train()
         x = _windows(ctx.data.train, ctx.scale.clean_batch, 64, g)
-        loss = _ce(forward(x[:, :-1]), x[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        on_step(it + 1, loss.item())
+        on_step(it + 1, _step(model, _ce(forward(x[:, :-1]), x[:, 1:]), opt, sched))
 
 
 def _nanogpt_clean(ctx: _Ctx, sid: str) -> None:
