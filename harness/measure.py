@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +130,10 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
 
 
 def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[str] | None = None):
-    # `sub` may be None: a bare checkpoint (harness eval), scored like a submission that names nothing
     """The tokenizer a submission is scored with, and whether the student named it: the one they named
     (a path inside the submission, or a name), else the course's; where the course's cannot be had
-    (`bert-base-uncased` offline), a tokenizer the submission ships (tokenizer.json, vocab.txt), noted."""
+    (`bert-base-uncased` offline), a tokenizer the submission ships (tokenizer.json, vocab.txt), noted.
+    `sub` None: a bare checkpoint (`harness eval`), scored like a submission that names nothing."""
     from harness.tokenizers import get_tokenizer
 
     folder = root if root.is_dir() else None
@@ -156,6 +155,34 @@ def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[
             warnings.append(f"the course's tokenizer {spec!r} cannot be had here; scored with the submission's own "
                             f"{shipped[0].relative_to(folder).as_posix()}")
         return get_tokenizer(str(shipped[0])), False
+
+
+def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[str], tokenizer_spec: str | None = None):
+    """The model as grading scores it, and its tokenizer (and whether the student named it): the family
+    from submission.toml or a first look at the weights, that family's tokenizer (`tokenizer_spec`
+    overrules), and what the weights cannot tell calibrated on the train split. Where the weights overrule
+    a wrong family in submission.toml, the tokenizer follows. `harness eval` and grading share it, so the
+    same submission gives the same number."""
+    from harness.data import freeze
+    from harness.model import build_model, pick_layout
+    from harness.tokenizers import get_tokenizer
+
+    hints, named_family = (sub.model, sub.family) if sub is not None else (None, None)
+
+    def tokenizer_of(family: str):
+        if tokenizer_spec:
+            return get_tokenizer(tokenizer_spec), False
+        return _tokenizer_for(family, sub, course, root, warnings)
+
+    family = named_family or pick_layout(raw.tensors, raw.config, None).FAMILY
+    tokenizer, named = tokenizer_of(family)
+    frozen = freeze(source, tokenizer)
+    train = frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
+    calibrate = _calibrator(course, family, tokenizer, train) if train is not None else None
+    loaded = build_model(raw, hints=hints, family=named_family, calibrate=calibrate)
+    if loaded.family != family:
+        tokenizer, named = tokenizer_of(loaded.family)
+    return loaded, tokenizer, named
 
 
 def measure(job: Job) -> dict[str, Any]:
@@ -193,7 +220,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     from harness.data import freeze, load_source
     from harness.evaluate import evaluate_clm, evaluate_mlm
     from harness.findings import vocab_finding
-    from harness.model import SPELLINGS, build_model, pick_layout, read_values
+    from harness.model import SPELLINGS, read_values
 
     if sub.weights is None:
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
@@ -224,14 +251,8 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         result["model"] = {"family": family, "layout": "custom-code", "params": params, "vocab_size": n_outputs,
                            "context": sub.model.get("context"), "sources": {"params": "weights", "code": sub.code}}
     else:
-        family = sub.family or pick_layout(raw.tensors, raw.config, None).FAMILY
-        tokenizer, named = _tokenizer_for(family, sub, course, root, result["warnings"])
-        train = freeze(source, tokenizer).split("train") if source.has_splits else None
-        calibrate = _calibrator(course, family, tokenizer, train) if train is not None else None
-        loaded = build_model(raw, hints=sub.model, family=sub.family, calibrate=calibrate)
-        if loaded.family != family:  # the weights overrule a wrong family in submission.toml
-            family = loaded.family
-            tokenizer, named = _tokenizer_for(family, sub, course, root, result["warnings"])
+        loaded, tokenizer, named = _build_scored(raw, sub, course, root, source, result["warnings"])
+        family = loaded.family
         model, n_outputs, state = loaded.model, loaded.n_outputs, loaded.model.state_dict()
         d, cfg = loaded.describe(), loaded.config
         result["checkpoint"]["layout"] = loaded.layout
@@ -394,27 +415,16 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
 
     from harness.data import freeze, load_source
     from harness.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
-    from harness.model import build_model, pick_layout
-    from harness.tokenizers import get_tokenizer
 
     course = load_course(course_path)
     raw, sub = _read_for_tools(path)
     root = path if path.is_dir() else path.parent
     warnings: list[str] = []
-    hints, named_family = (sub.model, sub.family) if sub else (None, None)
-    family = named_family or pick_layout(raw.tensors, raw.config, None).FAMILY
-    # the tokenizer and the calibration that grading would use, unless the options say otherwise
-    tok = get_tokenizer(tokenizer) if tokenizer else _tokenizer_for(family, sub, course, root, warnings)[0]
     source = load_source(data or course.data_source)
+    loaded, tok, _ = _build_scored(raw, sub, course, root, source, warnings, tokenizer)
+    family = loaded.family
     frozen = freeze(source, tok)
     train = frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
-    calibrate = _calibrator(course, family, tok, train) if train is not None else None
-    loaded = build_model(raw, hints=hints, family=named_family, calibrate=calibrate)
-    if loaded.family != family:  # the weights overrule a wrong family in submission.toml
-        family = loaded.family
-        if not tokenizer:
-            tok = _tokenizer_for(family, sub, course, root, warnings)[0]
-            frozen = freeze(source, tok)
     settings = course.eval_settings(family)
     split_name = split or (course.data_split if source.has_splits else "validation")
     target = frozen.split(split_name)
