@@ -486,15 +486,17 @@ def grade(
     if canvas_column is not None and canvas_template is None:
         raise HarnessError("canvas-template-missing", "--canvas-column needs --canvas-template FILE (the gradebook "
                            "exported from Canvas)")
+    template_text = None
     if canvas_template is not None:  # a wrong template or column fails now, not after the whole class is graded
-        exports.read_canvas_template(canvas_template, canvas_column)
+        template_text = exports.read_canvas_template(canvas_template, canvas_column)
     with progress_bar("grading (submissions)", enabled=not as_json) as update:
         outcome = run_grade(directory, out_dir, course,
                             _grade_options(workers, timeout, reports, update, overrides=overrides, backend=backend,
                                            address=address))
     lines = []
-    if canvas_template is not None:
-        path, export = exports.write_canvas_csv(outcome.results, canvas_template, canvas_column, out_dir)
+    if template_text is not None:
+        path, export = exports.write_canvas_csv(outcome.results, template_text, canvas_column, out_dir,
+                                                source=str(canvas_template))
         lines.append(f"canvas   {path}: {export.summary()}")
         lines += [f"         ambiguous: {note}" for note in export.ambiguous]
     if gradescope:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from harness.errors import HarnessError
 from harness.files import pretty_json, write_atomic
+from harness.submission import safe_id
 
 # --- Canvas --------------------------------------------------------------------------------------
 
@@ -283,8 +284,10 @@ def read_canvas_template(path: Path, column: str | None = None) -> str:
     return text
 
 
-def write_canvas_csv(results: dict[str, Any], template: Path, column: str | None, out: Path) -> tuple[Path, CanvasExport]:
-    export = canvas_csv(results, read_canvas_template(template, column), column, source=str(template))
+def write_canvas_csv(results: dict[str, Any], template_text: str, column: str | None, out: Path, *,
+                     source: str = "the Canvas template") -> tuple[Path, CanvasExport]:
+    """OUT/canvas_grades.csv from a template read (and checked) by `read_canvas_template`."""
+    export = canvas_csv(results, template_text, column, source=source)
     return write_atomic(out / "canvas_grades.csv", export.text), export
 
 
@@ -344,6 +347,5 @@ def write_gradescope(results: dict[str, Any], submission_id: str, path: Path) ->
 def write_gradescope_all(results: dict[str, Any], out: Path) -> list[Path]:
     """OUT/gradescope/<id>/results.json for every submission."""
     # ids of `harness grade` are file-name safe already; this keeps a stray "." or "/" from leaving OUT
-    safe = {s["id"]: re.sub(r"[^A-Za-z0-9._-]+", "_", s["id"]).strip(".") or "submission"
-            for s in results["submissions"]}
+    safe = {s["id"]: safe_id(s["id"]) for s in results["submissions"]}
     return [write_gradescope(results, sid, out / "gradescope" / name / "results.json") for sid, name in safe.items()]

@@ -99,7 +99,8 @@ class Submission:
 # --- discovery -----------------------------------------------------------------------------------
 
 
-def _safe_id(text: str) -> str:
+def safe_id(text: str) -> str:
+    """`text` as an id that is also a safe file name: discovery's ids, the exports' folders."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "submission"
 
 
@@ -113,13 +114,13 @@ def discover(directory: Path) -> list[SubmissionRef]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            refs.setdefault(_safe_id(entry.name), []).append(entry)
+            refs.setdefault(safe_id(entry.name), []).append(entry)
             continue
         m = _CANVAS.match(entry.name) or _MOODLE.match(entry.name)
         if m:
-            refs.setdefault(_safe_id(f"{m['student']}_{m['uid']}"), []).append(entry)
+            refs.setdefault(safe_id(f"{m['student']}_{m['uid']}"), []).append(entry)
         elif entry.suffix.lower() in WEIGHT_SUFFIXES + (".zip",):
-            refs.setdefault(_safe_id(entry.stem), []).append(entry)
+            refs.setdefault(safe_id(entry.stem), []).append(entry)
     if not refs:
         raise HarnessError("submissions-empty", f"{directory} holds no submissions (folders, weights files or zips)")
     return [SubmissionRef(i, tuple(p)) for i, p in sorted(refs.items())]
