@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from harness.course import default_course_text
+from harness.course import capped_course_text
 from harness.example_class import write_example_class
 from harness.grade import GradeOptions, grade
 
-MAX_TOKENS_LINE = "max_tokens = 0               # 0: every target of the split"
 
 
 def cached_class() -> tuple[Path, float | None]:
@@ -85,7 +84,7 @@ def measure(*, workers: tuple[int, ...] = (1, 2), max_tokens: int = 4096, timeou
             if sub.name in drop or keep is not None and sub.name not in keep:
                 shutil.rmtree(sub)
         course = root / "course.toml"
-        course.write_text(default_course_text().replace(MAX_TOKENS_LINE, f"max_tokens = {max_tokens}"))
+        course.write_text(capped_course_text(max_tokens))
         for w in workers:
             out = root / f"out-{w}"
             opts = GradeOptions(workers=w, timeout_s=timeout_s, reports=False)

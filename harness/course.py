@@ -216,6 +216,22 @@ def default_course_text() -> str:
     return importlib.resources.files("harness").joinpath("resources/course.toml").read_text(encoding="utf-8")
 
 
+_FULL_EVAL = "max_tokens = 0               # 0: every target of the split"
+_CALIBRATION = "calibration_tokens = 4096    #"
+
+
+def capped_course_text(max_tokens: int, calibration_tokens: int | None = None) -> str:
+    """The packaged course with clm-v1 capped at `max_tokens` targets (and the calibration slice at
+    `calibration_tokens`, 0: off): the same course, quicker, for dry runs, benchmarks and tests."""
+    text = default_course_text()
+    if _FULL_EVAL not in text or _CALIBRATION not in text:
+        raise AssertionError("the packaged course.toml no longer has the lines capped_course_text edits")
+    text = text.replace(_FULL_EVAL, f"max_tokens = {max_tokens}")
+    if calibration_tokens is not None:
+        text = text.replace(_CALIBRATION, f"calibration_tokens = {calibration_tokens:<8}#")
+    return text
+
+
 def load_course(path: str | Path | None = None) -> Course:
     """The course at `path`, or the packaged default (whose relative paths start in the current folder)."""
     if path is None:

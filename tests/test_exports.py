@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import assert_one_line_error
-from harness.course import default_course_text
+from harness.course import capped_course_text
 from harness.errors import HarnessError
 from harness.exports import canvas_csv, gradescope_results, read_canvas_template
 
@@ -264,9 +264,7 @@ def tiny(tmp_path_factory) -> Path:
     broken = root / "class" / "leesam_45678"
     broken.mkdir()
     (broken / "model.pt").write_bytes(b"not a checkpoint at all")
-    text = default_course_text()
-    capped = text.replace("max_tokens = 0               # 0: every target of the split", "max_tokens = 512") \
-        .replace("calibration_tokens = 4096    #", "calibration_tokens = 0       #")
+    capped = capped_course_text(512, calibration_tokens=0)
     assert capped.count("max_tokens = 512") == 1 and "calibration_tokens = 0 " in capped
     (root / "course.toml").write_text(capped)
     return root

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.course import default_course_text
+from harness.course import capped_course_text
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +20,7 @@ SEED_FLAWS = ("causal-leak", "no-validation-metric", "memorisation", "vocab-mism
 
 def _course(path: Path) -> Path:
     """The default course with the evaluation capped, so that a test class grades in a couple of minutes."""
-    text = default_course_text().replace("max_tokens = 0               # 0: every target of the split",
-                                         "max_tokens = 4096").replace("calibration_tokens = 4096    #",
-                                                                       "calibration_tokens = 1024    #")
+    text = capped_course_text(4096, calibration_tokens=1024)
     assert "max_tokens = 4096" in text and "calibration_tokens = 1024" in text
     path.write_text(text)
     return path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.course import default_course_text
+from harness.course import capped_course_text
 from harness.errors import HarnessError
 from harness.grade import GradeOptions, grade
 
@@ -38,9 +38,7 @@ def _class(root: Path) -> tuple[Path, Path]:
     torch.save({"model": model.state_dict(), "model_args": model_args, "iter_num": 0}, ckpt)
     shutil.copy(ckpt, class_dir / "nanogpt_bob" / "ckpt.pt")
     (class_dir / "broken.pt").write_bytes(b"not a checkpoint at all")
-    text = default_course_text()
-    capped = text.replace("max_tokens = 0               # 0: every target of the split", "max_tokens = 512") \
-        .replace("calibration_tokens = 4096    #", "calibration_tokens = 0       #")
+    capped = capped_course_text(512, calibration_tokens=0)
     assert capped.count("max_tokens = 512") == 1 and "calibration_tokens = 0 " in capped
     (root / "course.toml").write_text(capped)
     return class_dir, root / "course.toml"
