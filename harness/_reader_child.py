@@ -45,21 +45,12 @@ def _write(name: str, value: dict) -> None:
         json.dump(value, f, allow_nan=False)
 
 
-def _die_with_parent() -> None:
-    """SIGKILL this reader when the grader that started it dies (a batch killed with -9 leaves no reader)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def main() -> int:
     import resource
 
-    _die_with_parent()
+    from harness.processes import die_with_parent
+
+    die_with_parent()  # a batch killed with -9 leaves no reader
     with open("request.json", encoding="utf-8") as f:
         request = json.load(f)
     limits = request["limits"]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
+from harness.processes import die_with_parent
 
 _HEADER = struct.Struct("<II")  # JSON length, payload length
 
@@ -42,16 +43,6 @@ class SandboxLimits:
     start_seconds: float = 120.0  # import, construct, load weights
     call_seconds: float = 120.0  # one batch of logits
     open_files: int = 256
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the thread that started it dies."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _network_namespace_works() -> bool:
@@ -143,7 +134,7 @@ class SandboxedModel:
         def preexec() -> None:
             # Same process group as the grading worker, so killing the worker's group ends this too; and
             # killed with its parent, so a batch killed with -9 leaves nothing of a student's running.
-            _die_with_parent()
+            die_with_parent()
             mem = lim.memory_mb * 2**20
             resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
             resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_seconds, lim.cpu_seconds + 5))
