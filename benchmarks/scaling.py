@@ -19,11 +19,8 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Callable
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

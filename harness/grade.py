@@ -30,7 +30,7 @@ from harness.backends import Measured, backend
 from harness.course import Course, load_course
 from harness.errors import HarnessError
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
-from harness.findings import Evaluation, find, finding, vocab_finding
+from harness.findings import Evaluation, find, finding
 from harness.measure import Job, submission_fingerprint
 from harness.rubric import read_overrides, score
 from harness.submission import Claims, CurvePoint, SubmissionRef, discover
