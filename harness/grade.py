@@ -72,12 +72,8 @@ def _store(m: Measured, cache_dir: Path, sid: str, key: str) -> dict[str, Any]:
         return {**m.result, "cache_key": key}
     if m.signature is not None:
         write_atomic(cache_dir / f"{sid}.{key}.npy", m.signature)
-    return _cache(m.result, cache_dir / f"{sid}.{key}.json", key)
-
-
-def _cache(result: dict[str, Any], path: Path, key: str) -> dict[str, Any]:
-    result["cache_key"] = key
-    write_json(path, result)  # the cache entry: written whole or not at all
+    result = {**m.result, "cache_key": key}
+    write_json(cache_dir / f"{sid}.{key}.json", result)  # the cache entry: written whole or not at all
     return result
 
 
