@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn as nn
@@ -79,7 +80,26 @@ class Objective(nn.Module):
             h = h.index_select(0, rows)
         if self.fused:
             return LinearCrossEntropy.apply(h, head.weight, head.bias, targets)
-        return F.cross_entropy(F.linear(h, head.weight, head.bias).float(), targets, reduction="sum")
+        return F.cross_entropy(padded_linear(h, head.weight, head.bias).float(), targets, reduction="sum")
+
+
+HEAD_ALIGN = 64  # the output layer's width on a GPU is padded to a multiple of this: 50,257 -> 50,304
+
+
+def padded_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(h, weight, bias)` for a cross-entropy: on a GPU the output dimension is padded to a multiple
+    of HEAD_ALIGN with zero rows whose bias is -inf. An odd width such as GPT-2's 50,257 keeps the bf16 matrix
+    units' fast kernels out (on an H100 each of the head's three matmuls took 4x longer); the padded logits
+    are -inf, so the softmax gives them 0 and the loss and every gradient are those of the plain layer, and
+    the logits stay contiguous (cutting them back would cost two copies as long as the matmuls saved)."""
+    pad = -weight.shape[0] % HEAD_ALIGN
+    if not h.is_cuda or not pad:
+        return F.linear(h, weight, bias)
+    if bias is None:
+        bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    weight = F.pad(weight, (0, 0, 0, pad))
+    bias = F.pad(bias, (0, pad), value=-math.inf)
+    return F.linear(h, weight, bias)
 
 
 def build_model(cfg: TrainConfig, tokenizer) -> nn.Module:

@@ -32,6 +32,7 @@ STATE_FILE, RUN_FILE, METRICS_FILE = "state.pt", "run.json", "metrics.csv"
 STATE_FORMAT, RUN_FORMAT = "harness-train-state/1", "harness-reference/1"
 METRICS_COLUMNS = ("step", "epoch", "tokens", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s")
 TRAIN_LOSS_WINDOW = 50  # "final train loss" = mean over the last this many steps
+GPU_SYNC_EVERY = 64  # steps a single CUDA process runs between reading its losses back
 
 
 @dataclass(frozen=True)
@@ -289,17 +290,37 @@ class _Run:
         cfg, spe = self.cfg, self.batches.steps_per_epoch
         limit_steps = min(self.total, self.budgets["max_steps"] or self.total)
         deadline = self.started + 60 * self.budgets["max_minutes"] if self.budgets["max_minutes"] else math.inf
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                    else contextlib.nullcontext())
+        cuda = self.device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        # One CUDA process reads its losses back every GPU_SYNC_EVERY steps, not after each one, so that the
+        # host queues the next steps while the device runs; a CPU, or DDP (which reduces every step), reads each.
+        sync_every = GPU_SYNC_EVERY if cuda and self.world == 1 else 1
         self.model.train()
         session_tokens, train_seconds = 0, 0.0
+        pending: list[tuple[dict, torch.Tensor, int]] = []  # rows whose loss is still on the device
+
+        def flush() -> None:
+            nonlocal train_seconds, segment
+            if not pending:
+                return
+            losses = torch.stack([loss for _, loss, _ in pending]).cpu().tolist()  # waits for the device
+            now = time.perf_counter()
+            train_seconds, segment = train_seconds + now - segment, now
+            for (row, _, count), loss in zip(pending, losses):
+                row.update(train_loss=loss / count, train_ppl=math.exp(min(loss / count, 700.0)),
+                           tokens_per_s=session_tokens / train_seconds)
+            pending.clear()
+
         stop = self._budget_hit(math.inf, limit_steps)  # the time budget is checked after a step: one at least
+        segment = time.perf_counter()  # training time is counted from here to each flush
         while not stop:
-            t0 = time.perf_counter()
             g = self.step
             inputs, targets, rows, count = self.batches.get(g, self.rank, self.world)
+            if cuda:  # pinned: the copies are queued behind the device's work instead of waiting for it
+                inputs, targets = inputs.pin_memory(), targets.pin_memory()
+                rows = rows.pin_memory() if rows is not None else None
             inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            rows = rows.to(self.device) if rows is not None else None
+            rows = rows.to(self.device, non_blocking=True) if rows is not None else None
             lr = self.lr_at(g)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -311,32 +332,42 @@ class _Run:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            local_loss = float(loss_sum.detach())  # waits for the device: the step's time is all in
             self.step, step_tokens = g + 1, cfg.batch_size * cfg.context
             self.tokens += step_tokens
             session_tokens += step_tokens
-            train_seconds += time.perf_counter() - t0
             # the time budget covers the final evaluation too: stop when it would no longer fit
-            reserve = self._final_eval_seconds(session_tokens / train_seconds) if math.isfinite(deadline) else 0.0
+            if math.isfinite(deadline):
+                so_far = train_seconds + time.perf_counter() - segment
+                reserve = self._final_eval_seconds(session_tokens / so_far)
+            else:
+                reserve = 0.0
             stop = self._budget_hit(deadline - reserve, limit_steps)
-            stats = torch.tensor([local_loss, float(stop is not None)], dtype=torch.float64, device=self.device)
+            loss = loss_sum.detach().double()
             if self.world > 1:
+                stats = torch.stack([loss, torch.tensor(float(stop is not None), dtype=torch.float64,
+                                                        device=self.device)])
                 dist.all_reduce(stats)  # the global loss sum; any rank out of time stops all
                 if stats[1] > 0 and stop is None:
                     stop = "max_minutes"
-            train_loss = float(stats[0]) / count
+                loss = stats[0]
             row = {"step": self.step, "epoch": round(self.step / spe, 6), "tokens": self.tokens, "lr": lr,
-                   "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700.0)), "val_loss": None,
-                   "val_ppl": None, "tokens_per_s": session_tokens / train_seconds}
+                   "train_loss": None, "train_ppl": None, "val_loss": None, "val_ppl": None, "tokens_per_s": None}
             self.rows.append(row)
+            pending.append((row, loss, count))
             last = stop is not None
-            if not last and (cfg.eval_every and self.step % cfg.eval_every == 0 or self.step % spe == 0):
+            evaluate = not last and (cfg.eval_every and self.step % cfg.eval_every == 0 or self.step % spe == 0)
+            save = last or cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+            if evaluate or save or len(pending) >= sync_every:
+                flush()
+            if evaluate:
                 r = self._eval_shared(cfg.eval_max_tokens or None)
                 row.update(val_loss=r.loss, val_ppl=r.ppl)
-            if last or cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            if save:
                 self._save_state()  # before the final evaluation: a continued run sees the rows it would have
             if self.progress is not None and self.writer:
                 self.progress(self.step, limit_steps)
+            if evaluate or save:
+                segment = time.perf_counter()  # evaluations and checkpoints are not training time
         return self._finish(None if stop == "done" else stop)
 
     def _budget_hit(self, deadline: float, limit_steps: int) -> str | None:
