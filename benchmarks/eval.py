@@ -144,10 +144,12 @@ def make_clock(kind: str = "wall", device: str = "cpu") -> Callable[[], float]:
     return clock
 
 
-def matmul_peak(clock: Callable[[], float] = time.perf_counter, device: str = "cpu") -> float:
-    """fp32 FLOP/s of a large square torch.mm on this machine with torch's threads (best of a few)."""
+def matmul_peak(clock: Callable[[], float] = time.perf_counter, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a large square torch.mm (fp32 unless `dtype` says otherwise) on this machine with torch's
+    threads (best of a few)."""
     n = 8192 if torch.device(device).type == "cuda" else 2048  # a GPU needs a larger matrix to reach its peak
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     best = math.inf
     for _ in range(3):
