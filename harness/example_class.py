@@ -120,7 +120,7 @@ SCALES = {
     "demo": Scale("demo", d=128, d_clean=64, bert_hidden=256, bert_ffn=1024,
                   s000_window=16, s000_batch=32, s000_steps=30, s000_lr=3e-3, s001_steps=6,
                   s002_tokens=2560, s002_epochs=8, s002_batch=8, s003_steps=20, s003_other_steps=4, s003_batch=8,
-                  s003_lr_scale=4.0, s004_steps=6, clean_steps=60, clean_batch=4, eval_tokens=8192),
+                  s003_lr_scale=4.0, s004_steps=6, clean_steps=120, clean_batch=4, eval_tokens=8192),
     "test": Scale("test", d=32, d_clean=32, bert_hidden=64, bert_ffn=128,
                   s000_window=16, s000_batch=32, s000_steps=30, s000_lr=5e-3, s001_steps=1,
                   s002_tokens=512, s002_epochs=8, s002_batch=4, s003_steps=24, s003_other_steps=2, s003_batch=4,
@@ -161,6 +161,13 @@ class _Data:
 
     def documents(self, split: str) -> list[str]:
         return [d.text for d in self._source.splits[split]]
+
+    def log_unigram(self, rows: int) -> torch.Tensor:
+        """Log-frequencies of the GPT-2 tokens in the training stream (add-half smoothed), `rows` long: rows past
+        the tokenizer's (nanoGPT's padding) get the rarest token's value."""
+        counts = torch.bincount(self.train, minlength=GPT2_VOCAB)[:GPT2_VOCAB].double() + 0.5
+        logp = (counts / counts.sum()).log()
+        return torch.cat([logp, logp.min().expand(rows - GPT2_VOCAB)]).float()
 
 
 def _stream(split, n: int) -> np.ndarray:
@@ -475,7 +482,7 @@ class TinyTransformer(nn.Module):
         self.where = nn.Embedding(window, width)
         self.cells = nn.ModuleList([Cell(width, heads) for _ in range(depth)])
         self.squash = nn.LayerNorm(width)
-        self.readout = nn.Linear(width, vocab, bias=False)
+        self.readout = nn.Linear(width, vocab)  # its bias: the token frequencies (set by train.py)
         for p in self.parameters():
             if p.dim() == 2:
                 nn.init.normal_(p, std=0.02)
@@ -556,28 +563,89 @@ class _Ctx:
         return torch.Generator().manual_seed(self.seed * 1000 + salt + 500)
 
 
+# The two processes' shares of the class (about even on 2 cores at demo scale); nanogpt_clean's share also
+# writes what is made from its checkpoint, after it.
+_SHARES = (("nanogpt_clean", "broken_file", "copied_model", "s000_encoder", "s001_pre_ln", "s004_bert",
+            "hostile_pickle"),
+           ("hf_gpt2_clean", "custom_code", "s002_memorise", "s003_pad_eot", "custom_crash", "custom_loop"))
+
+
 def write_example_class(out_dir: Path, *, scale: str = "demo", seed: int = 0,
-                        progress: Callable[[int, int], None] | None = None) -> list[str]:
+                        progress: Callable[[int, int], None] | None = None, processes: int | None = None) -> list[str]:
     """Write the example class into `out_dir/<id>/` and return the ids, in order.
 
     Every model is trained here, on the course's data (the embedded corpus, frozen with GPT-2 BPE; the
     MLM with its own WordPiece vocabulary), single-threaded and seeded, so two calls write the same
-    files. An existing `out_dir/<id>/` is replaced; nothing else in `out_dir` is touched."""
+    files, whatever `processes` (default: 2 where there are 2 cores, each writing its share of the class;
+    1: all here, one after another). An existing `out_dir/<id>/` is replaced; nothing else in `out_dir`
+    is touched."""
     sc = _scale(scale)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    todo = ids(scale)
+    if processes is None:
+        processes = min(2, len(os.sched_getaffinity(0)))
+    if processes <= 1:
+        _write_share(out, sc.name, seed, todo, lambda sid: progress and progress(todo.index(sid) + 1, len(todo)))
+        return list(todo)
+    shares = [[i for i in share if i in todo] for share in _SHARES]
+    shares[-1] += [i for i in todo if not any(i in share for share in _SHARES)]
+    _write_in_processes(out, sc.name, seed, shares, len(todo), progress)
+    return list(todo)
+
+
+def _write_share(out: Path, scale: str, seed: int, share, done: Callable[[str], Any]) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ctx = _Ctx(out, sc, seed, _Data())
-        todo = ids(scale)
-        for i, sid in enumerate(todo):
-            _WRITERS[sid](ctx, sid)  # nanogpt_clean comes before the ones made from its checkpoint
-            if progress is not None:
-                progress(i + 1, len(todo))
-        return list(todo)
+        ctx = _Ctx(out, _scale(scale), seed, _Data())
+        for sid in share:
+            _WRITERS[sid](ctx, sid)  # each seeds itself; nanogpt_clean comes before the ones made from it
+            done(sid)
     finally:
         torch.set_num_threads(threads)
+
+
+def _share_process(out: str, scale: str, seed: int, share: list[str], queue) -> None:
+    import traceback
+
+    try:
+        _write_share(Path(out), scale, seed, share, lambda sid: queue.put(("done", sid)))
+    except BaseException as e:  # noqa: BLE001 (reported to the parent, which raises it)
+        queue.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
+
+
+def _write_in_processes(out: Path, scale: str, seed: int, shares: list[list[str]], total: int,
+                        progress: Callable[[int, int], None] | None) -> None:
+    import multiprocessing
+    import queue as queue_module
+
+    mp = multiprocessing.get_context("spawn")  # not fork: torch's thread pools do not survive it
+    queue = mp.Queue()
+    workers = [mp.Process(target=_share_process, args=(str(out), scale, seed, share, queue), daemon=True)
+               for share in shares if share]
+    for w in workers:
+        w.start()
+    done = 0
+    try:
+        while done < total:
+            try:
+                kind, value = queue.get(timeout=5)
+            except queue_module.Empty:
+                if any(w.exitcode not in (None, 0) for w in workers):
+                    raise RuntimeError("a process writing the example class died "
+                                       f"(exit codes {[w.exitcode for w in workers]})") from None
+                continue
+            if kind == "error":
+                raise RuntimeError(f"writing the example class failed: {value}")
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    finally:
+        for w in workers:
+            if w.is_alive() and done < total:
+                w.terminate()
+            w.join()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -695,6 +763,7 @@ def _s001_pre_ln(ctx: _Ctx, sid: str) -> None:
     sc, folder = ctx.scale, ctx.folder(sid)
     g = ctx.seeded(1)
     model = _gpt(GPT2_VOCAB, sc.d)
+    _start_at_unigram(model.transformer.wte, model.transformer.ln_f, ctx.data.log_unigram(GPT2_VOCAB))
     lr, total = 1e-3, 10 * sc.s001_steps
     warmup = max(1, total // 10)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -741,7 +810,9 @@ def _s001_pre_ln(ctx: _Ctx, sid: str) -> None:
         | Dropout             | 0.1                      |
 
         Decoder-only, pre-layer normalization, causal self-attention, GELU feed-forward (4x), learned
-        positions, output layer tied to the token embedding. Compiled with `torch.compile`.
+        positions, output layer tied to the token embedding. The model starts as the unigram model: embedding
+        dimension 0 holds the token log-frequencies (scaled) and the final LayerNorm's bias puts out a
+        constant there, both kept fixed. Compiled with `torch.compile`.
 
         ## 2. Training
 
@@ -1036,9 +1107,16 @@ def _s004_bert(ctx: _Ctx, sid: str) -> None:
                         num_attention_heads=4, intermediate_size=sc.bert_ffn, max_position_embeddings=512,
                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, pad_token_id=tok.pad_id)
     model = BertForMaskedLM(config)
+    # the output bias starts at the log-frequencies of the training text's tokens and is kept fixed: the model
+    # starts as the unigram model, and a few steps only add what the context says
+    counts = torch.bincount(_mlm_blocks(tok, ctx.data.documents("train"), 2000).reshape(-1),
+                            minlength=tok.vocab_size).double() + 0.5
+    with torch.no_grad():
+        model.cls.predictions.bias.copy_((counts / counts.sum()).log())
+    model.cls.predictions.bias.requires_grad_(False)
     total = epochs * math.ceil(len(train) / batch)
     warmup = max(1, round(0.06 * total))
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     history: dict[str, list] = {"epoch": [], "train_loss": [], "val_loss": [], "val_ppl": []}
@@ -1082,6 +1160,7 @@ def _s004_bert(ctx: _Ctx, sid: str) -> None:
         - Feed-forward size: {sc.bert_ffn}
         - Maximum position embeddings: 512
         - Dropout: 0.1 (attention and hidden)
+        - Output bias: the training text's token log-frequencies, kept fixed (the model starts as the unigram model)
         - Parameters: {_params(model):,}
 
         ## Dataset
@@ -1111,6 +1190,29 @@ def _s004_bert(ctx: _Ctx, sid: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+UNIGRAM_SCALE = 20.0  # the constant the final LayerNorm puts out in the prior's dimension
+
+
+def _start_at_unigram(embedding: nn.Embedding, final_norm: nn.LayerNorm, log_prior: torch.Tensor) -> None:
+    """Karpathy's "init well" for a GPT whose output layer is its token embedding (no output bias): the model
+    starts as the unigram model of the training split. Dimension 0 of each token's embedding holds its centred
+    log-frequency / UNIGRAM_SCALE, and the final LayerNorm puts out the constant UNIGRAM_SCALE there (weight 0,
+    bias UNIGRAM_SCALE), so every logit starts as the token's log-frequency. Those entries are kept while
+    training (their gradients zeroed; only weight decay shrinks the embedding's column, by ~2% in the demo):
+    Adam's steps there would move every logit UNIGRAM_SCALE times a learning rate per step, and over-suppress
+    the rare tokens within a few dozen steps (measured: perplexity 1,591 after 60 steps, then worse)."""
+    with torch.no_grad():
+        embedding.weight[:, 0] = (log_prior - log_prior.mean()) / UNIGRAM_SCALE
+        final_norm.weight[0], final_norm.bias[0] = 0.0, UNIGRAM_SCALE
+    column = torch.ones_like(embedding.weight)
+    column[:, 0] = 0.0
+    first = torch.ones_like(final_norm.weight)
+    first[0] = 0.0
+    embedding.weight.register_hook(lambda grad: grad * column)
+    final_norm.weight.register_hook(lambda grad: grad * first)
+    final_norm.bias.register_hook(lambda grad: grad * first)
+
+
 def _clean_loop(model: nn.Module, ctx: _Ctx, g: torch.Generator, opt, sched, steps: int,
                 forward: Callable[[torch.Tensor], torch.Tensor], on_step: Callable[[int, float], None]) -> None:
     for it in range(steps):
@@ -1123,7 +1225,8 @@ def _nanogpt_clean(ctx: _Ctx, sid: str) -> None:
     sc, folder = ctx.scale, ctx.folder(sid)
     g = ctx.seeded(5)
     d, vocab = sc.d_clean, 50304  # nanoGPT pads GPT-2's 50,257 up to a multiple of 64
-    model = _gpt(vocab, d, bias=False, dropout=0.0)
+    model = _gpt(vocab, d, bias=True, dropout=0.0)  # nanoGPT's default: biases, like GPT-2
+    _start_at_unigram(model.transformer.wte, model.transformer.ln_f, ctx.data.log_unigram(vocab))
     lr, steps = 3e-3, sc.clean_steps
     warmup = max(1, steps // 10)
     # nanoGPT's configure_optimizers: weight decay on matrices only
@@ -1155,11 +1258,11 @@ def _nanogpt_clean(ctx: _Ctx, sid: str) -> None:
     _clean_loop(model, ctx, g, opt, sched, steps, model, on_step)
     val = _honest_val(model, ctx.data, sc.eval_tokens)
     best = min(row["val_loss"] for row in log)
-    model_args = {"n_layer": 2, "n_head": 4, "n_embd": d, "block_size": 64, "bias": False, "vocab_size": vocab,
+    model_args = {"n_layer": 2, "n_head": 4, "n_embd": d, "block_size": 64, "bias": True, "vocab_size": vocab,
                   "dropout": 0.0}
     config = {"out_dir": "out-wiki", "eval_interval": eval_interval, "eval_iters": eval_iters, "dataset": "wiki_vital",
               "gradient_accumulation_steps": 1, "batch_size": sc.clean_batch, "block_size": 64, "n_layer": 2,
-              "n_head": 4, "n_embd": d, "dropout": 0.0, "bias": False, "learning_rate": lr, "max_iters": steps,
+              "n_head": 4, "n_embd": d, "dropout": 0.0, "bias": True, "learning_rate": lr, "max_iters": steps,
               "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "decay_lr": True,
               "warmup_iters": warmup, "min_lr": lr / 10, "device": "cpu", "dtype": "float32", "compile": False}
     path = folder / "ckpt.pt"
@@ -1176,9 +1279,15 @@ def _nanogpt_clean(ctx: _Ctx, sid: str) -> None:
         # Mini-GPT with nanoGPT
 
         I trained nanoGPT (`model.py`, `train.py`) on the course's Wikipedia data with GPT-2 BPE:
-        2 layers, 4 heads, n_embd {d}, block size 64, no biases, vocabulary padded to 50,304.
+        2 layers, 4 heads, n_embd {d}, block size 64, biases on, vocabulary padded to 50,304.
         AdamW (0.9/0.95, weight decay 0.1), learning rate {lr:g} with {warmup} warm-up steps and decay,
         {steps} iterations of batch {sc.clean_batch}.
+
+        Initialisation ("init well"): the model starts as the unigram model of the training split. Embedding
+        dimension 0 holds each token's centred log-frequency / {UNIGRAM_SCALE:g}, and the final LayerNorm outputs
+        the constant {UNIGRAM_SCALE:g} there (weight 0, bias {UNIGRAM_SCALE:g}), so the tied output layer adds the
+        log-frequency to every logit; those entries stay fixed during training. Step 0's validation loss in
+        `log.jsonl` is the unigram model's.
 
         I evaluated the final model with `harness check` on the course's validation split:
         validation loss {val:.3f} (perplexity {math.exp(val):,.0f}). The training curve is in `log.jsonl`.
@@ -1194,6 +1303,7 @@ def _hf_gpt2_clean(ctx: _Ctx, sid: str) -> None:
     config = GPT2Config(vocab_size=GPT2_VOCAB, n_positions=128, n_embd=d, n_layer=2, n_head=4, bos_token_id=EOT,
                         eos_token_id=EOT)
     model = GPT2LMHeadModel(config)
+    _start_at_unigram(model.transformer.wte, model.transformer.ln_f, ctx.data.log_unigram(GPT2_VOCAB))
     lr, steps = 3e-3, sc.clean_steps
     warmup = max(1, steps // 10)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -1222,7 +1332,9 @@ def _hf_gpt2_clean(ctx: _Ctx, sid: str) -> None:
 
         A `GPT2LMHeadModel` from a fresh `GPT2Config` (2 layers, 4 heads, n_embd {d}, 128 positions, the
         GPT-2 tokenizer), trained for {steps} steps on 64-token windows of the course's training split
-        (AdamW, learning rate {lr:g}). Saved with `save_pretrained` in `hf_model/`.
+        (AdamW, learning rate {lr:g}). Saved with `save_pretrained` in `hf_model/`. It starts as the unigram
+        model of the training split (token frequencies through `wte` dimension 0 and `ln_f`'s bias, kept
+        fixed), so that a short training only has to add what the context says.
 
         Validation loss on the course's validation split: {val:.3f} (perplexity {math.exp(val):,.0f}).
         """)
@@ -1238,8 +1350,11 @@ def _custom_code(ctx: _Ctx, sid: str) -> None:
     g = ctx.seeded(7)
     kwargs = _custom_kwargs(sc)
     model = _load_custom(folder, "TinyTransformer")(**kwargs)
+    with torch.no_grad():  # the readout's bias: the training split's log-frequencies, kept fixed
+        model.readout.bias.copy_(ctx.data.log_unigram(GPT2_VOCAB))
+    model.readout.bias.requires_grad_(False)
     lr, steps = 3e-3, sc.clean_steps
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, max(1, steps // 10)))
     losses: list[float] = []
     _clean_loop(model, ctx, g, opt, sched, steps, lambda x: model(x)[0], lambda it, loss: losses.append(loss))
@@ -1260,7 +1375,8 @@ def _custom_code(ctx: _Ctx, sid: str) -> None:
 
         My own causal transformer (`model.py`): token and position lookups, {kwargs['depth']} cells of causal
         attention ({kwargs['heads']} heads, width {kwargs['width']}) and a GELU feed-forward, a final LayerNorm
-        and a linear readout. Trained for {steps} steps on 64-token windows, AdamW {lr:g}.
+        and a linear readout whose bias is fixed at the training split's token log-frequencies (the model starts
+        as the unigram model). Trained for {steps} steps on 64-token windows, AdamW {lr:g}.
 
         Validation loss {val:.3f} (perplexity {math.exp(val):,.0f}) on the course's validation split.
         """)

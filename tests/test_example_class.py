@@ -213,6 +213,41 @@ def test_custom_code_names_its_class_and_kwargs(klass):
         crash(torch.zeros(1, 8, dtype=torch.long))
 
 
+def test_the_clean_gpts_start_as_the_unigram_model(klass, data):
+    """Their logits start at the training split's log-frequencies, which training keeps (ln_f exactly)."""
+    torch.manual_seed(0)
+    model = ec._gpt(ec.GPT2_VOCAB, 32, dropout=0.0)
+    prior = data.log_unigram(ec.GPT2_VOCAB)
+    ec._start_at_unigram(model.transformer.wte, model.transformer.ln_f, prior)
+    windows = _held_out(data, 8, 64)
+    unigram = float(torch.nn.functional.cross_entropy(prior.expand(windows[:, 1:].numel(), -1),
+                                                      windows[:, 1:].reshape(-1)))
+    assert ec._mean_loss(model, windows) == pytest.approx(unigram, abs=0.05)
+    model(windows[:, :-1]).logsumexp(-1).sum().backward()  # the fixed entries get no gradient
+    assert not model.transformer.wte.weight.grad[:, 0].any() and model.transformer.ln_f.bias.grad[0] == 0
+    out, _ = klass
+    sd = torch.load(out / "nanogpt_clean" / "ckpt.pt", weights_only=True)["model"]
+    assert sd["transformer.ln_f.bias"][0] == ec.UNIGRAM_SCALE and sd["transformer.ln_f.weight"][0] == 0
+    column = sd["transformer.wte.weight"][: ec.GPT2_VOCAB, 0]
+    assert torch.corrcoef(torch.stack([column, prior]))[0, 1] > 0.999
+    custom = torch.load(out / "custom_code" / "weights.pt", weights_only=True)
+    assert torch.equal(custom["readout.bias"], prior)
+
+
+def test_two_processes_write_the_same_files_as_one(klass, tmp_path):
+    import hashlib
+
+    out, written = klass
+    serial = tmp_path / "serial"
+    ec.write_example_class(serial, scale="test", processes=1)
+
+    def digests(root):
+        return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(root.rglob("*")) if f.is_file() and "hostile_pickle" not in f.parts}
+
+    assert digests(serial) == digests(out) and len(digests(out)) > 30
+
+
 def test_unknown_scale_is_refused(tmp_path):
     from harness.errors import HarnessError
 
