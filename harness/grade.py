@@ -35,7 +35,8 @@ from harness.measure import Job, submission_fingerprint
 from harness.rubric import read_overrides, score
 from harness.submission import Claims, CurvePoint, SubmissionRef, discover
 
-CACHE_FORMAT = "harness-measure/1"
+# /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
+CACHE_FORMAT = "harness-measure/2"
 
 
 @dataclass

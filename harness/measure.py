@@ -295,7 +295,8 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     settings = course.eval_settings(family)
     if family == "mlm":
         r = evaluate_mlm(model, split, tokenizer, context=settings.context, seed=settings.seed,
-                         max_tokens=settings.max_tokens or None, pseudo_ppl_tokens=settings.pseudo_ppl_tokens)
+                         max_tokens=settings.max_tokens or None, pseudo_ppl_tokens=settings.pseudo_ppl_tokens,
+                         train_split=train)
     else:
         r = evaluate_clm(model, split, tokenizer, context=settings.context, stride=settings.stride or None,
                          max_tokens=settings.max_tokens or None, train_split=train)
@@ -435,7 +436,7 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
     model = as_logits_model(loaded.model, device=dev)
     if family == "mlm":
         r = evaluate_mlm(model, target, tok, context=context or settings.context, seed=settings.seed,
-                         max_tokens=max_tokens or settings.max_tokens or None, progress=progress)
+                         max_tokens=max_tokens or settings.max_tokens or None, train_split=train, progress=progress)
     else:
         r = evaluate_clm(model, target, tok, context=context or settings.context,
                          stride=stride or settings.stride or None, max_tokens=max_tokens or settings.max_tokens or None,

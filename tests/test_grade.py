@@ -139,3 +139,10 @@ def test_harness_eval_on_a_submission_gives_the_graded_number(graded):
         mine = json.loads(proc.stdout)["metrics"]
         sub = next(s for s in graded["results"]["submissions"] if s["id"] == sid)
         assert mine["loss"] == sub["metrics"]["loss"] and mine["tokens"] == sub["metrics"]["tokens"], sid
+
+
+def test_every_unigram_baseline_counts_the_train_split(graded):
+    """SPEC: the unigram baseline is the train split's (the MLM's too, with the student's own tokenizer)."""
+    metrics = {s["id"]: s["metrics"] for s in graded["results"]["submissions"] if s.get("metrics")}
+    assert "s004_bert" in metrics and metrics["s004_bert"]["protocol"] == "mlm-v1"
+    assert {m["unigram_source"] for m in metrics.values()} == {"train"}
