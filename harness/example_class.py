@@ -120,7 +120,7 @@ SCALES = {
     "demo": Scale("demo", d=128, d_clean=64, bert_hidden=256, bert_ffn=1024,
                   s000_window=16, s000_batch=32, s000_steps=30, s000_lr=3e-3, s001_steps=6,
                   s002_tokens=2560, s002_epochs=8, s002_batch=8, s003_steps=20, s003_other_steps=4, s003_batch=8,
-                  s003_lr_scale=4.0, s004_steps=6, clean_steps=120, clean_batch=4, eval_tokens=8192),
+                  s003_lr_scale=4.0, s004_steps=24, clean_steps=120, clean_batch=4, eval_tokens=8192),
     "test": Scale("test", d=32, d_clean=32, bert_hidden=64, bert_ffn=128,
                   s000_window=16, s000_batch=32, s000_steps=30, s000_lr=5e-3, s001_steps=1,
                   s002_tokens=512, s002_epochs=8, s002_batch=4, s003_steps=24, s003_other_steps=2, s003_batch=4,
@@ -1116,7 +1116,7 @@ def _s004_bert(ctx: _Ctx, sid: str) -> None:
     model.cls.predictions.bias.requires_grad_(False)
     total = epochs * math.ceil(len(train) / batch)
     warmup = max(1, round(0.06 * total))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     history: dict[str, list] = {"epoch": [], "train_loss": [], "val_loss": [], "val_ppl": []}
@@ -1174,7 +1174,7 @@ def _s004_bert(ctx: _Ctx, sid: str) -> None:
         ## Training setup
 
         - Epochs: {epochs}; batch size {batch} (validation 16)
-        - AdamW, learning rate 5e-4, 6% linear warm-up then linear decay, gradient clipping 1.0
+        - AdamW, learning rate 1e-3, 6% linear warm-up then linear decay, gradient clipping 1.0
 
         ## Results
 
