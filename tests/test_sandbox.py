@@ -77,3 +77,17 @@ def test_model_code_outside_the_submission_is_refused(tmp_path):
     _, sd = _submission(tmp_path)
     with pytest.raises(HarnessError, match="not in the submission"):
         SandboxedModel(tmp_path, "../model.py:TinyLM", sd)
+
+
+@pytest.mark.parametrize("device, limited", [("cpu", True), ("cuda:0", False)])
+def test_the_measuring_process_limits_its_address_space_on_a_cpu_only(device, limited):
+    """A CUDA job gets no address-space limit: CUDA's initialisation fails under one ("out of memory", seen
+    on an H100); the unpickling child and the sandbox keep theirs."""
+    import subprocess
+    import sys
+
+    code = ("import resource; from harness.measure import Job, _limit_self; "
+            f"_limit_self(Job(id='x', paths=[], course_path=None, device={device!r}, memory_mb=4096)); "
+            "print(resource.getrlimit(resource.RLIMIT_AS)[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert (int(out) == 4096 * 2**20) is limited
