@@ -482,7 +482,7 @@ class TinyTransformer(nn.Module):
         self.where = nn.Embedding(window, width)
         self.cells = nn.ModuleList([Cell(width, heads) for _ in range(depth)])
         self.squash = nn.LayerNorm(width)
-        self.readout = nn.Linear(width, vocab)  # its bias: the token frequencies (set by train.py)
+        self.readout = nn.Linear(width, vocab)  # bias: the token log-frequencies, set before training
         for p in self.parameters():
             if p.dim() == 2:
                 nn.init.normal_(p, std=0.02)
@@ -632,8 +632,8 @@ def _write_in_processes(out: Path, scale: str, seed: int, shares: list[list[str]
             try:
                 kind, value = queue.get(timeout=5)
             except queue_module.Empty:
-                if any(w.exitcode not in (None, 0) for w in workers):
-                    raise RuntimeError("a process writing the example class died "
+                if any(w.exitcode not in (None, 0) for w in workers) or all(w.exitcode == 0 for w in workers):
+                    raise RuntimeError("a process writing the example class ended before its share was written "
                                        f"(exit codes {[w.exitcode for w in workers]})") from None
                 continue
             if kind == "error":
