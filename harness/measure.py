@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,11 @@ from harness import __version__
 from harness.course import Course, load_course
 from harness.errors import HarnessError
 from harness.files import sha256_file, write_json
+
+if TYPE_CHECKING:
+    from harness.data import FrozenData, TokenizedSplit
+    from harness.model import LoadedModel
+    from harness.tokenizers import Tokenizer
 
 SIGNATURE_VALUES = 1 << 15  # weights sampled per submission for the similarity check
 LEAK_MARGIN_NATS = 0.5  # calibration picks "no causal mask" only when it lowers the loss by more than this
@@ -157,13 +162,32 @@ def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[
         return get_tokenizer(str(shipped[0])), False
 
 
-def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[str], tokenizer_spec: str | None = None):
+def _frozen(source, tokenizer):
+    """The source frozen with `tokenizer`, and its train split where it has one (calibration's text and the
+    unigram baseline's counts), else None."""
+    from harness.data import freeze
+
+    frozen = freeze(source, tokenizer)
+    return frozen, frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
+
+
+@dataclass
+class Scored:
+    """A model as grading scores it, with its tokenizer and the data frozen with that tokenizer."""
+    loaded: LoadedModel
+    tokenizer: Tokenizer
+    named: bool  # the student named the tokenizer
+    frozen: FrozenData
+    train: TokenizedSplit | None
+
+
+def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[str],
+                  tokenizer_spec: str | None = None) -> Scored:
     """The model as grading scores it, and its tokenizer (and whether the student named it): the family
     from submission.toml or a first look at the weights, that family's tokenizer (`tokenizer_spec`
     overrules), and what the weights cannot tell calibrated on the train split. Where the weights overrule
-    a wrong family in submission.toml, the tokenizer follows. `harness eval` and grading share it, so the
-    same submission gives the same number."""
-    from harness.data import freeze
+    a wrong family in submission.toml, the tokenizer (and the frozen data) follow. `harness eval` and
+    grading share it, so the same submission gives the same number."""
     from harness.model import build_model, pick_layout
     from harness.tokenizers import get_tokenizer
 
@@ -176,13 +200,13 @@ def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[s
 
     family = named_family or pick_layout(raw.tensors, raw.config, None).FAMILY
     tokenizer, named = tokenizer_of(family)
-    frozen = freeze(source, tokenizer)
-    train = frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
+    frozen, train = _frozen(source, tokenizer)
     calibrate = _calibrator(course, family, tokenizer, train) if train is not None else None
     loaded = build_model(raw, hints=hints, family=named_family, calibrate=calibrate)
     if loaded.family != family:
         tokenizer, named = tokenizer_of(loaded.family)
-    return loaded, tokenizer, named
+        frozen, train = _frozen(source, tokenizer)
+    return Scored(loaded, tokenizer, named, frozen, train)
 
 
 def measure(job: Job) -> dict[str, Any]:
@@ -217,7 +241,7 @@ def measure(job: Job) -> dict[str, Any]:
 def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, Any]) -> None:
     from harness.causality import check_causal
     from harness.checkpoint import read_checkpoint
-    from harness.data import freeze, load_source
+    from harness.data import load_source
     from harness.evaluate import evaluate_clm, evaluate_mlm
     from harness.findings import vocab_finding
     from harness.model import SPELLINGS, read_values
@@ -246,12 +270,15 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
                                limits=limits)
         n_outputs, state = model.n_outputs, raw.tensors
         tokenizer, named = _tokenizer_for(family, sub, course, root, result["warnings"])
+        frozen, train = _frozen(source, tokenizer)
         params = sum(int(t.numel()) for t in {id(t): t for t in raw.tensors.values()}.values())
         result["checkpoint"]["layout"] = "custom-code"
         result["model"] = {"family": family, "layout": "custom-code", "params": params, "vocab_size": n_outputs,
                            "context": sub.model.get("context"), "sources": {"params": "weights", "code": sub.code}}
     else:
-        loaded, tokenizer, named = _build_scored(raw, sub, course, root, source, result["warnings"])
+        scored = _build_scored(raw, sub, course, root, source, result["warnings"])
+        loaded, tokenizer, named, frozen, train = (scored.loaded, scored.tokenizer, scored.named, scored.frozen,
+                                                   scored.train)
         family = loaded.family
         model, n_outputs, state = loaded.model, loaded.n_outputs, loaded.model.state_dict()
         d, cfg = loaded.describe(), loaded.config
@@ -289,9 +316,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     if raw.nonfinite:
         return  # NaN weights: every number would be NaN
 
-    frozen = freeze(source, tokenizer)
     split = frozen.split(course.data_split)
-    train = frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
     settings = course.eval_settings(family)
     if family == "mlm":
         r = evaluate_mlm(model, split, tokenizer, context=settings.context, seed=settings.seed,
@@ -417,7 +442,7 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
     """Recomputed metrics of one checkpoint on the course's fixed data (or what the options say)."""
     import torch
 
-    from harness.data import freeze, load_source
+    from harness.data import load_source
     from harness.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
 
     course = load_course(course_path)
@@ -425,10 +450,9 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
     root = path if path.is_dir() else path.parent
     warnings: list[str] = []
     source = load_source(data or course.data_source)
-    loaded, tok, _ = _build_scored(raw, sub, course, root, source, warnings, tokenizer)
+    scored = _build_scored(raw, sub, course, root, source, warnings, tokenizer)
+    loaded, tok, frozen, train = scored.loaded, scored.tokenizer, scored.frozen, scored.train
     family = loaded.family
-    frozen = freeze(source, tok)
-    train = frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
     settings = course.eval_settings(family)
     split_name = split or (course.data_split if source.has_splits else "validation")
     target = frozen.split(split_name)
