@@ -135,7 +135,8 @@ def _import_ray():
 
 
 def _ray_task(job: Job, env: dict[str, str]) -> Measured:
-    """On the node: Ray has already given the task its GPU (CUDA_VISIBLE_DEVICES); the result names it."""
+    """On the node: the job is relabelled with the GPU Ray gave the task, which `measure_in_process` makes
+    the measuring process's only visible device, as for a local worker; the result names it."""
     for path in job.paths + ([job.course_path] if job.course_path else []):
         if not os.path.exists(path):  # not the submission's fault: fail the batch rather than cache an error
             raise FileNotFoundError(f"{path} cannot be read on Ray node {os.uname().nodename}: every node must see "
@@ -144,7 +145,6 @@ def _ray_task(job: Job, env: dict[str, str]) -> Measured:
         import ray
 
         job = replace(job, device=f"cuda:{ray.get_gpu_ids()[0]}")
-        env = {**env, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     return measure_in_process(job, env)
 
 
