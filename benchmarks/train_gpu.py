@@ -28,40 +28,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.eval import flops_per_token, make_clock, matmul_peak  # noqa: E402
+from benchmarks.train import harness_loop, plain_loop  # noqa: E402
 from harness.course import load_course  # noqa: E402
 from harness.train import load_config, train_reference  # noqa: E402
-from harness.train.data import Batches, prepare_data  # noqa: E402
+from harness.train.data import prepare_data  # noqa: E402
 from harness.train.objective import build_model  # noqa: E402
 
 VARIANTS = ("plain-fp32", "plain-bf16", "harness", "harness-compile")
 DATASHEET_BF16 = 989e12  # H100 SXM, dense
 SEED001_STEPS = 10 * 4883  # seed 001: 10 epochs of 4,883 batches of 32 x 64 tokens (100M tokens)
-
-
-def plain_rate(cfg, data, steps: int, bf16: bool) -> float:
-    """Tokens/s over the second half of `steps` plain steps on the GPU."""
-    batches = Batches(cfg, data)
-    model = build_model(cfg, data.tokenizer).cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay, fused=bf16)
-    clock = make_clock("wall", "cuda")
-    half = steps // 2
-    for step in range(steps):
-        if step == half:
-            t0 = clock()
-        inputs, targets, _, _ = batches.get(step, 0, 1)
-        inputs, targets = inputs.cuda(non_blocking=True), targets.cuda(non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(inputs)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-    return (steps - half) * cfg.batch_size * cfg.context / (clock() - t0)
 
 
 def steady_rate(metrics: Path, from_step: int) -> float:
@@ -74,28 +51,26 @@ def steady_rate(metrics: Path, from_step: int) -> float:
     return (float(b["tokens"]) - float(a["tokens"])) / (seconds(b) - seconds(a))
 
 
-def harness_rate(overrides: list[str], steps: int, out: Path, compile_: bool) -> float:
-    sets = [*overrides, "eval_every=0", "checkpoint_every=0", "final_eval_max_tokens=256", "device=cuda",
-            f"compile={str(compile_).lower()}"]
-    train_reference("gpt", None, sets, out, max_steps=steps, resume=False)
-    return steady_rate(out / "metrics.csv", steps // 2)
-
-
 def measure(steps: int, batch: int, variants: list[str]) -> dict:
+    """Each variant's tokens/s over the second half of `steps` (benchmarks/train.py's two loops, on the GPU)."""
     overrides = [f"batch_size={batch}", "total_steps=100000", "warmup_steps=10"]
     cfg = load_config("gpt", None, overrides)
     peak = max(matmul_peak(make_clock("wall", "cuda"), "cuda", torch.bfloat16) for _ in range(2))
-    model = build_model(cfg, type("T", (), {"vocab_size": 50257})())
-    fpt = 3 * flops_per_token(model, cfg.d_model, 50257, cfg.n_layers, cfg.context)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(cfg, load_course(), Path(tmp) / "prep")
+        fpt = 3 * flops_per_token(build_model(cfg, data.tokenizer), cfg.d_model, data.tokenizer.vocab_size,
+                                  cfg.n_layers, cfg.context)
         for v in variants:
             t = time.perf_counter()
             if v.startswith("plain"):
-                rate = plain_rate(cfg, data, steps, bf16=v == "plain-bf16")
+                rate = plain_loop(cfg, data, steps, torch.get_num_threads(), "cuda", bf16=v == "plain-bf16",
+                                  timed_from=steps // 2)
             else:
-                rate = harness_rate(overrides, steps, Path(tmp) / v, compile_=v == "harness-compile")
+                out = Path(tmp) / v
+                harness_loop("gpt", [*overrides, f"compile={str(v == 'harness-compile').lower()}"], steps, 0, out,
+                             "cuda")
+                rate = steady_rate(out / "metrics.csv", steps // 2)
             rows.append({"variant": v, "tokens_per_s": rate, "ms_per_step": 1e3 * batch * cfg.context / rate,
                          "mfu": rate * fpt / peak, "mfu_datasheet": rate * fpt / DATASHEET_BF16,
                          "seed001_minutes": SEED001_STEPS * 32 * 64 / rate / 60, "wall_s": time.perf_counter() - t})
@@ -117,11 +92,10 @@ def full_run(compile_: bool, out: Path) -> dict:
 def profile(steps: int, out: Path) -> str:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    sets = ["total_steps=100000", "warmup_steps=10", "eval_every=0", "checkpoint_every=0",
-            "final_eval_max_tokens=256", "device=cuda"]
-    train_reference("gpt", None, sets, out / "warm", max_steps=5, resume=False)
+    overrides = ["total_steps=100000", "warmup_steps=10"]
+    harness_loop("gpt", overrides, 5, 0, out / "warm", "cuda")
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        train_reference("gpt", None, sets, out / "prof", max_steps=steps, resume=False)
+        harness_loop("gpt", overrides, steps, 0, out / "prof", "cuda")
     return (prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25) + "\n"
             + prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
 
