@@ -163,11 +163,24 @@ class _Data:
         return [d.text for d in self._source.splits[split]]
 
     def log_unigram(self, rows: int) -> torch.Tensor:
-        """Log-frequencies of the GPT-2 tokens in the training stream (add-half smoothed), `rows` long: rows past
-        the tokenizer's (nanoGPT's padding) get the rarest token's value."""
-        counts = torch.bincount(self.train, minlength=GPT2_VOCAB)[:GPT2_VOCAB].double() + 0.5
-        logp = (counts / counts.sum()).log()
+        """Log-frequencies of the GPT-2 tokens in the training stream, `rows` long: rows past the tokenizer's
+        (nanoGPT's padding) get the rarest token's value."""
+        logp = _log_frequencies(self.train, GPT2_VOCAB)
         return torch.cat([logp, logp.min().expand(rows - GPT2_VOCAB)]).float()
+
+
+def _log_frequencies(tokens: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Add-half smoothed log-frequencies (float64) of the ids 0..vocab-1 in `tokens`: a unigram model."""
+    counts = torch.bincount(tokens.reshape(-1), minlength=vocab)[:vocab].double() + 0.5
+    return (counts / counts.sum()).log()
+
+
+def _fix_output_bias(bias: nn.Parameter, log_prior: torch.Tensor) -> None:
+    """The output layer's bias set to a unigram model's log-probabilities and kept there (no gradient): the
+    model starts as the unigram model, and a short training only adds what the context says."""
+    with torch.no_grad():
+        bias.copy_(log_prior)
+    bias.requires_grad_(False)
 
 
 def _stream(split, n: int) -> np.ndarray:
@@ -1107,13 +1120,8 @@ def _s004_bert(ctx: _Ctx, sid: str) -> None:
                         num_attention_heads=4, intermediate_size=sc.bert_ffn, max_position_embeddings=512,
                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, pad_token_id=tok.pad_id)
     model = BertForMaskedLM(config)
-    # the output bias starts at the log-frequencies of the training text's tokens and is kept fixed: the model
-    # starts as the unigram model, and a few steps only add what the context says
-    counts = torch.bincount(_mlm_blocks(tok, ctx.data.documents("train"), 2000).reshape(-1),
-                            minlength=tok.vocab_size).double() + 0.5
-    with torch.no_grad():
-        model.cls.predictions.bias.copy_((counts / counts.sum()).log())
-    model.cls.predictions.bias.requires_grad_(False)
+    _fix_output_bias(model.cls.predictions.bias,
+                     _log_frequencies(_mlm_blocks(tok, ctx.data.documents("train"), 2000), tok.vocab_size))
     total = epochs * math.ceil(len(train) / batch)
     warmup = max(1, round(0.06 * total))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -1350,9 +1358,7 @@ def _custom_code(ctx: _Ctx, sid: str) -> None:
     g = ctx.seeded(7)
     kwargs = _custom_kwargs(sc)
     model = _load_custom(folder, "TinyTransformer")(**kwargs)
-    with torch.no_grad():  # the readout's bias: the training split's log-frequencies, kept fixed
-        model.readout.bias.copy_(ctx.data.log_unigram(GPT2_VOCAB))
-    model.readout.bias.requires_grad_(False)
+    _fix_output_bias(model.readout.bias, ctx.data.log_unigram(GPT2_VOCAB))
     lr, steps = 3e-3, sc.clean_steps
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, max(1, steps // 10)))
