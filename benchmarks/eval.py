@@ -159,9 +159,13 @@ def matmul_peak(clock: Callable[[], float] = time.perf_counter, device: str = "c
     return 2 * n**3 / best
 
 
+def non_embedding_params(model) -> int:
+    """Parameters outside the token and position embeddings and the (tied) output layer."""
+    return sum(p.numel() for n, p in model.named_parameters() if not any(k in n for k in ("wte", "wpe", "lm_head")))
+
+
 def flops_per_token(model, d: int, vocab: int, n_layers: int, L: int) -> float:
-    embed = sum(p.numel() for n, p in model.named_parameters() if any(k in n for k in ("wte", "wpe", "lm_head")))
-    non_embedding = sum(p.numel() for p in model.parameters()) - embed
+    non_embedding = non_embedding_params(model)
     attention = 2 * 2 * n_layers * L * d  # QK^T and AV over a full window, per token
     return 2 * non_embedding + 2 * d * vocab + attention
 

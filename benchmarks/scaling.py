@@ -24,7 +24,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.eval import CONTEXT, build_gpt, flops_per_token, load_text, make_clock  # noqa: E402
+from benchmarks.eval import (  # noqa: E402
+    CONTEXT, build_gpt, flops_per_token, load_text, make_clock, non_embedding_params)
 from harness.evaluate import evaluate_clm  # noqa: E402
 from harness.tokenizers import get_tokenizer  # noqa: E402
 
@@ -41,8 +42,7 @@ def measure(*, tokens: int = 2048, rounds: int = 3, device: str = "cpu", clock: 
     split = load_text(tok, tokens * SCALES[-1], log)
     models = {n: build_gpt(tok.vocab_size, n_layers=n).to(device) for n in LAYERS}
     fpt = {n: flops_per_token(m, 128, tok.vocab_size, n, CONTEXT) for n, m in models.items()}
-    non_embedding = {n: sum(p.numel() for name, p in m.named_parameters()
-                            if not any(k in name for k in ("wte", "wpe", "lm_head"))) for n, m in models.items()}
+    non_embedding = {n: non_embedding_params(m) for n, m in models.items()}
     # (axis, scale) -> (layers, targets); both axes' scale 1 is the same setting, timed once
     settings = {("tokens", k): (LAYERS[0], tokens * k) for k in SCALES}
     settings.update({("model", k): (n, tokens) for k, n in zip(SCALES, LAYERS)})
