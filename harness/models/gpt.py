@@ -218,7 +218,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairs: str
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) (times a weight): Zhang & Sennrich 2019, Llama's; in float32 whatever the input."""
+    """x / rms(x) (times a weight): Zhang & Sennrich 2019, Llama's; in at least float32."""
 
     def __init__(self, dim: int, eps: float, weight: bool = True):
         super().__init__()
@@ -226,7 +226,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if weight else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 up, float64 stays
         y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
         return y if self.weight is None else y * self.weight
 
