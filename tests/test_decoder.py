@@ -580,3 +580,25 @@ def test_nanochat_newer_features_are_named(tmp_path):
     message = e.value.message
     assert "nanochat" in message and "value embeddings" in message and "resid_lambdas" in message
     assert "ve_gate" in message and "\n" not in message
+
+
+def test_grouped_query_heads_from_a_hint_complete_the_split(tmp_path):
+    """A stored config without the heads: submission.toml's n_heads and c_attn's rows give n_kv_heads."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from harness.model import HINTS, WEIGHTS, build_model
+    from harness.models import save_canonical
+
+    model = make(**AXES["llama"]).float()
+    folder = save_canonical(model, tmp_path / "gqa")
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("n_heads", "n_kv_heads"):
+        del config["config"][key]
+    loaded = build_model(Raw(load_file(str(folder / "model.safetensors")), config), hints={"n_heads": H})
+    assert (loaded.config.n_heads, loaded.config.n_kv_heads) == (H, 2)
+    assert loaded.sources["n_heads"] == HINTS and loaded.sources["n_kv_heads"] == WEIGHTS
+    x = ids()
+    with torch.no_grad():
+        assert_rel_close(loaded.model(x), model(x))
