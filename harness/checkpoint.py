@@ -135,7 +135,18 @@ def read_checkpoint(path: str | Path, *, root: Path | None = None, limits: Limit
     raw = _run_reader({"display": display, "mode": "single", "files": [{"path": str(real), "kind": kind}],
                        "budget_bytes": _budget(real.stat().st_size, limits)}, limits, display)
     fmt = "torch-zip" if kind == "torch-zip" else "torch-legacy" if kind == "torch-pickle" else "safetensors"
-    return _finish(str(path), sha256_file(real), fmt, raw, {}, {})
+    return _finish(str(path), sha256_file(real), fmt, raw, _sibling_meta(path, root, display), {})
+
+
+def _sibling_meta(path: Path, root: Path | None, display: str) -> dict:
+    """nanochat's `checkpoint_manager` writes the config beside the weights: model_000100.pt, meta_000100.json."""
+    m = re.fullmatch(r"model_(\d+)\.pt", path.name)
+    meta = path.with_name(f"meta_{m.group(1)}.json") if m else None
+    if meta is None or not (meta.is_file() or meta.is_symlink()):
+        return {}
+    meta_display = f"{display.rsplit('/', 1)[0]}/{meta.name}" if "/" in display else meta.name
+    data = _read_json_file(_contained(meta, root, meta_display), meta_display)
+    return _plain(data, _Budget(50000)) if isinstance(data, dict) else {}
 
 
 def extract_zip(zip_path: str | Path, dest: str | Path, limits: Limits = Limits()) -> Path:

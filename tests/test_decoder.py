@@ -524,10 +524,12 @@ def nc_loss(logits, x):
 
 
 def test_nanochat_layout_equals_nanochat(tmp_path):
-    from harness.model import LAYOUT, build_model
+    from harness.checkpoint import read_checkpoint
+    from harness.model import CONFIG, LAYOUT, build_model
 
-    model, tensors, meta = nanochat_checkpoint(tmp_path)
-    loaded = build_model(Raw(tensors, meta))
+    model, _, _ = nanochat_checkpoint(tmp_path)
+    loaded = build_model(read_checkpoint(tmp_path))  # the folder: model_000100.pt and meta_000100.json beside it
+    assert loaded.sources["n_heads"] == CONFIG and loaded.sources["context"] == CONFIG
     assert loaded.layout == "nanochat" and loaded.params == sum(p.numel() for p in model.parameters())
     c = loaded.config
     assert (c.n_heads, c.n_kv_heads, c.norm_weight, c.embed_norm, c.qk_norm, c.logit_softcap, c.tied, c.context) == (
