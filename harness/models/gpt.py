@@ -207,6 +207,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairs: str
     Llama, CS336); the same rotation, (a, b) -> (a cos - b sin, b cos + a sin), on other dims.
     """
     rot = 2 * cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast q and k are bf16: so is the rotation (as HF)
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     if pairs == "half":
         a, b = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
@@ -381,9 +382,7 @@ class GPT(nn.Module):
             x = x + self.pe[:T].to(x.dtype)
         if cfg.embed_norm:
             x = self.transformer.ln_e(x)
-        rope = None
-        if cfg.positions == "rope":
-            rope = (self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype))
+        rope = (self.rope_cos[:T], self.rope_sin[:T]) if cfg.positions == "rope" else None
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope)
