@@ -310,12 +310,14 @@ def reference_sweep(
 @app.command()
 def inspect(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or folder, or a submission.")],
+    course: CourseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """What was recognised: format, layout, family, architecture, parameters."""
+    """What was recognised: format, layout, family, architecture, parameters; what the weights cannot tell is
+    calibrated on the course's training text, as grading does."""
     from harness.measure import inspect_checkpoint
 
-    info = inspect_checkpoint(checkpoint)
+    info = inspect_checkpoint(checkpoint, course_path=course)
     if as_json:
         _print_json(info)
         return
@@ -330,6 +332,12 @@ def inspect(
         out.print(table)
         for fact in layout["facts"]:
             out.print(f"  note: {fact}")
+        for name, c in layout.get("calibration", {}).items():
+            tried = ", ".join(f"{v!r} {loss:.5f}" if loss is not None else repr(v)
+                              for v, loss in zip(c["candidates"], c["losses"]))
+            apart = f", {c['margin']:.2g} ± {c['stderr']:.2g} nats apart" if c["margin"] is not None else ""
+            verdict = "decided" if c["decided"] else "UNVERIFIED: closer than the evaluation can separate"
+            out.print(f"  calibration: {name} = {c['chosen']!r} ({verdict}; tried {tried}{apart})")
     else:
         out.print(f"custom model code {layout.get('code')}: run only in the sandbox when graded")
     for w in info["reader_warnings"] + layout.get("warnings", []) + info.get("submission", {}).get("warnings", []):

@@ -7,6 +7,7 @@ so each rule can be tested with values built in the test.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -64,6 +65,11 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "the loss. Use a separate padding id (or an attention mask) and keep end-of-text as a target."),
     "similar-weights": (WARNING, "Weights nearly identical to another submission",
         "This checkpoint's weights are identical or nearly so to another submission's (reported to the grader only)."),
+    "calibration-unverified": (INFO, "Part of the architecture is a guess",
+        "The weights, the checkpoint's config and submission.toml do not say this value, and the candidates' "
+        "losses on training text were closer than the evaluation can separate, so the harness kept the default of "
+        "the code students usually copy; the recomputed loss may be slightly off if your code differs. State the "
+        "value under [model] in submission.toml."),
     "submission-warning": (INFO, "Note on the submission", "Something about the submission worth knowing."),
 }
 
@@ -133,6 +139,7 @@ def find(ev: Evaluation, course: Course, reference_ppl: float | None = None) -> 
         out.append(finding("causal-leak", ev.causal.get("message") or
                            "Predictions for earlier positions changed when only later tokens changed."))
     out += _architecture(ev, course)
+    out += _unverified(ev)
     out += _claims(ev, course)
     m = ev.metrics
     if m and m.get("unigram_loss") is not None and m["loss"] > m["unigram_loss"]:
@@ -164,6 +171,28 @@ def _architecture(ev: Evaluation, course: Course) -> list[Finding]:
     if not problems:
         return []
     return [finding("arch-requirements", "Outside the assignment's requirements: " + "; ".join(problems) + ".")]
+
+
+def _unverified(ev: Evaluation) -> list[Finding]:
+    """Architectural values nothing settled: calibration could not separate the candidates, or did not run."""
+    names = list(ev.model.get("unverified") or ())
+    if not names:
+        return []
+    calibration = ev.model.get("calibration") or {}
+    parts = []
+    for name in names:
+        c = calibration.get(name)
+        if c and c.get("margin") is not None:
+            tried = ", ".join(f"{v!r} {loss:.5f}" for v, loss in zip(c["candidates"], c["losses"]) if loss is not None)
+            parts.append(f"{name} = {c['chosen']!r} (losses {tried} nats on {c['tokens']:,} training tokens: "
+                         f"{c['margin']:.2g} ± {c['stderr']:.2g} nats apart)")
+        else:
+            parts.append(f"{name} (the layout's default; calibration did not run)")
+    hint = "; ".join(f"{n} = {json.dumps(calibration[n]['chosen'])}" if n in calibration else f"{n} = ..."
+                     for n in names)
+    return [finding("calibration-unverified", f"Not told by the weights, the checkpoint's config or submission.toml, "
+                    f"and not settled by calibration: {'; '.join(parts)}. State it under [model] in submission.toml "
+                    f"({hint}).")]
 
 
 def _claims(ev: Evaluation, course: Course) -> list[Finding]:

@@ -36,7 +36,8 @@ from harness.rubric import read_overrides, score
 from harness.submission import Claims, CurvePoint, SubmissionRef, discover
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
-CACHE_FORMAT = "harness-measure/2"
+# /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
+CACHE_FORMAT = "harness-measure/3"
 
 
 @dataclass

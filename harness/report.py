@@ -373,7 +373,25 @@ def _architecture(results: dict, sub: dict, course: Any, codes: set[str]) -> dic
         note = "The course's requirements are not recorded in these results, so they are not shown."
     else:
         note = f"Family: {'masked LM (BERT-style)' if family == 'mlm' else 'causal LM (GPT-style)'}."
-    return {"rows": rows, "note": note}
+    return {"rows": rows, "note": note, "unverified": _unverified(model)}
+
+
+def _unverified(model: dict) -> list[str]:
+    """One line per architectural value that nothing settled (calibration could not tell, or did not run)."""
+    lines = []
+    calibration = model.get("calibration") or {}
+    for name in model.get("unverified") or ():
+        c = calibration.get(name)
+        if c and c.get("margin") is not None:
+            tried = ", ".join(f"{fmt_value(v)}: {loss:.5f}" for v, loss in zip(c["candidates"], c["losses"])
+                              if loss is not None)
+            lines.append(f"{name} = {fmt_value(c['chosen'])} is unverified: calibration could not tell the "
+                         f"candidates apart (loss {tried} nats; {c['margin']:.2g} ± {c['stderr']:.2g} apart). "
+                         f"State it under [model] in submission.toml.")
+        else:
+            lines.append(f"{name} is unverified: the layout's default, not calibrated. "
+                         f"State it under [model] in submission.toml.")
+    return lines
 
 
 def _metrics(results: dict, sub: dict, codes: set[str]) -> dict:
