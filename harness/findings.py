@@ -53,7 +53,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "You reported training loss or perplexity only. Training loss measures memory, not generalisation: "
         "hold out a validation split and report its loss and perplexity."),
     "no-claims": (INFO, "No numbers reported",
-        "Neither submission.toml, a training log nor the report gave a loss or perplexity to check."),
+        "Neither submission.toml, the checkpoint, a training log nor the report gave a loss or perplexity to check."),
     "memorisation": (WARNING, "Training perplexity far below validation perplexity",
         "The claimed training perplexity is far below the recomputed validation perplexity: the model "
         "memorised its training data. Use more data, fewer epochs, or a smaller model, and report validation."),
@@ -200,7 +200,7 @@ def _claims(ev: Evaluation, course: Course) -> list[Finding]:
     out: list[Finding] = []
     if not c.any:
         return [finding("no-claims", "No loss, perplexity or parameter count was found in submission.toml, "
-                        "a training log or the report.")]
+                        "the checkpoint, a training log or the report.")]
     if not c.has_validation and (c.train_loss is not None or c.train_ppl is not None):
         out.append(finding("no-validation-metric", "Only training metrics were reported "
                            f"({_claim_text(c)}); no validation loss or perplexity."))
@@ -217,6 +217,14 @@ def _claims(ev: Evaluation, course: Course) -> list[Finding]:
             out.append(finding("val-claim-mismatch", f"Claimed validation {what}; recomputed loss {m['loss']:.3f} "
                                f"(perplexity {_fmt(m['ppl'])}), {abs(claimed_val - m['loss']):.2f} nats apart "
                                f"(tolerance {tol.val_loss_nats})."))
+        elif claimed_val is None and c.val_bpb is not None and m.get("bits_per_byte") and m.get("bytes"):
+            # bits per byte = nats per token / ln 2 × tokens / bytes: the same tolerance, in bits per byte
+            tol_bpb = tol.val_loss_nats / math.log(2) * m["tokens"] / m["bytes"]
+            gap = abs(c.val_bpb - m["bits_per_byte"])
+            if gap > tol_bpb:
+                out.append(finding("val-claim-mismatch", f"Claimed validation bits per byte {c.val_bpb:.3g}; recomputed "
+                                   f"{m['bits_per_byte']:.3f}, {gap:.2f} apart (tolerance {tol_bpb:.2f} bits per byte, "
+                                   f"the same as {tol.val_loss_nats} nats per token on this text)."))
         train_ppl = c.train_ppl if c.train_ppl is not None else (math.exp(c.train_loss) if c.train_loss is not None else None)
         if train_ppl is not None and train_ppl > 0 and m["ppl"] > tol.memorisation_ratio * train_ppl:
             out.append(finding("memorisation", f"Claimed training perplexity {_fmt(train_ppl)}, but the recomputed "

@@ -241,12 +241,16 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     from harness.evaluate import evaluate_clm, evaluate_mlm
     from harness.findings import vocab_finding
     from harness.model import SPELLINGS, read_values
+    from harness.submission import checkpoint_claims, with_checkpoint_claims
 
     if sub.weights is None:
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
                            ".safetensors or a Hugging Face folder)")
     weights = root / sub.weights if root.is_dir() else root
     raw = read_checkpoint(weights, root=root if root.is_dir() else root.parent)
+    stored = checkpoint_claims(raw.meta, sub.weights, root if root.is_dir() else None)
+    if stored:
+        result["claims"] = with_checkpoint_claims(sub.claims, stored).to_dict()
     result["checkpoint"] = {"path": sub.weights.as_posix(), "sha256": raw.sha256, "format": raw.format,
                             "layout": None}
     result["nonfinite"] = list(raw.nonfinite)
@@ -423,8 +427,11 @@ def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[s
                             "refused_globals": list(raw.refused_globals), "nonfinite": list(raw.nonfinite),
                             "reader_warnings": list(raw.warnings), "tensors": len(raw.tensors)}
     if sub is not None:
+        from harness.submission import checkpoint_claims, with_checkpoint_claims
+
+        claims = with_checkpoint_claims(sub.claims, checkpoint_claims(raw.meta, sub.weights, path))
         info["submission"] = {"student": sub.student, "weights": sub.weights.as_posix(), "family": sub.family,
-                              "model": sub.model, "claims": sub.claims.to_dict(), "warnings": list(sub.warnings)}
+                              "model": sub.model, "claims": claims.to_dict(), "warnings": list(sub.warnings)}
         if sub.code:
             info["layout"] = {"layout": "custom-code", "code": sub.code}
             return info
