@@ -421,6 +421,7 @@ def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[s
     cannot tell is calibrated exactly as grading calibrates it (`_build_scored`, the course's train split),
     so inspect and grade agree on what was chosen and on what stays unverified."""
     from harness.data import load_source
+    from harness.model import build_model
 
     raw, sub = _read_for_tools(path)
     info: dict[str, Any] = {"path": str(path), "sha256": raw.sha256, "format": raw.format,
@@ -437,9 +438,16 @@ def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[s
             return info
     course = load_course(course_path)
     warnings: list[str] = []
-    scored = _build_scored(raw, sub, course, path if path.is_dir() else path.parent,
-                           load_source(course.data_source), warnings)
-    info["layout"] = scored.loaded.describe()
+    try:
+        loaded = _build_scored(raw, sub, course, path if path.is_dir() else path.parent,
+                               load_source(course.data_source), warnings).loaded
+    except HarnessError as e:
+        if not e.code.startswith(("tokenizer-", "data-")):
+            raise
+        # the weights can still be described; grading would stop at the same tokenizer or data
+        loaded = build_model(raw, hints=sub.model if sub else None, family=sub.family if sub else None)
+        warnings.append(f"not calibrated as grading would: {e.message}")
+    info["layout"] = loaded.describe()
     info["layout"]["warnings"] = warnings + info["layout"]["warnings"]
     return info
 
