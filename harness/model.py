@@ -400,7 +400,7 @@ class Calibrated:
     losses: list[float | None]  # nats, mean over `tokens` targets; None: a scorer that gave an index only
     chosen: Any
     best: Any  # the lowest loss (with the leak margin added to "no causal mask")
-    margin: float | None  # runner-up minus best, nats
+    margin: float | None  # runner-up minus best, nats (the leak margin included)
     stderr: float | None
     decided: bool
     tokens: int
@@ -409,15 +409,6 @@ class Calibrated:
         return {"candidates": list(self.candidates), "losses": list(self.losses), "chosen": self.chosen,
                 "best": self.best, "margin": self.margin, "stderr": self.stderr, "decided": self.decided,
                 "tokens": self.tokens, "sigmas": CALIBRATION_SIGMAS, "floor_nats": CALIBRATION_FLOOR_NATS}
-
-    def sentence(self) -> str:
-        """One line for a student: what was tried, how close, what was kept."""
-        tried = ", ".join(f"{v!r} {loss:.5f}" if loss is not None else repr(v)
-                          for v, loss in zip(self.candidates, self.losses))
-        if self.margin is None:
-            return f"{self.name} = {self.chosen!r} (tried {tried})"
-        return (f"{self.name} = {self.chosen!r}: the losses ({tried} nats on {self.tokens:,} training tokens) are "
-                f"{self.margin:.2g} ± {self.stderr:.2g} nats apart, closer than the evaluation can separate")
 
 
 def _paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -476,7 +467,9 @@ def _settle(name: str, options: list, default: Any, tried: list[dict], pick: int
             runner = (margin, se)
         if not _separates(margin, se):
             ties.append(options[j])
-    losses = [mean[per_value[j]] if j in per_value else None for j in range(len(options))]
+    # the recorded losses are the model's own, without the leak margin
+    own = [m - (LEAK_MARGIN_NATS if t.get("causal") is False else 0.0) for m, t in zip(mean, tried)]
+    losses = [own[per_value[j]] if j in per_value else None for j in range(len(options))]
     chosen = best if not ties else (default if default in ties else best)
     margin, se = runner if runner is not None else (None, None)
     return Calibrated(name, list(options), losses, chosen, best, margin, se, not ties, int(nll[top].size))

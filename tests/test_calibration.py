@@ -180,3 +180,37 @@ def test_lecture_gpt_graded_inspected_and_reported_alike(tmp_path):
 
     arch = student_context(outcome.results, s["id"])["arch"]
     assert len(arch["unverified"]) == 1 and arch["unverified"][0].startswith("attn_scale = head_dim is unverified")
+
+
+def _minigpt_tensors(d=32, vocab=97, positions=16, layers=2):
+    """Seed 003's MiniGPT names (fused `attn.qkv`, `ffn.0/2`, `pos_emb.emb`): two of its open values are
+    calibrated together when submission.toml states the rest."""
+    g = torch.Generator().manual_seed(3)
+    sd = {"token_emb.weight": torch.randn(vocab, d, generator=g), "pos_emb.emb.weight": torch.randn(positions, d, generator=g),
+          "ln_f.weight": torch.ones(d), "ln_f.bias": torch.zeros(d), "head.weight": torch.randn(vocab, d, generator=g)}
+    for i in range(layers):
+        for name, shape in (("ln1", (d,)), ("ln2", (d,)), ("attn.qkv", (3 * d, d)), ("attn.proj", (d, d)),
+                            ("ffn.0", (4 * d, d)), ("ffn.2", (d, 4 * d))):
+            sd[f"blocks.{i}.{name}.weight"] = torch.randn(*shape, generator=g) * 0.02 if len(shape) == 2 else torch.ones(d)
+            sd[f"blocks.{i}.{name}.bias"] = torch.zeros(shape[0])
+    return sd
+
+
+@pytest.mark.parametrize("leak_gain, causal", [(0.2, True), (2.0, False)])
+def test_joint_calibration_decides_each_value_on_its_own(leak_gain, causal):
+    """qkv_order cannot be told apart (1e-4 nats): its default stays, unverified; "no causal mask" is taken
+    only when it gains more than the leak margin, and the recorded losses are the model's own."""
+    def calibrate(candidates):
+        assert sorted(candidates.tried[0]) == ["causal", "qkv_order"] and len(candidates) == 4
+        base = np.random.Generator(np.random.PCG64(5)).normal(4.0, 1.0, 3000)
+        return [base - (leak_gain if t["causal"] is False else 0.0) - (1e-4 if t["qkv_order"] == "qkv-per-head" else 0.0)
+                for t in candidates.tried]
+
+    loaded = build_model(Raw(_minigpt_tensors()), hints={"n_heads": 4, "norm": "pre", "activation": "gelu"},
+                         calibrate=calibrate)
+    order, mask = loaded.calibration["qkv_order"], loaded.calibration["causal"]
+    assert loaded.choices["qkv_order"] == "qkv" and loaded.sources["qkv_order"] == UNDECIDED and not order["decided"]
+    assert order["best"] == "qkv-per-head" and order["margin"] == pytest.approx(1e-4)
+    assert loaded.config.causal is causal and loaded.sources["causal"] == CALIBRATION and mask["decided"]
+    assert mask["losses"][1] == pytest.approx(mask["losses"][0] - leak_gain)  # [True, False]: no margin added
+    assert loaded.unverified() == ["qkv_order"]
