@@ -418,7 +418,8 @@ def checkpoint_claims(meta: dict[str, Any] | None, weights: Path | None, folder:
     for holder, where in ((meta or {}, name), (beside, beside_name)):
         for key, claim in CHECKPOINT_CLAIMS:
             value = _float(holder.get(key)) if not isinstance(holder.get(key), str) else None
-            if claim not in found and value is not None and value > 0:
+            # (nanoGPT starts best_val_loss at 1e9: such a value was never measured)
+            if claim not in found and value is not None and 0 < value < 1e6:
                 found[claim] = (value, f"{where}: {key}")
     return found
 
