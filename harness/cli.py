@@ -1,7 +1,8 @@
 """The command line: parse, call one function of the core, print. No business logic here.
 
 Every `HarnessError` becomes one line on stderr and exit code 2; `--json` puts machine-readable output
-on stdout and nothing else there.
+on stdout and nothing else there. Nothing printed is read as rich markup, help texts included: a message
+that says `[model]` or `pip install 'harness[ray]'` prints those very words (styles come from `Text`).
 """
 
 from __future__ import annotations
@@ -14,30 +15,38 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from harness import __version__
 from harness.errors import HarnessError
 
-app = typer.Typer(
-    name="harness",
-    help="A reproducible grading harness for courses that train small transformer language models.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-data_app = typer.Typer(help="The course's fixed data: freeze it, look at it.", no_args_is_help=True)
-reference_app = typer.Typer(help="Train the reference models that anchor the grades.", no_args_is_help=True)
-report_app = typer.Typer(help="PDF reports.", no_args_is_help=True)
-course_app = typer.Typer(help="The course file: everything a grade depends on.", no_args_is_help=True)
+
+def _typer(help: str, **kwargs) -> typer.Typer:
+    # rich_markup_mode=None: help is printed as written (rich markup would eat `[ray]` in `harness[ray]`)
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None, **kwargs)
+
+
+app = _typer("A reproducible grading harness for courses that train small transformer language models.",
+             name="harness", pretty_exceptions_enable=False, add_completion=False)
+data_app = _typer("The course's fixed data: freeze it, look at it.")
+reference_app = _typer("Train the reference models that anchor the grades.")
+report_app = _typer("PDF reports.")
+course_app = _typer("The course file: everything a grade depends on.")
 app.add_typer(data_app, name="data")
 app.add_typer(reference_app, name="reference")
 app.add_typer(report_app, name="report")
 app.add_typer(course_app, name="course")
 
-out = Console(soft_wrap=True)
+# markup=False: student names, paths and messages are printed as they are, brackets and all
+out = Console(soft_wrap=True, markup=False)
 if not out.is_terminal:  # pipes and CI logs: wide enough for every table
     out.width = 160
-err = Console(stderr=True)
+err = Console(stderr=True, markup=False)
+
+
+def _styled(label: str, style: str, rest: str = "") -> Text:
+    """`label` in `style`, then `rest` as plain text."""
+    return Text.assemble((label, style), rest)
 
 CourseOpt = Annotated[Optional[Path], typer.Option("--course", help="course.toml (default: the packaged course).")]
 DataOpt = Annotated[Optional[str], typer.Option("--data", help="wiki-vital, wikitext-2, wikitext-103 or a path.")]
@@ -171,7 +180,7 @@ def course_show(course: CourseOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json({"fingerprint": c.fingerprint, "origin": c.origin, "course": c.to_dict()})
         return
-    out.print(f"[bold]{c.name}[/bold] ({c.origin})")
+    out.print(_styled(c.name, "bold", f" ({c.origin})"))
     out.print(f"data       {c.data_source}, split {c.data_split}")
     for fam, s in (("clm", c.clm), ("mlm", c.mlm)):
         out.print(f"{fam}        {s.protocol}, tokenizer {s.tokenizer}, context {s.context}, "
@@ -201,7 +210,8 @@ def demo(
                  say=lambda line: err.print(line), progress_factory=progress_bar, scale=scale)
     _print_data(r.data, "reused" if r.data.reused else "written")
     for family, t in r.references.items():
-        out.print(f"\n[bold]reference {family}[/bold]")
+        out.print()
+        out.print(_styled(f"reference {family}", "bold"))
         _train_summary(t)
     out.print()
     out.print(_class_table(r.grading.results))
@@ -225,13 +235,13 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="reference_m
 
 
 def _train_summary(r) -> None:
-    out.print(f"[bold]{r.out}[/bold]: {r.steps}/{r.total_steps} steps, {r.tokens:,} tokens, {r.wall_s:.0f} s, "
-              f"{r.tokens_per_s:,.0f} tokens/s" + ("" if r.complete else f" (stopped by {r.stopped_by}; run again to continue)"))
+    out.print(_styled(str(r.out), "bold", f": {r.steps}/{r.total_steps} steps, {r.tokens:,} tokens, {r.wall_s:.0f} s, "
+              f"{r.tokens_per_s:,.0f} tokens/s" + ("" if r.complete else f" (stopped by {r.stopped_by}; run again to continue)")))
     if r.val_ppl is not None:
         uni = f" · unigram baseline {r.unigram_val_ppl:,.1f}" if r.unigram_val_ppl else ""
         out.print(f"validation loss {r.val_loss:.4f}, perplexity {r.val_ppl:,.1f}{uni}")
     if r.tokenizer_fallback:
-        out.print(f"[yellow]tokenizer:[/yellow] {r.tokenizer_fallback}")
+        out.print(_styled("tokenizer:", "yellow", f" {r.tokenizer_fallback}"))
 
 
 @reference_app.command("train")
@@ -300,17 +310,19 @@ def reference_sweep(
 @app.command()
 def inspect(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or folder, or a submission.")],
+    course: CourseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """What was recognised: format, layout, family, architecture, parameters."""
+    """What was recognised: format, layout, family, architecture, parameters; what the weights cannot tell is
+    calibrated on the course's training text, as grading does."""
     from harness.measure import inspect_checkpoint
 
-    info = inspect_checkpoint(checkpoint)
+    info = inspect_checkpoint(checkpoint, course_path=course)
     if as_json:
         _print_json(info)
         return
     layout = info.get("layout", {})
-    out.print(f"[bold]{checkpoint}[/bold]  {info['format']}, {info['tensors']} tensors, sha256 {info['sha256'][:16]}")
+    out.print(_styled(str(checkpoint), "bold", f"  {info['format']}, {info['tensors']} tensors, sha256 {info['sha256'][:16]}"))
     if "architecture" in layout:
         out.print(f"layout {layout['layout']} · family {layout['family']} · {layout['params']:,} parameters"
                   f"{' (tied head counted once)' if layout['tied'] else ''} · {layout['n_outputs']:,} outputs")
@@ -320,14 +332,20 @@ def inspect(
         out.print(table)
         for fact in layout["facts"]:
             out.print(f"  note: {fact}")
+        for name, c in layout.get("calibration", {}).items():
+            tried = ", ".join(f"{v!r} {loss:.5f}" if loss is not None else repr(v)
+                              for v, loss in zip(c["candidates"], c["losses"]))
+            apart = f", {c['margin']:.2g} ± {c['stderr']:.2g} nats apart" if c["margin"] is not None else ""
+            verdict = "decided" if c["decided"] else "UNVERIFIED: closer than the evaluation can separate"
+            out.print(f"  calibration: {name} = {c['chosen']!r} ({verdict}; tried {tried}{apart})")
     else:
         out.print(f"custom model code {layout.get('code')}: run only in the sandbox when graded")
     for w in info["reader_warnings"] + layout.get("warnings", []) + info.get("submission", {}).get("warnings", []):
-        out.print(f"[yellow]warning:[/yellow] {w}")
+        out.print(_styled("warning:", "yellow", f" {w}"))
     if info["refused_globals"]:
         out.print(f"read through inert stubs (never imported): {', '.join(info['refused_globals'])}")
     if info["nonfinite"]:
-        out.print(f"[red]non-finite weights:[/red] {', '.join(info['nonfinite'][:5])}")
+        out.print(_styled("non-finite weights:", "red", f" {', '.join(info['nonfinite'][:5])}"))
 
 
 @app.command("eval")
@@ -354,7 +372,7 @@ def eval_(
         _print_json(result)
         return
     for warning in result.get("warnings", []):
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err.print(_styled("warning:", "yellow", f" {warning}"), highlight=False)
     m = result["metrics"]
     table = Table("metric", "value", title=f"{checkpoint} · {m['protocol']} on {result['data']['source']} "
                   f"{result['data']['split']}", title_justify="left")
@@ -433,7 +451,7 @@ def check(
     else:
         m = s.get("metrics") or {}
         verdict = "graded" if s["status"] == "graded" else f"NOT gradable: {s['error']['message']}"
-        out.print(f"[bold]{s['student']}[/bold]: {s['score']['total']:g} / {s['score']['max']:g} points — {verdict}")
+        out.print(_styled(s["student"], "bold", f": {s['score']['total']:g} / {s['score']['max']:g} points — {verdict}"))
         if m:
             ref = (outcome.results["reference"] or {}).get((s.get("model") or {}).get("family") or "gpt")
             out.print(f"recomputed {m['protocol']}: loss {m['loss']:.4f}, perplexity {m['ppl']:,.2f} on "
@@ -445,14 +463,14 @@ def check(
         for f in s["findings"]:
             if f.get("grader_only"):
                 continue
-            out.print(f"[{'red' if f['severity'] == 'error' else 'yellow'}]{f['code']}[/]: {f['message']}")
+            out.print(_styled(f["code"], "red" if f["severity"] == "error" else "yellow", f": {f['message']}"))
             if f["code"] in CATALOGUE:
                 out.print(f"    {CATALOGUE[f['code']][2]}")
         pdf = out_dir / f"{s['id']}.pdf"
         if pdf.exists():
             out.print(f"report: {pdf}")
         if gradescope is not None:
-            out.print(f"gradescope: {gradescope}", markup=False)
+            out.print(f"gradescope: {gradescope}")
     if s["status"] != "graded":
         raise typer.Exit(1)
 
@@ -505,7 +523,7 @@ def grade(
     if as_json:
         _print_json(outcome.results)
         for line in lines:  # stdout holds the JSON alone
-            err.print(line, highlight=False, markup=False)
+            err.print(line, highlight=False)
         return
     out.print(_class_table(outcome.results))
     out.print(f"{len(outcome.measured)} evaluated, {len(outcome.cached)} from the cache")
@@ -514,7 +532,7 @@ def grade(
     if reports:
         out.print(f"reports  {out_dir}/<id>.pdf, {out_dir / 'class_report.pdf'}")
     for line in lines:
-        out.print(line, highlight=False, markup=False)
+        out.print(line, highlight=False)
 
 
 @report_app.command("compare")
@@ -539,7 +557,7 @@ def main() -> None:
     try:
         app()
     except HarnessError as e:
-        err.print(f"[red]error:[/red] {e.message}", highlight=False, soft_wrap=True)
+        err.print(_styled("error:", "red", f" {e.message}"), highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -19,7 +19,7 @@ What makes the numbers trustworthy:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -206,6 +206,11 @@ def _check_ids(stream: np.ndarray, tokenizer: Any, n_outputs: int) -> None:
             "vocab-mismatch",
             f"the model has {n_outputs} outputs but tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens; "
             "evaluate it with the tokenizer it was trained with")
+
+
+def _public(result: Any) -> dict[str, Any]:
+    """A result as JSON-ready values, without its per-target NLLs (`nll`: kept for calibration's statistics)."""
+    return _plain({f.name: getattr(result, f.name) for f in fields(result) if f.name != "nll"})
 
 
 def _safe_exp(x: float) -> float:
@@ -424,9 +429,11 @@ class ClmResult:
     # a model that saw EOT only as ignored padding never learned to predict it (finding pad-is-eot)
     eot_targets: int = 0
     eot_loss: float | None = None
+    # every scored target's NLL (float64, in stream order): the paired differences calibration tests
+    nll: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        return _public(self)
 
 
 def _scored_text_counts(split: Any, tokenizer: Any, stream_len: int) -> tuple[int, int, int]:
@@ -565,6 +572,7 @@ def evaluate_clm(
         unigram_source=source,
         eot_targets=int(eot_at.size),
         eot_loss=eot_loss,
+        nll=nll[1:],
     )
 
 
@@ -671,9 +679,10 @@ class MlmResult:
     pseudo_total_nll: float | None
     pseudo_loss: float | None
     pseudo_ppl: float | None
+    nll: np.ndarray | None = field(default=None, repr=False, compare=False)  # per selected position, in order
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        return _public(self)
 
 
 @torch.inference_mode()
@@ -819,4 +828,5 @@ def evaluate_mlm(
         pseudo_total_nll=p_total,
         pseudo_loss=p_loss,
         pseudo_ppl=p_ppl,
+        nll=nll,
     )

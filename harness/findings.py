@@ -7,6 +7,7 @@ so each rule can be tested with values built in the test.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -52,7 +53,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "You reported training loss or perplexity only. Training loss measures memory, not generalisation: "
         "hold out a validation split and report its loss and perplexity."),
     "no-claims": (INFO, "No numbers reported",
-        "Neither submission.toml, a training log nor the report gave a loss or perplexity to check."),
+        "Neither submission.toml, the checkpoint, a training log nor the report gave a loss or perplexity to check."),
     "memorisation": (WARNING, "Training perplexity far below validation perplexity",
         "The claimed training perplexity is far below the recomputed validation perplexity: the model "
         "memorised its training data. Use more data, fewer epochs, or a smaller model, and report validation."),
@@ -64,6 +65,11 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "the loss. Use a separate padding id (or an attention mask) and keep end-of-text as a target."),
     "similar-weights": (WARNING, "Weights nearly identical to another submission",
         "This checkpoint's weights are identical or nearly so to another submission's (reported to the grader only)."),
+    "calibration-unverified": (INFO, "Part of the architecture is a guess",
+        "The weights, the checkpoint's config and submission.toml do not say this value, and the candidates' "
+        "losses on training text were closer than the evaluation can separate, so the harness kept the default of "
+        "the code students usually copy; the recomputed loss may be slightly off if your code differs. State the "
+        "value under [model] in submission.toml."),
     "submission-warning": (INFO, "Note on the submission", "Something about the submission worth knowing."),
 }
 
@@ -133,6 +139,7 @@ def find(ev: Evaluation, course: Course, reference_ppl: float | None = None) -> 
         out.append(finding("causal-leak", ev.causal.get("message") or
                            "Predictions for earlier positions changed when only later tokens changed."))
     out += _architecture(ev, course)
+    out += _unverified(ev)
     out += _claims(ev, course)
     m = ev.metrics
     if m and m.get("unigram_loss") is not None and m["loss"] > m["unigram_loss"]:
@@ -166,12 +173,34 @@ def _architecture(ev: Evaluation, course: Course) -> list[Finding]:
     return [finding("arch-requirements", "Outside the assignment's requirements: " + "; ".join(problems) + ".")]
 
 
+def _unverified(ev: Evaluation) -> list[Finding]:
+    """Architectural values nothing settled: calibration could not separate the candidates, or did not run."""
+    names = list(ev.model.get("unverified") or ())
+    if not names:
+        return []
+    calibration = ev.model.get("calibration") or {}
+    parts = []
+    for name in names:
+        c = calibration.get(name)
+        if c and c.get("margin") is not None:
+            tried = ", ".join(f"{v!r} {loss:.5f}" for v, loss in zip(c["candidates"], c["losses"]) if loss is not None)
+            parts.append(f"{name} = {c['chosen']!r} (losses {tried} nats on {c['tokens']:,} training tokens: "
+                         f"{c['margin']:.2g} ± {c['stderr']:.2g} nats apart)")
+        else:
+            parts.append(f"{name} (the layout's default; calibration did not run)")
+    hint = "; ".join(f"{n} = {json.dumps(calibration[n]['chosen'])}" if n in calibration else f"{n} = ..."
+                     for n in names)
+    return [finding("calibration-unverified", f"Not told by the weights, the checkpoint's config or submission.toml, "
+                    f"and not settled by calibration: {'; '.join(parts)}. State it under [model] in submission.toml "
+                    f"({hint}).")]
+
+
 def _claims(ev: Evaluation, course: Course) -> list[Finding]:
     c, m, tol = ev.claims, ev.metrics, course.tolerances
     out: list[Finding] = []
     if not c.any:
         return [finding("no-claims", "No loss, perplexity or parameter count was found in submission.toml, "
-                        "a training log or the report.")]
+                        "the checkpoint, a training log or the report.")]
     if not c.has_validation and (c.train_loss is not None or c.train_ppl is not None):
         out.append(finding("no-validation-metric", "Only training metrics were reported "
                            f"({_claim_text(c)}); no validation loss or perplexity."))
@@ -188,6 +217,14 @@ def _claims(ev: Evaluation, course: Course) -> list[Finding]:
             out.append(finding("val-claim-mismatch", f"Claimed validation {what}; recomputed loss {m['loss']:.3f} "
                                f"(perplexity {_fmt(m['ppl'])}), {abs(claimed_val - m['loss']):.2f} nats apart "
                                f"(tolerance {tol.val_loss_nats})."))
+        elif claimed_val is None and c.val_bpb is not None and m.get("bits_per_byte") and m.get("bytes"):
+            # bits per byte = nats per token / ln 2 × tokens / bytes: the same tolerance, in bits per byte
+            tol_bpb = tol.val_loss_nats / math.log(2) * m["tokens"] / m["bytes"]
+            gap = abs(c.val_bpb - m["bits_per_byte"])
+            if gap > tol_bpb:
+                out.append(finding("val-claim-mismatch", f"Claimed validation bits per byte {c.val_bpb:.3g}; recomputed "
+                                   f"{m['bits_per_byte']:.3f}, {gap:.2f} apart (tolerance {tol_bpb:.2f} bits per byte, "
+                                   f"the same as {tol.val_loss_nats} nats per token on this text)."))
         train_ppl = c.train_ppl if c.train_ppl is not None else (math.exp(c.train_loss) if c.train_loss is not None else None)
         if train_ppl is not None and train_ppl > 0 and m["ppl"] > tol.memorisation_ratio * train_ppl:
             out.append(finding("memorisation", f"Claimed training perplexity {_fmt(train_ppl)}, but the recomputed "

@@ -33,10 +33,11 @@ from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, w
 from harness.findings import Evaluation, find, finding
 from harness.measure import Job, submission_fingerprint
 from harness.rubric import read_overrides, score
-from harness.submission import Claims, CurvePoint, SubmissionRef, discover
+from harness.submission import CLAIM_KEYS, Claims, CurvePoint, SubmissionRef, discover
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
-CACHE_FORMAT = "harness-measure/2"
+# /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
+CACHE_FORMAT = "harness-measure/3"
 
 
 @dataclass
@@ -82,7 +83,7 @@ def _claims(d: dict[str, Any] | None) -> Claims:
     if not d:
         return Claims()
     curve = tuple(CurvePoint(**p) for p in d.get("curve", ()))
-    return Claims(**{k: d.get(k) for k in ("val_loss", "val_ppl", "train_loss", "train_ppl", "params")},
+    return Claims(**{k: d.get(k) for k in CLAIM_KEYS},
                   sources=d.get("sources", {}), curve=curve, curve_source=d.get("curve_source"))
 
 

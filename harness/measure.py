@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from harness.tokenizers import Tokenizer
 
 SIGNATURE_VALUES = 1 << 15  # weights sampled per submission for the similarity check
-LEAK_MARGIN_NATS = 0.5  # calibration picks "no causal mask" only when it lowers the loss by more than this
 
 
 @dataclass
@@ -106,15 +105,16 @@ def _signature(state: dict[str, Any]) -> tuple[str, np.ndarray]:
 
 def _calibrator(course: Course, family: str, tokenizer, train_split):
     """Scores candidate models by the course's protocol on the start of the *train* split (never on the
-    graded split); None where the course turns calibration off."""
+    graded split): each candidate's per-target NLLs, from which `harness.model` decides, or says that it
+    cannot; None where the course turns calibration off."""
     from harness.evaluate import evaluate_clm, evaluate_mlm
 
     settings = course.eval_settings(family)
     if settings.calibration_tokens <= 0:
         return None
 
-    def calibrate(candidates) -> int:
-        losses = []
+    def calibrate(candidates) -> list[np.ndarray]:
+        scored = []
         for model, config in zip(candidates, candidates.configs):
             if config.vocab_size < tokenizer.vocab_size:  # seed 002's 49,805: scorable all the same
                 model = TruncatedVocabulary(model, config.vocab_size, tokenizer.vocab_size)
@@ -124,12 +124,8 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
             else:
                 r = evaluate_clm(model, train_split, tokenizer, context=settings.context,
                                  max_tokens=settings.calibration_tokens)
-            losses.append(r.loss)
-        # A model is taken as causal unless removing the mask makes it better by a clear margin: a model
-        # trained without one has learned to read the answer and gains whole nats; noise gains hundredths.
-        penalised = [loss + (LEAK_MARGIN_NATS if tried.get("causal") is False else 0.0)
-                     for loss, tried in zip(losses, candidates.tried)]
-        return int(np.argmin(penalised))
+            scored.append(r.nll)
+        return scored
 
     return calibrate
 
@@ -245,12 +241,16 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     from harness.evaluate import evaluate_clm, evaluate_mlm
     from harness.findings import vocab_finding
     from harness.model import SPELLINGS, read_values
+    from harness.submission import checkpoint_claims, with_checkpoint_claims
 
     if sub.weights is None:
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
                            ".safetensors or a Hugging Face folder)")
     weights = root / sub.weights if root.is_dir() else root
     raw = read_checkpoint(weights, root=root if root.is_dir() else root.parent)
+    stored = checkpoint_claims(raw.meta, sub.weights, root if root.is_dir() else None)
+    if stored:
+        result["claims"] = with_checkpoint_claims(sub.claims, stored).to_dict()
     result["checkpoint"] = {"path": sub.weights.as_posix(), "sha256": raw.sha256, "format": raw.format,
                             "layout": None}
     result["nonfinite"] = list(raw.nonfinite)
@@ -291,7 +291,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
             "norm": getattr(cfg, "norm", "post"), "activation": cfg.activation,
             "positions": getattr(cfg, "positions", "learned"), "causal_mask": getattr(cfg, "causal", None),
             "sources": {k: v["source"] for k, v in d["architecture"].items()},
-            "unverified": d["unverified"], "facts": d["facts"],
+            "unverified": d["unverified"], "calibration": d["calibration"], "facts": d["facts"],
         }
         result["warnings"] += d["warnings"]
         result["pad_id"] = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
@@ -416,8 +416,11 @@ def _read_for_tools(path: Path):
     return raw, sub
 
 
-def inspect_checkpoint(path: Path) -> dict[str, Any]:
-    """What was recognised: format, layout, family, every inferred value with its source."""
+def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[str, Any]:
+    """What was recognised: format, layout, family, every inferred value with its source. What the weights
+    cannot tell is calibrated exactly as grading calibrates it (`_build_scored`, the course's train split),
+    so inspect and grade agree on what was chosen and on what stays unverified."""
+    from harness.data import load_source
     from harness.model import build_model
 
     raw, sub = _read_for_tools(path)
@@ -425,13 +428,27 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
                             "refused_globals": list(raw.refused_globals), "nonfinite": list(raw.nonfinite),
                             "reader_warnings": list(raw.warnings), "tensors": len(raw.tensors)}
     if sub is not None:
+        from harness.submission import checkpoint_claims, with_checkpoint_claims
+
+        claims = with_checkpoint_claims(sub.claims, checkpoint_claims(raw.meta, sub.weights, path))
         info["submission"] = {"student": sub.student, "weights": sub.weights.as_posix(), "family": sub.family,
-                              "model": sub.model, "claims": sub.claims.to_dict(), "warnings": list(sub.warnings)}
+                              "model": sub.model, "claims": claims.to_dict(), "warnings": list(sub.warnings)}
         if sub.code:
             info["layout"] = {"layout": "custom-code", "code": sub.code}
             return info
-    loaded = build_model(raw, hints=sub.model if sub else None, family=sub.family if sub else None)
+    course = load_course(course_path)
+    warnings: list[str] = []
+    try:
+        loaded = _build_scored(raw, sub, course, path if path.is_dir() else path.parent,
+                               load_source(course.data_source), warnings).loaded
+    except HarnessError as e:
+        if not e.code.startswith(("tokenizer-", "data-")):
+            raise
+        # the weights can still be described; grading would stop at the same tokenizer or data
+        loaded = build_model(raw, hints=sub.model if sub else None, family=sub.family if sub else None)
+        warnings.append(f"not calibrated as grading would: {e.message}")
     info["layout"] = loaded.describe()
+    info["layout"]["warnings"] = warnings + info["layout"]["warnings"]
     return info
 
 

@@ -373,7 +373,25 @@ def _architecture(results: dict, sub: dict, course: Any, codes: set[str]) -> dic
         note = "The course's requirements are not recorded in these results, so they are not shown."
     else:
         note = f"Family: {'masked LM (BERT-style)' if family == 'mlm' else 'causal LM (GPT-style)'}."
-    return {"rows": rows, "note": note}
+    return {"rows": rows, "note": note, "unverified": _unverified(model)}
+
+
+def _unverified(model: dict) -> list[str]:
+    """One line per architectural value that nothing settled (calibration could not tell, or did not run)."""
+    lines = []
+    calibration = model.get("calibration") or {}
+    for name in model.get("unverified") or ():
+        c = calibration.get(name)
+        if c and c.get("margin") is not None:
+            tried = ", ".join(f"{fmt_value(v)}: {loss:.5f}" for v, loss in zip(c["candidates"], c["losses"])
+                              if loss is not None)
+            lines.append(f"{name} = {fmt_value(c['chosen'])} is unverified: calibration could not tell the "
+                         f"candidates apart (loss {tried} nats; {c['margin']:.2g} ± {c['stderr']:.2g} apart). "
+                         f"State it under [model] in submission.toml.")
+        else:
+            lines.append(f"{name} is unverified: the layout's default, not calibrated. "
+                         f"State it under [model] in submission.toml.")
+    return lines
 
 
 def _metrics(results: dict, sub: dict, codes: set[str]) -> dict:
@@ -384,7 +402,7 @@ def _metrics(results: dict, sub: dict, codes: set[str]) -> dict:
     proto = (results.get("protocol") or {}).get(_protocol_key(family)) or {}
     data = results.get("data") or {}
     notes: list[str] = []
-    has_claims = any(_finite(claims.get(k)) for k in ("val_loss", "val_ppl", "train_loss", "train_ppl"))
+    has_claims = any(_finite(claims.get(k)) for k in ("val_loss", "val_ppl", "val_bpb", "train_loss", "train_ppl"))
     not_recomputed = ""
     if not m:
         reason = (sub.get("error") or {}).get("message") or "the submission was not evaluated"
@@ -410,7 +428,7 @@ def _metrics(results: dict, sub: dict, codes: set[str]) -> dict:
                                                           f"{ref['accuracy']:.1%}" if _finite(ref.get("accuracy")) else DASH,
                                                           DASH, DASH]})
     else:
-        rows.append({"label": "Bits per byte", "cells": [fmt_loss(m.get("bits_per_byte")), DASH, DASH,
+        rows.append({"label": "Bits per byte", "cells": [fmt_loss(m.get("bits_per_byte")), fmt_loss(claims.get("val_bpb")), DASH,
                                                          fmt_loss(ref.get("bits_per_byte")), DASH, DASH]})
         rows.append({"label": "Word perplexity", "cells": [fmt_ppl(m.get("word_ppl")), DASH, DASH,
                                                            fmt_ppl(ref.get("word_ppl")), DASH, DASH]})
@@ -433,14 +451,16 @@ def _metrics(results: dict, sub: dict, codes: set[str]) -> dict:
         notes.append("The model looks ahead, so its recomputed perplexity is not valid and earns no points.")
     if claims.get("sources"):
         notes.append(f"Where the claims were read — {_claim_sources(claims)}.")
-    elif not any(claims.get(k) is not None for k in ("val_loss", "val_ppl", "train_loss", "train_ppl")):
-        notes.append("No claimed loss or perplexity was found in submission.toml, a training log or the report.")
+    elif not any(claims.get(k) is not None for k in ("val_loss", "val_ppl", "val_bpb", "train_loss", "train_ppl")):
+        notes.append("No claimed loss or perplexity was found in submission.toml, the checkpoint, a training log or "
+                     "the report.")
     if not ref:
         notes.append("No reference model is recorded for this family.")
     return {"rows": rows, "columns": columns, "protocol": protocol, "notes": notes}
 
 
-_CLAIM_LABELS = {"val_loss": "validation loss", "val_ppl": "validation perplexity", "train_loss": "training loss",
+_CLAIM_LABELS = {"val_loss": "validation loss", "val_ppl": "validation perplexity",
+                 "val_bpb": "validation bits per byte", "train_loss": "training loss",
                  "train_ppl": "training perplexity", "params": "parameter count"}
 
 

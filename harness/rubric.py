@@ -101,7 +101,9 @@ def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], refer
         pts, why = _perplexity(c, ev, findings, reference_ppl)
     elif c.kind == "validation":
         if ev.claims.has_validation:
-            pts, why = c.points, f"validation metric reported ({ev.claims.sources.get('val_loss') or ev.claims.sources.get('val_ppl')})"
+            where = next((ev.claims.sources[k] for k in ("val_loss", "val_ppl", "val_bpb") if k in ev.claims.sources),
+                         None)
+            pts, why = c.points, "validation metric reported" + (f" ({where})" if where else "")
         else:
             pts, why = 0.0, "no validation loss or perplexity reported"
     elif c.kind == "claims":

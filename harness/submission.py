@@ -2,8 +2,10 @@
 
 A class folder holds one entry per student: `DIR/<id>/`, `DIR/<id>.pt` (or another weights file),
 `DIR/<id>.zip`, or the flat files of an LMS bulk download (`lastname_firstname_12345_67890_file.pt`,
-grouped by student). Claims come from `submission.toml`, else from the training log (last row), else,
-marked best-effort, from the tables and sentences of the student's report.
+grouped by student). Claims come from `submission.toml`, else from what the training code stored with
+the weights (nanoGPT's `best_val_loss`, build-nanogpt's `val_loss`, nanochat's `val_bpb` in the
+`meta_XXXXXX.json` beside `model_XXXXXX.pt`), else from the training log (last row), else, marked
+best-effort, from the tables and sentences of the student's report. Each value records where it was read.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 LOG_SUFFIXES = (".csv", ".json", ".jsonl")
 REPORT_SUFFIXES = (".md", ".txt", ".pdf")
 FAMILIES = ("gpt", "mlm")
-CLAIM_KEYS = ("val_loss", "val_ppl", "train_loss", "train_ppl", "params")
+CLAIM_KEYS = ("val_loss", "val_ppl", "val_bpb", "train_loss", "train_ppl", "params")
+# What training code stores beside the weights, in the order they are looked for: key -> claim.
+CHECKPOINT_CLAIMS = (("best_val_loss", "val_loss"), ("val_loss", "val_loss"), ("val_bpb", "val_bpb"))
+_NANOCHAT_MODEL = re.compile(r"^model_(\d+)\.pt$")
+MAX_META_BYTES = 1 << 20
 
 # LMS bulk downloads. Canvas: name[_LATE]_userid_submissionid_file; Moodle: Full Name_id_assignsubmission_file_file
 _CANVAS = re.compile(r"^(?P<student>[a-z][a-z0-9_-]*?)(?:_late)?_(?P<uid>\d+)_(?P<sid>\d+)_(?P<file>.+)$", re.IGNORECASE)
@@ -57,6 +63,7 @@ class Claims:
 
     val_loss: float | None = None
     val_ppl: float | None = None
+    val_bpb: float | None = None  # bits per byte (nanochat's metric)
     train_loss: float | None = None
     train_ppl: float | None = None
     params: int | None = None
@@ -66,7 +73,7 @@ class Claims:
 
     @property
     def has_validation(self) -> bool:
-        return self.val_loss is not None or self.val_ppl is not None
+        return self.val_loss is not None or self.val_ppl is not None or self.val_bpb is not None
 
     @property
     def any(self) -> bool:
@@ -379,6 +386,52 @@ def gather_claims(folder: Path | None, files: tuple[Path, ...], table: dict[str,
                 if k not in values:
                     values[k], sources[k] = v, f"log {log.as_posix()}"
     return Claims(**values, sources=sources, curve=tuple(curve), curve_source=curve_source)
+
+
+# --- claims stored with the weights --------------------------------------------------------------
+
+
+def _meta_beside(folder: Path | None, weights: Path | None) -> tuple[dict[str, Any], str | None]:
+    """nanochat's `meta_XXXXXX.json` beside `model_XXXXXX.pt` (its checkpoint_manager writes the metrics
+    there, the weights file is a bare state dict), and its name."""
+    if folder is None or weights is None:
+        return {}, None
+    m = _NANOCHAT_MODEL.match(weights.name)
+    meta = weights.parent / f"meta_{m[1]}.json" if m else None
+    path = folder / meta if meta is not None else None
+    if path is None or not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_META_BYTES:
+        return {}, None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}, None
+    return (value, meta.as_posix()) if isinstance(value, dict) else ({}, None)
+
+
+def checkpoint_claims(meta: dict[str, Any] | None, weights: Path | None, folder: Path | None = None
+                      ) -> dict[str, tuple[float, str]]:
+    """Validation metrics the training code stored with the weights: claim -> (value, where it was read).
+    `meta` is the checkpoint's plain top-level metadata (`RawCheckpoint.meta`)."""
+    found: dict[str, tuple[float, str]] = {}
+    beside, beside_name = _meta_beside(folder, weights)
+    name = weights.name if weights is not None else "the checkpoint"
+    for holder, where in ((meta or {}, name), (beside, beside_name)):
+        for key, claim in CHECKPOINT_CLAIMS:
+            value = _float(holder.get(key)) if not isinstance(holder.get(key), str) else None
+            # (nanoGPT starts best_val_loss at 1e9: such a value was never measured)
+            if claim not in found and value is not None and 0 < value < 1e6:
+                found[claim] = (value, f"{where}: {key}")
+    return found
+
+
+def with_checkpoint_claims(claims: Claims, found: dict[str, tuple[float, str]]) -> Claims:
+    """`claims` with what the checkpoint stored: below submission.toml, above logs and reports."""
+    values = {k: getattr(claims, k) for k in CLAIM_KEYS}
+    sources = dict(claims.sources)
+    for k, (v, where) in sorted(found.items()):
+        if values[k] is None or sources.get(k) != "submission.toml":
+            values[k], sources[k] = v, where
+    return Claims(**values, sources=sources, curve=claims.curve, curve_source=claims.curve_source)
 
 
 # --- claims from a report (best effort) ----------------------------------------------------------

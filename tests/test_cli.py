@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import pytest
 
@@ -55,3 +56,55 @@ def test_the_demo_runs_the_whole_job_end_to_end(run_cli, tmp_path):
     assert (tmp_path / "reference_model" / "gpt" / "model.safetensors").is_file()
     again = run_cli("demo", "--scale", "test", "--workers", "2", cwd=tmp_path, check=0)
     assert "from the cache" in again.stdout
+
+
+def _write_unknown_layout(folder, checkpoint="weights.pt"):
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"encoder.mystery.weight": torch.zeros(4, 4)}, folder / checkpoint)
+
+
+@pytest.mark.parametrize("toml, words", [
+    ("[bogus]\nx = 1\n", "[bogus] is not a section; use [submission], [model], [claims]"),
+    ("[submission]\ncheckpoint = \"[bold]w[/bold].pt\"\n", "names checkpoint [bold]w[/bold].pt, which is not there"),
+    ("", "under [model] in submission.toml"),  # layout-unknown: the weights' keys match nothing
+])
+def test_error_messages_print_their_brackets(run_cli, tmp_path, toml, words):
+    """Rich markup used to eat bracketed words: `under  in submission.toml`, `use , ,`."""
+    sub = tmp_path / "sub"
+    _write_unknown_layout(sub)
+    (sub / "submission.toml").write_text(toml)
+    assert_one_line_error(run_cli("inspect", sub, cwd=tmp_path), words)
+
+
+def _commands():
+    """Every command and group of the CLI with the help texts it was given: (args, [texts])."""
+    import typer.main
+
+    from harness.cli import app
+
+    found = []
+
+    def walk(cmd, path):
+        texts = [cmd.help or ""] + [p.help or "" for p in cmd.params if getattr(p, "help", None)]
+        found.append((path, texts))
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            walk(sub, path + [name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_help_text_prints_its_brackets(run_cli):
+    """`harness grade --help` said `pip install 'harness';`: each command's help must show every bracketed
+    word its help texts hold (click re-wraps lines, so whitespace is compared loosely)."""
+    commands = _commands()
+    assert len(commands) >= 12
+    seen_ray = False
+    for path, texts in commands:
+        shown = " ".join(run_cli(*path, "--help", check=0).stdout.split())
+        for word in re.findall(r"[^\s\[]*\[[^\]\s]*\]", " ".join(texts)):
+            assert word in shown, (path, word)
+        seen_ray |= "pip install 'harness[ray]'" in shown
+    assert seen_ray

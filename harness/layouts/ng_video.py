@@ -5,8 +5,10 @@ module per head, no biases, a `tril` mask buffer each), `blocks.{i}.sa.proj`, `b
 `blocks.{i}.ln1/ln2`, `ln_f`, `lm_head` (with a bias). The number of heads is in the weights.
 
 The code fixes pre-LN, ReLU, eps 1e-5 and the causal mask. The lecture's first version scaled the
-scores by 1 / sqrt(n_embd) instead of 1 / sqrt(head_size) (fixed later): the weights cannot tell
-which; a d_model scale is folded into the query weights.
+scores by `C**-0.5` (C = n_embd); the final gpt.py by `k.shape[-1]**-0.5`, the head size. The weights
+cannot tell which: the head size, what students copy today, is the default, and calibration takes n_embd
+only where it scores clearly better (else the default stays, marked unverified). A d_model scale is
+folded into the query weights.
 """
 
 from __future__ import annotations
