@@ -427,6 +427,9 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
     weights, _, facts = _convert(layout, tensors, {})
     unknown = layout.cannot_tell(tensors, weights)
     stored = read_values(config, SPELLINGS, warnings=warnings)
+    if hasattr(layout, "implied"):  # values the family's code fixes, known by the shape of its stored config
+        for name, value in layout.implied(config).items():
+            stored.setdefault(name, value)
     given = read_values(hints or {}, SPELLINGS, max_depth=0, warnings=warnings, what="submission.toml [model]",
                         report_unread=True)
     _structure_warnings(weights, read_values(config, STRUCTURE, max_depth=1), warnings)
