@@ -135,7 +135,12 @@ def read_checkpoint(path: str | Path, *, root: Path | None = None, limits: Limit
     raw = _run_reader({"display": display, "mode": "single", "files": [{"path": str(real), "kind": kind}],
                        "budget_bytes": _budget(real.stat().st_size, limits)}, limits, display)
     fmt = "torch-zip" if kind == "torch-zip" else "torch-legacy" if kind == "torch-pickle" else "safetensors"
-    return _finish(str(path), sha256_file(real), fmt, raw, {}, {})
+    config, sidecar = _sidecar_config(path, real, root, display)
+    result = _finish(str(path), sha256_file(real), fmt, raw, config, {})
+    if sidecar:
+        notes = result.meta.setdefault("_harness", {})
+        notes["config_from"] = [*notes.get("config_from", []), sidecar]
+    return result
 
 
 def extract_zip(zip_path: str | Path, dest: str | Path, limits: Limits = Limits()) -> Path:
@@ -538,6 +543,26 @@ def _read_zipped_submission(path: Path, real: Path, display: str, limits: Limits
 # ==================================================================================================
 # Hugging Face folders
 # ==================================================================================================
+
+
+# A config that training code writes next to a single weights file: CS336's staff reference saves
+# `model_config.json` beside `model.pt` (its `from_pretrained` reads the pair).
+SIDECAR_CONFIGS = ("model_config.json",)
+
+
+def _sidecar_config(path: Path, real: Path, root: Path | None, display: str) -> tuple[dict, str | None]:
+    """The plain config of a sidecar JSON next to the weights file (it wins over one inside the file), and
+    its name."""
+    for name in SIDECAR_CONFIGS:
+        side = path.parent / name
+        if not side.is_file() or side.resolve() == real:
+            continue
+        side_display = f"{display.rsplit('/', 1)[0]}/{name}" if "/" in display else name
+        value = _read_json_file(_contained(side, root, side_display), side_display)
+        if not isinstance(value, dict):
+            raise CheckpointError(UNREADABLE, f"{side_display} must hold a JSON object")
+        return _plain(value, _Budget(50000)), name
+    return {}, None
 
 
 def _is_hf_folder(folder: Path) -> bool:

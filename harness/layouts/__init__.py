@@ -9,9 +9,9 @@ canonical GPT or BERT MLM. No base class; every layout module has the same few n
   (`n_heads`, `qkv_order`, `attn_scale`); `convert` works without them, on the layout's defaults;
 - `cannot_tell(tensors, fields) -> {field: [plausible values, the layout's default first]}`: everything
   the weights do not say. One value: the layout's code fixes it; several: worth calibrating.
-- optionally `unsupported(config) -> [str]`: stored options the canonical model cannot compute;
-- optionally `implied(config) -> {field: value}`: values a stored config says by its shape alone (whose
-  training script wrote it), taken as the config's own.
+- optionally `unsupported(config, tensors) -> [str]`: options the canonical model cannot compute;
+- optionally `implied(config) -> {field: value}`: the family's own reading of its stored config (values
+  its shape says, or that its code derives from it), taken over the generic reading of the config.
 
 `harness.model.build_model` picks the layout and resolves what the weights cannot tell.
 """

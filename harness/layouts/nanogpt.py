@@ -64,7 +64,7 @@ def implied(config) -> dict:
     keys = set(config) - {"modules"}
     if keys == _BUILD_NANOGPT_CONFIG:
         return {"activation": "gelu_tanh"}
-    if {"n_layer", "n_head", "n_embd", "bias", "dropout"} <= keys:  # nanoGPT's model_args
+    if {"n_layer", "n_head", "n_embd", "bias", "dropout"} <= keys and "activation" not in keys:  # nanoGPT's
         return {"activation": "gelu"}
     return {}
 
