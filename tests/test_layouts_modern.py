@@ -219,3 +219,317 @@ def test_build_nanogpt_bare_state_dict(ids, tmp_path):
     torch.save(own.state_dict(), tmp_path / "model.pt")
     _, loaded = graded(tmp_path / "model.pt", own, ids, "nanogpt", hints={"n_heads": H})
     assert loaded.config.activation == "gelu_tanh" and loaded.sources["activation"] == UNVERIFIED
+
+
+# --------------------------------------------------------------------------------------------------
+# CS336 assignment 1 TransformerLM: the handout's adapter names (tests/adapters.py run_transformer_lm) and
+# the staff reference's maths (cs336-basics/cs336_basics/model.py, as shipped in assignment2-systems
+# @d70f3e5): Linear/Embedding from scratch, RMSNorm in float32, interleaved RoPE, SwiGLU, no biases
+# --------------------------------------------------------------------------------------------------
+
+
+class CSLinear(nn.Module):
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d_out, d_in) / math.sqrt(d_in))
+
+    def forward(self, x):
+        return torch.einsum("...i,oi->...o", x, self.weight)
+
+
+class CSEmbedding(nn.Module):
+    def __init__(self, vocab, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(vocab, d))
+
+    def forward(self, ids):
+        return self.weight[ids, :]
+
+
+class CSRMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        in_dtype = x.dtype
+        x = x.to(torch.float32)
+        return (self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))).to(in_dtype)
+
+
+class CSRotaryEmbedding(nn.Module):
+    """Pairs (2k, 2k+1) rotated by position * theta^(-2k/d); `persistent` as a student's table might be."""
+
+    def __init__(self, context_length, dim, theta, persistent=False):
+        super().__init__()
+        freqs = theta ** -(torch.arange(0, dim, 2) / dim)
+        angles = torch.outer(torch.arange(context_length), freqs)
+        self.register_buffer("_freq_cis_cache", torch.stack((angles.cos(), angles.sin())), persistent=persistent)
+
+    def forward(self, x, pos):
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        cos, sin = self._freq_cis_cache[:, pos, :]
+        return torch.stack((cos * x1 - sin * x2, sin * x1 + cos * x2), dim=-1).flatten(-2)
+
+
+class CSAttention(nn.Module):
+    def __init__(self, d_model, num_heads, rope):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj, self.k_proj, self.v_proj = (CSLinear(d_model, d_model) for _ in range(3))
+        self.output_proj = CSLinear(d_model, d_model)
+        self.rope = rope
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (p(x).view(b, t, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        if self.rope is not None:
+            pos = torch.arange(t)
+            q, k = self.rope(q, pos), self.rope(k, pos)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(k.shape[-1])
+        mask = torch.arange(t)[:, None] >= torch.arange(t)[None, :]
+        scores = torch.where(mask, scores, float("-inf"))
+        out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, d)
+        return self.output_proj(out)
+
+
+class CSFFN(nn.Module):
+    def __init__(self, d_model, d_ff, gated=True):
+        super().__init__()
+        self.w1, self.w2 = CSLinear(d_model, d_ff), CSLinear(d_ff, d_model)
+        self.w3 = CSLinear(d_model, d_ff) if gated else None
+
+    def forward(self, x):
+        if self.w3 is None:  # the 2024 edition: exact GELU, no gate
+            return self.w2(F.gelu(self.w1(x)))
+        h = self.w1(x)
+        return self.w2(h * torch.sigmoid(h) * self.w3(x))
+
+
+class CSBlock(nn.Module):
+    def __init__(self, d_model, num_heads, d_ff, rope, gated):
+        super().__init__()
+        self.attn = CSAttention(d_model, num_heads, rope)
+        self.ffn = CSFFN(d_model, d_ff, gated)
+        self.ln1, self.ln2 = CSRMSNorm(d_model), CSRMSNorm(d_model)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.ffn(self.ln2(x))
+
+
+class CSTransformerLM(nn.Module):
+    def __init__(self, vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta=10000.0,
+                 edition=2025, persistent_rope=False):
+        super().__init__()
+        self.token_embeddings = CSEmbedding(vocab_size, d_model)
+        rope = None
+        if edition == 2025:
+            rope = CSRotaryEmbedding(context_length, d_model // num_heads, rope_theta, persistent_rope)
+        else:
+            self.position_embeddings = CSEmbedding(context_length, d_model)
+        self.layers = nn.ModuleList(CSBlock(d_model, num_heads, d_ff, rope, edition == 2025)
+                                    for _ in range(num_layers))
+        self.ln_final = CSRMSNorm(d_model)
+        self.lm_head = CSLinear(d_model, vocab_size)
+
+    def forward(self, ids):
+        x = self.token_embeddings(ids)
+        if hasattr(self, "position_embeddings"):
+            x = x + self.position_embeddings(torch.arange(ids.shape[1]))
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.ln_final(x))
+
+
+CS_CONFIG = {"vocab_size": V, "context_length": T, "d_model": D, "num_layers": L, "num_heads": 2, "d_ff": 88,
+             "rope_theta": 1000.0}
+
+
+def cs336_model(seed=4, **over):
+    torch.manual_seed(seed)
+    return randomize(CSTransformerLM(**{**CS_CONFIG, **over}), seed=seed)
+
+
+def test_cs336_staff_model_pt_and_model_config_json(ids, tmp_path):
+    """The staff's save: `model.pt` (a compiled model's `_orig_mod.` state dict) beside `model_config.json`,
+    which says the heads and theta; the folder is what the student hands in."""
+    own = cs336_model()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save({f"_orig_mod.{k}": v for k, v in own.state_dict().items()}, folder / "model.pt")
+    (folder / "model_config.json").write_text(json.dumps(CS_CONFIG))
+    raw, loaded = graded(folder, own, ids, "cs336")
+    assert raw.meta["_harness"]["config_from"][-1] == "model_config.json"
+    cfg = loaded.config
+    assert (cfg.n_heads, cfg.rope_theta, cfg.rope_pairs, cfg.norm_type, cfg.activation) == \
+        (2, 1000.0, "interleaved", "rmsnorm", "silu")
+    assert cfg.gated and not cfg.bias and not cfg.tied and cfg.ln_eps == 1e-5
+    assert loaded.sources["n_heads"] == loaded.sources["rope_theta"] == CONFIG
+
+
+def test_cs336_save_checkpoint_with_a_persistent_rope_table(ids, tmp_path):
+    """A student's `save_checkpoint(model, optimizer, iteration, out)`: {"model", "optimizer", "iteration"},
+    with the RoPE table kept as a persistent buffer; theta 10000 as in the handout, heads from hints."""
+    own = cs336_model(seed=5, rope_theta=10000.0, persistent_rope=True)
+    opt = torch.optim.AdamW(own.parameters())
+    torch.save({"model": own.state_dict(), "optimizer": opt.state_dict(), "iteration": 10}, tmp_path / "ckpt.pt")
+    raw, loaded = graded(tmp_path / "ckpt.pt", own, ids, "cs336", hints={"n_heads": 2})
+    assert "layers.0.attn.rope._freq_cis_cache" in raw.tensors
+    assert loaded.sources["rope_theta"] == LAYOUT and any("rotary table" in f for f in loaded.facts)
+
+
+def test_cs336_2024_edition_learned_positions_and_gelu(ids, tmp_path):
+    own = cs336_model(seed=6, edition=2024)
+    torch.save(own.state_dict(), tmp_path / "model.pt")
+    _, loaded = graded(tmp_path / "model.pt", own, ids, "cs336", hints={"n_heads": 2})
+    assert loaded.config.positions == "learned" and loaded.config.activation == "gelu" and not loaded.config.gated
+
+
+# --------------------------------------------------------------------------------------------------
+# LLMs-from-scratch Llama 2 / Llama 3 (rasbt/LLMs-from-scratch ch05/07_gpt_to_llama and
+# pkg/llms_from_scratch/llama3.py @0e3ef0e): RMSNorm eps 1e-5, SwiGLU fc1/fc2/fc3, RoPE on halves
+# (`cat(-x2, x1)`), Llama 3's grouped-query attention (repeat_interleave) and rope_freq scaling
+# --------------------------------------------------------------------------------------------------
+
+
+def book_rope_params(head_dim, theta_base=10_000, context_length=T, freq_config=None):
+    inv_freq = 1.0 / (theta_base ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    if freq_config is not None:
+        low = freq_config["original_context_length"] / freq_config["low_freq_factor"]
+        high = freq_config["original_context_length"] / freq_config["high_freq_factor"]
+        wavelen = 2 * torch.pi / inv_freq
+        scaled = torch.where(wavelen > low, inv_freq / freq_config["factor"], inv_freq)
+        smooth = (freq_config["original_context_length"] / wavelen - freq_config["low_freq_factor"]) / (
+            freq_config["high_freq_factor"] - freq_config["low_freq_factor"])
+        smoothed = (1 - smooth) * (inv_freq / freq_config["factor"]) + smooth * inv_freq
+        inv_freq = torch.where((wavelen <= low) & (wavelen >= high), smoothed, scaled)
+    angles = torch.arange(context_length)[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=1)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def book_apply_rope(x, cos, sin):
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    t = x.shape[2]
+    return x * cos[:t][None, None] + torch.cat((-x2, x1), dim=-1) * sin[:t][None, None]
+
+
+class BookRMSNorm(nn.Module):
+    """The Llama 2 notebook's RMSNorm (Llama 3 uses nn.RMSNorm(eps=1e-5), the same maths)."""
+
+    def __init__(self, d, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        means = x.pow(2).mean(dim=-1, keepdim=True)
+        return (x * torch.rsqrt(means + self.eps) * self.weight).to(dtype=x.dtype)
+
+
+class BookGQA(nn.Module):
+    """Llama 2's MultiHeadAttention (kv_groups == heads, buffers persistent) or Llama 3's GroupedQueryAttention."""
+
+    def __init__(self, cfg, persistent):
+        super().__init__()
+        d, self.heads = cfg["emb_dim"], cfg["n_heads"]
+        self.head_dim, self.groups = d // self.heads, cfg.get("n_kv_groups", self.heads)
+        self.W_query = nn.Linear(d, d, bias=False)
+        self.W_key = nn.Linear(d, self.groups * self.head_dim, bias=False)
+        self.W_value = nn.Linear(d, self.groups * self.head_dim, bias=False)
+        self.out_proj = nn.Linear(d, d, bias=False)
+        cos, sin = book_rope_params(self.head_dim, cfg["rope_base"], cfg["context_length"], cfg.get("rope_freq"))
+        mask = torch.triu(torch.ones(cfg["context_length"], cfg["context_length"]), diagonal=1)
+        for name, buf in (("mask", mask), ("cos", cos), ("sin", sin)):
+            self.register_buffer(name, buf, persistent=persistent)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q = self.W_query(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = self.W_key(x).view(b, t, self.groups, self.head_dim).transpose(1, 2)
+        v = self.W_value(x).view(b, t, self.groups, self.head_dim).transpose(1, 2)
+        q, k = book_apply_rope(q, self.cos, self.sin), book_apply_rope(k, self.cos, self.sin)
+        k = k.repeat_interleave(self.heads // self.groups, dim=1)
+        v = v.repeat_interleave(self.heads // self.groups, dim=1)
+        scores = (q @ k.transpose(2, 3)).masked_fill(self.mask.bool()[:t, :t], -torch.inf)
+        weights = torch.softmax(scores / k.shape[-1] ** 0.5, dim=-1)
+        return self.out_proj((weights @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class BookLlamaBlock(nn.Module):
+    def __init__(self, cfg, persistent):
+        super().__init__()
+        d, h = cfg["emb_dim"], cfg["hidden_dim"]
+        self.att = BookGQA(cfg, persistent)
+        self.ff = nn.Module()
+        self.ff.fc1, self.ff.fc2, self.ff.fc3 = (nn.Linear(d, h, bias=False), nn.Linear(d, h, bias=False),
+                                                 nn.Linear(h, d, bias=False))
+        self.norm1, self.norm2 = BookRMSNorm(d), BookRMSNorm(d)
+
+    def forward(self, x):
+        x = x + self.att(self.norm1(x))
+        h = self.norm2(x)
+        return x + self.ff.fc3(F.silu(self.ff.fc1(h)) * self.ff.fc2(h))
+
+
+class BookLlama(nn.Module):
+    def __init__(self, cfg, persistent=True):
+        super().__init__()
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.trf_blocks = nn.Sequential(*[BookLlamaBlock(cfg, persistent) for _ in range(cfg["n_layers"])])
+        self.final_norm = BookRMSNorm(cfg["emb_dim"])
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+
+    def forward(self, ids):
+        return self.out_head(self.final_norm(self.trf_blocks(self.tok_emb(ids))))
+
+
+LLAMA2_CONFIG = {"vocab_size": V, "context_length": T, "emb_dim": D, "n_heads": 2, "n_layers": L, "hidden_dim": 80,
+                 "rope_base": 10_000}
+LLAMA3_CONFIG = {"vocab_size": V, "context_length": T, "orig_context_length": T, "emb_dim": D, "n_heads": 4,
+                 "n_layers": L, "hidden_dim": 80, "n_kv_groups": 2, "rope_base": 500_000.0, "dtype": torch.float32,
+                 "rope_freq": {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_context_length": 8}}
+
+
+def book_llama(cfg, persistent, seed=7):
+    torch.manual_seed(seed)
+    return randomize(BookLlama(cfg, persistent), seed=seed)
+
+
+def test_llms_from_scratch_llama2_tables_say_heads_and_theta(ids, tmp_path):
+    """The Llama 2 notebook's `torch.save(model.state_dict(), ...)`: its persistent cos/sin tables give the
+    head size and theta, so nothing is left unverified."""
+    own = book_llama(LLAMA2_CONFIG, persistent=True)
+    torch.save(own.state_dict(), tmp_path / "llama2.pth")
+    raw, loaded = graded(tmp_path / "llama2.pth", own, ids, "llms-from-scratch-llama")
+    assert "trf_blocks.0.att.cos" in raw.tensors
+    cfg = loaded.config
+    assert (cfg.n_heads, cfg.kv_heads, cfg.rope_pairs, cfg.norm_type, cfg.ln_eps) == (2, 2, "half", "rmsnorm", 1e-5)
+    assert cfg.rope_theta == pytest.approx(10_000, rel=1e-4) and loaded.sources["rope_theta"] == "weights"
+    assert loaded.unverified() == []
+
+
+def test_llms_from_scratch_llama3_grouped_query_without_scaling(ids, tmp_path):
+    """The package's Llama3Model (no persistent buffers), n_kv_groups 2, saved with its cfg, which turns the
+    frequency scaling off and rescales theta (rescale_theta: context_length / orig_context_length)."""
+    cfg = {**LLAMA3_CONFIG, "rope_freq": None, "orig_context_length": 4 * T}
+    own = book_llama({**cfg, "rope_base": cfg["rope_base"] / 4}, persistent=False, seed=8)
+    torch.save({"model_state_dict": own.state_dict(), "cfg": cfg}, tmp_path / "llama3.pth")
+    _, loaded = graded(tmp_path / "llama3.pth", own, ids, "llms-from-scratch-llama")
+    assert (loaded.config.n_heads, loaded.config.kv_heads) == (4, 2)
+    assert loaded.config.rope_theta == 500_000.0 / 4 and loaded.sources["rope_theta"] == CONFIG
+
+
+@pytest.mark.parametrize("saved_as", ["cfg", "tables", "bare"])
+def test_llms_from_scratch_llama3_frequency_scaling_is_one_clear_line(tmp_path, saved_as):
+    """What the canonical model cannot compute is refused in one sentence that names it."""
+    own = book_llama(LLAMA3_CONFIG, persistent=saved_as == "tables", seed=9)
+    obj = {"model": own.state_dict(), "cfg": LLAMA3_CONFIG} if saved_as == "cfg" else own.state_dict()
+    torch.save(obj, tmp_path / "llama3.pth")
+    with pytest.raises(HarnessError) as err:
+        build_model(read_checkpoint(tmp_path / "llama3.pth"))
+    assert "RoPE frequency scaling" in err.value.message and "\n" not in err.value.message

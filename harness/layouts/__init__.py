@@ -21,9 +21,11 @@ from __future__ import annotations
 from . import (
     canonical_gpt,
     canonical_mlm,
+    cs336,
     hf_bert,
     hf_gpt2,
     llms_from_scratch,
+    llms_from_scratch_llama,
     mingpt,
     minigpt,
     nanogpt,
@@ -35,7 +37,10 @@ from . import (
 # Read by their stamp in the stored config, before anything else.
 CANONICAL = (canonical_gpt, canonical_mlm)
 # Recognised by keys and shapes; at most one may claim a checkpoint.
-LAYOUTS = (nanogpt, mingpt, hf_gpt2, hf_bert, word_lm, torch_encoder, ng_video, minigpt, llms_from_scratch)
+LAYOUTS = (nanogpt, mingpt, hf_gpt2, hf_bert, word_lm, torch_encoder, ng_video, minigpt, llms_from_scratch,
+           llms_from_scratch_llama, cs336)
+# The hand-written MiniGPTs' catch-all key map: only for weights no family's own layout claims.
+FALLBACK = (minigpt,)
 
 
 def recognising(tensors, config: dict | None = None) -> list:
@@ -43,7 +48,8 @@ def recognising(tensors, config: dict | None = None) -> list:
     stamped = [layout for layout in CANONICAL if layout.recognise(tensors, config)]
     if stamped:
         return stamped
-    return [layout for layout in LAYOUTS if layout.recognise(tensors)]
+    found = [layout for layout in LAYOUTS if layout not in FALLBACK and layout.recognise(tensors)]
+    return found or [layout for layout in FALLBACK if layout.recognise(tensors)]
 
 
-__all__ = ["CANONICAL", "LAYOUTS", "recognising", *(m.__name__.rsplit(".", 1)[1] for m in CANONICAL + LAYOUTS)]
+__all__ = ["CANONICAL", "LAYOUTS", "FALLBACK", "recognising", *(m.__name__.rsplit(".", 1)[1] for m in CANONICAL + LAYOUTS)]
