@@ -533,3 +533,65 @@ def test_llms_from_scratch_llama3_frequency_scaling_is_one_clear_line(tmp_path, 
     with pytest.raises(HarnessError) as err:
         build_model(read_checkpoint(tmp_path / "llama3.pth"))
     assert "RoPE frequency scaling" in err.value.message and "\n" not in err.value.message
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face Llama / Mistral / Qwen2 / Qwen3 as a bare state dict: transformers' own classes
+# --------------------------------------------------------------------------------------------------
+
+
+def hf_causal(kind: str, seed: int, **over):
+    transformers = pytest.importorskip("transformers")
+    cls = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+           "qwen3": "Qwen3ForCausalLM", "neox": "GPTNeoXForCausalLM"}[kind]
+    config_cls = getattr(transformers, cls.replace("ForCausalLM", "Config"))
+    args = dict(vocab_size=V, hidden_size=D, intermediate_size=80, num_hidden_layers=L, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=T, tie_word_embeddings=False)
+    if kind == "neox":
+        args.pop("num_key_value_heads")
+    torch.manual_seed(seed)
+    model = getattr(transformers, cls)(config_cls(**{**args, **over}))
+    return randomize(model, seed=seed)
+
+
+def logits_of(model):
+    return lambda x: model(x).logits
+
+
+def test_hf_llama_bare_state_dict(ids, tmp_path):
+    own = hf_causal("llama", 10, rms_norm_eps=1e-6)
+    torch.save(own.state_dict(), tmp_path / "pytorch_model.pt")
+    _, loaded = graded(tmp_path / "pytorch_model.pt", own, ids, "hf-llama", hints={"n_heads": 4},
+                       forward=logits_of(own))
+    cfg = loaded.config
+    assert (cfg.n_heads, cfg.kv_heads, cfg.norm_type, cfg.rope_pairs, cfg.activation) == (4, 2, "rmsnorm", "half",
+                                                                                          "silu")
+    assert cfg.gated and not cfg.bias and not cfg.tied
+    assert loaded.sources["ln_eps"] == UNVERIFIED and loaded.sources["rope_theta"] == UNVERIFIED
+
+
+def test_hf_mistral_with_its_config_saved_beside(ids, tmp_path):
+    """`{"model": state_dict, "config": model.config.to_dict()}`: heads, eps and theta from the config."""
+    own = hf_causal("mistral", 11, rms_norm_eps=1e-5, rope_theta=50000.0)
+    torch.save({"model": own.state_dict(), "config": own.config.to_dict()}, tmp_path / "mistral.pt")
+    _, loaded = graded(tmp_path / "mistral.pt", own, ids, "hf-llama", forward=logits_of(own))
+    cfg = loaded.config
+    assert (cfg.n_heads, cfg.kv_heads, cfg.ln_eps, cfg.rope_theta, cfg.context) == (4, 2, 1e-5, 50000.0, T)
+    assert loaded.unverified() == []
+
+
+def test_hf_qwen2_biases_and_a_tied_head(ids, tmp_path):
+    own = hf_causal("qwen2", 12, tie_word_embeddings=True, rms_norm_eps=1e-6)
+    assert own.lm_head.weight is own.model.embed_tokens.weight
+    torch.save(own.state_dict(), tmp_path / "qwen2.pt")
+    _, loaded = graded(tmp_path / "qwen2.pt", own, ids, "hf-llama", hints={"n_heads": 4, "rope_theta": 10000.0},
+                       forward=logits_of(own))
+    assert loaded.config.tied and loaded.config.bias  # q/k/v biases; the others are zeros, the same computation
+
+
+def test_hf_qwen3_qk_norm_says_the_heads(ids, tmp_path):
+    own = hf_causal("qwen3", 13, head_dim=16, rms_norm_eps=1e-6)  # head_dim * heads != hidden_size
+    torch.save(own.state_dict(), tmp_path / "qwen3.pt")
+    _, loaded = graded(tmp_path / "qwen3.pt", own, ids, "hf-llama", forward=logits_of(own))
+    cfg = loaded.config
+    assert (cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.qk_norm) == (4, 2, 16, "before_rope")

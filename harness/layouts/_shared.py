@@ -369,3 +369,20 @@ def refuse_strays(tensors: Tensors, used: Iterable[str]) -> None:
     if strays:
         more = " …" if len(strays) > 8 else ""
         raise ValueError(f"keys with no place in the model: {', '.join(strays[:8])}{more}")
+
+
+def rope_theta_of(inv_freq: torch.Tensor, rotary_dims: int) -> float:
+    """The theta of stored RoPE frequencies, theta^(-2j / rotary_dims) for j < rotary_dims / 2.
+
+    ValueError when they are not one theta's geometric series: frequency scaling (Llama 3's, NTK, YaRN),
+    which the canonical GPT does not compute.
+    """
+    inv_freq = inv_freq.double().flatten()
+    if inv_freq.numel() < 2 or not bool((inv_freq > 0).all()):
+        raise ValueError("its stored RoPE frequencies are not a rotation's")
+    slope = -2 * torch.arange(inv_freq.numel(), dtype=torch.float64) / rotary_dims
+    log_theta = float((slope * inv_freq.log()).sum() / (slope * slope).sum())  # least squares through 0
+    if not torch.allclose(inv_freq, torch.exp(slope * log_theta), rtol=1e-3, atol=0):
+        raise ValueError("its stored RoPE frequencies are rescaled (RoPE frequency scaling), which the harness "
+                         "does not compute")
+    return math.exp(log_theta)

@@ -75,5 +75,6 @@ def cannot_tell(tensors, fields):
         "embed_scale": [1.0],
     }
     if rope:
-        values |= {"positions": ["rope"], "rope_theta": [10000.0], "rope_pairs": ["interleaved"]}
+        # context_length: the longest window the course may use; unknown, the course's own decides.
+        values |= {"positions": ["rope"], "rope_theta": [10000.0], "rope_pairs": ["interleaved"], "context": [1024]}
     return values

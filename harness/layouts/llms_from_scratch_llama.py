@@ -15,11 +15,10 @@ refused with one line. `rescale_theta` (a `context_length` other than `orig_cont
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._shared import count_params, finish_gpt, fuse_qkv, head_candidates, layer_indices, refuse_strays, rename
+from ._shared import (count_params, finish_gpt, fuse_qkv, head_candidates, layer_indices, refuse_strays, rename,
+                      rope_theta_of)
 
 NAME = "llms-from-scratch-llama"
 FAMILY = "gpt"
@@ -59,18 +58,14 @@ def _rope_table(tensors) -> tuple[int, float] | None:
     if cos is None or sin is None or cos.dim() != 2 or cos.shape != sin.shape or cos.shape[0] < 2:
         return None
     head_dim = cos.shape[1]
-    half = head_dim // 2
-    inv_freq = torch.atan2(sin[1, :half].double(), cos[1, :half].double())
-    if half < 2 or not bool((inv_freq > 0).all()):
-        raise ValueError("its stored RoPE table (att.cos / att.sin) is not a rotation table")
-    # log inv_freq_j = -(2j / head_dim) log theta: a least-squares line through the origin.
-    slope = -2 * torch.arange(half, dtype=torch.float64) / head_dim
-    log_theta = float((slope * inv_freq.log()).sum() / (slope * slope).sum())
-    expected = torch.exp(slope * log_theta)
-    if not torch.allclose(inv_freq, expected, rtol=1e-3, atol=0):
-        raise ValueError(f"its stored RoPE table has rescaled frequencies: {SCALING}, which the harness does not "
-                         f"compute")
-    return head_dim, math.exp(log_theta)
+    inv_freq = torch.atan2(sin[1, : head_dim // 2].double(), cos[1, : head_dim // 2].double())
+    try:
+        return head_dim, rope_theta_of(inv_freq, head_dim)
+    except ValueError as exc:
+        if "rescaled" in str(exc):
+            raise ValueError(f"its stored RoPE tables have rescaled frequencies: {SCALING}, which the harness "
+                             f"does not compute") from None
+        raise
 
 
 def convert(tensors, hints):
@@ -92,6 +87,7 @@ def convert(tensors, hints):
         d_q = sd["transformer.h.0.attn.c_proj.weight"].shape[1]
         fields["n_heads"] = d_q // table[0]
         fields["rope_theta"] = table[1]
+        fields["context"] = tensors.get("trf_blocks.0.att.cos", tensors.get("cos")).shape[0]
         notes.append(f"head size {table[0]} and RoPE theta {table[1]:.6g} read from the stored cos/sin tables")
     return fields, sd, {"params": count_params(tensors, buffers), "notes": notes}
 
@@ -109,6 +105,8 @@ def cannot_tell(tensors, fields):
     }
     if "n_heads" not in fields:
         values["n_heads"] = head_candidates(fields["d_model"])
+    if "context" not in fields:
+        values["context"] = [1024]
     if "rope_theta" not in fields:
         # The Llama 2 notebook's theta_base, then Llama 3's rope_base.
         values["rope_theta"] = [10000.0, 500000.0] if not _grouped(tensors) else [500000.0, 10000.0]
