@@ -595,3 +595,39 @@ def test_hf_qwen3_qk_norm_says_the_heads(ids, tmp_path):
     _, loaded = graded(tmp_path / "qwen3.pt", own, ids, "hf-llama", forward=logits_of(own))
     cfg = loaded.config
     assert (cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.qk_norm) == (4, 2, 16, "before_rope")
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face GPT-NeoX as a bare state dict: transformers' GPTNeoXForCausalLM
+# --------------------------------------------------------------------------------------------------
+
+
+def test_hf_gpt_neox_bare_state_dict_per_head_qkv_partial_rotary_parallel(ids, tmp_path):
+    """The defaults (rotary 0.25, parallel residual) from the layout; the per-head q/k/v split needs the
+    heads, from submission.toml."""
+    own = hf_causal("neox", 14, num_attention_heads=2)
+    torch.save(own.state_dict(), tmp_path / "pythia.pt")
+    _, loaded = graded(tmp_path / "pythia.pt", own, ids, "hf-gpt-neox", hints={"n_heads": 2},
+                       forward=logits_of(own))
+    cfg = loaded.config
+    assert (cfg.rope_fraction, cfg.residual, cfg.norm_type, cfg.activation, cfg.ln_bias) == \
+        (0.25, "parallel", "layernorm", "gelu", True)
+    assert cfg.rotary_dims == 4 and loaded.sources["rope_fraction"] == UNVERIFIED
+
+
+def test_hf_gpt_neox_sequential_residual_from_its_saved_config(ids, tmp_path):
+    own = hf_causal("neox", 15, use_parallel_residual=False,
+                    rope_parameters={"rope_type": "default", "rope_theta": 5000.0, "partial_rotary_factor": 0.5})
+    torch.save({"state_dict": own.state_dict(), "config": own.config.to_dict()}, tmp_path / "neox.pt")
+    _, loaded = graded(tmp_path / "neox.pt", own, ids, "hf-gpt-neox", forward=logits_of(own))
+    cfg = loaded.config
+    assert (cfg.n_heads, cfg.rope_fraction, cfg.rope_theta, cfg.residual) == (4, 0.5, 5000.0, "sequential")
+
+
+def test_hf_gpt_neox_wrong_heads_give_a_different_loss(ids, tmp_path):
+    """The per-head split is real: with another head count the same weights compute something else."""
+    own = hf_causal("neox", 14, num_attention_heads=2)
+    torch.save(own.state_dict(), tmp_path / "pythia.pt")
+    loaded = build_model(read_checkpoint(tmp_path / "pythia.pt"), hints={"n_heads": 4})
+    with torch.no_grad():
+        assert abs(clm_loss(loaded.model(ids), ids) - clm_loss(own(ids).logits, ids)) > 1e-3

@@ -25,6 +25,7 @@ from . import (
     hf_bert,
     hf_gpt2,
     hf_llama,
+    hf_neox,
     llms_from_scratch,
     llms_from_scratch_llama,
     mingpt,
@@ -39,7 +40,8 @@ from . import (
 CANONICAL = (canonical_gpt, canonical_mlm)
 # Recognised by keys and shapes; at most one may claim a checkpoint.
 LAYOUTS = (nanogpt, mingpt, hf_gpt2, hf_bert, word_lm, torch_encoder, ng_video, minigpt, llms_from_scratch,
-           llms_from_scratch_llama, cs336, hf_llama)
+           llms_from_scratch_llama, cs336, hf_llama,
+           hf_neox)
 # The hand-written MiniGPTs' catch-all key map: only for weights no family's own layout claims.
 FALLBACK = (minigpt,)
 
