@@ -173,37 +173,50 @@ class GPTConfig:
 '''
 
 
-def build_nanogpt_model():
+def build_nanogpt_model(vocab=V, context=T):
     """build-nanogpt's GPT: nanoGPT's modules with the `attn.bias` mask buffer kept in every block,
-    `nn.GELU(approximate='tanh')`, biases everywhere and `wte` tied to `lm_head` (test_layouts.NanoGPT)."""
-    from test_layouts import NanoGPT, canonical_subset, fill
+    `nn.GELU(approximate='tanh')`, biases everywhere and `wte` tied to `lm_head` (test_layouts.NanoGPT,
+    whose sizes are its module's V and T)."""
+    import test_layouts
 
     from harness.models import GPT, GPTConfig
 
     torch.manual_seed(3)
-    base = randomize(GPT(GPTConfig(vocab_size=V, context=T, n_layers=L, d_model=D, n_heads=H)), seed=3)
-    own = NanoGPT(bias=True, flash=False, tied=True, act=nn.GELU(approximate="tanh"))
-    return fill(own, canonical_subset(base.state_dict(), own, tied=True))
+    base = randomize(GPT(GPTConfig(vocab_size=vocab, context=context, n_layers=L, d_model=D, n_heads=H)), seed=3)
+    sizes = test_layouts.V, test_layouts.T
+    test_layouts.V, test_layouts.T = vocab, context
+    try:
+        own = test_layouts.NanoGPT(bias=True, flash=False, tied=True, act=nn.GELU(approximate="tanh"))
+    finally:
+        test_layouts.V, test_layouts.T = sizes
+    return test_layouts.fill(own, test_layouts.canonical_subset(base.state_dict(), own, tied=True))
+
+
+def save_build_nanogpt(own, path, monkeypatch, vocab=V, context=T):
+    """train_gpt2.py's checkpoint, its GPTConfig from a module written here and forgotten after the save."""
+    import importlib
+    import sys
+
+    folder = path.parent / "bng_module"
+    folder.mkdir()
+    (folder / "bng_train_gpt2.py").write_text(TRAIN_GPT2)
+    monkeypatch.syspath_prepend(str(folder))
+    module = importlib.import_module("bng_train_gpt2")
+    try:
+        config = module.GPTConfig(block_size=context, vocab_size=vocab, n_layer=L, n_head=H, n_embd=D)
+        torch.save({"model": own.state_dict(), "config": config, "step": 250, "val_loss": 3.5}, path)
+    finally:
+        del sys.modules["bng_train_gpt2"]
+    (folder / "bng_train_gpt2.py").unlink()
+    folder.rmdir()
 
 
 def test_build_nanogpt_checkpoint_with_its_config_dataclass(ids, tmp_path, monkeypatch):
     """`torch.save({"model", "config": GPTConfig, "step", "val_loss"})` where GPTConfig lives in a module the
     grader does not have: the safe reader refuses the class, reads it through a stub, and its values say the
     heads; its shape says build-nanogpt, so the tanh GELU."""
-    import importlib
-    import sys
-
-    (tmp_path / "bng_train_gpt2.py").write_text(TRAIN_GPT2)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module("bng_train_gpt2")
-    try:
-        own = build_nanogpt_model()
-        config = module.GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=H, n_embd=D)
-        torch.save({"model": own.state_dict(), "config": config, "step": 250, "val_loss": 3.5},
-                   tmp_path / "model_00250.pt")
-    finally:
-        del sys.modules["bng_train_gpt2"]
-    (tmp_path / "bng_train_gpt2.py").unlink()
+    own = build_nanogpt_model()
+    save_build_nanogpt(own, tmp_path / "model_00250.pt", monkeypatch)
     raw, loaded = graded(tmp_path / "model_00250.pt", own, ids, "nanogpt")
     assert "bng_train_gpt2.GPTConfig" in raw.refused_globals
     assert raw.config == {"block_size": T, "vocab_size": V, "n_layer": L, "n_head": H, "n_embd": D}
@@ -631,3 +644,83 @@ def test_hf_gpt_neox_wrong_heads_give_a_different_loss(ids, tmp_path):
     loaded = build_model(read_checkpoint(tmp_path / "pythia.pt"), hints={"n_heads": 4})
     with torch.no_grad():
         assert abs(clm_loss(loaded.model(ids), ids) - clm_loss(own(ids).logits, ids)) > 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# The real grading path: `harness grade` on a class of one submission per family
+# --------------------------------------------------------------------------------------------------
+
+GPT2_VOCAB, CONTEXT = 50257, 64
+
+
+def _submission(folder, files: dict, toml: str = ""):
+    folder.mkdir(parents=True)
+    for name, obj in files.items():
+        if isinstance(obj, str):
+            (folder / name).write_text(obj)
+        else:
+            torch.save(obj, folder / name)
+    if toml:
+        (folder / "submission.toml").write_text(toml)
+
+
+@pytest.mark.slow
+def test_every_family_graded_by_harness_grade_equals_its_own_forward(tmp_path, monkeypatch):
+    """One `harness grade` subprocess over a class of six families saved their projects' ways; each recomputed
+    loss equals the family's own model run through clm-v1 on the same course data, to 1e-6 relative."""
+    import subprocess
+    import sys
+
+    from harness.course import capped_course_text, load_course
+    from harness.data import freeze, load_source
+    from harness.evaluate import evaluate_clm
+    from harness.tokenizers import get_tokenizer
+
+    vocab = {"vocab_size": GPT2_VOCAB}
+    own = {
+        "lfs_gpt": randomize(BookGPTModel(book_config(vocab_size=GPT2_VOCAB, context_length=CONTEXT, n_heads=2)), 20),
+        "build_nanogpt": build_nanogpt_model(GPT2_VOCAB, CONTEXT),
+        "cs336_staff": cs336_model(seed=21, vocab_size=GPT2_VOCAB, context_length=CONTEXT),
+        "lfs_llama2": book_llama({**LLAMA2_CONFIG, **vocab, "context_length": CONTEXT}, persistent=True, seed=22),
+        "hf_llama": hf_causal("llama", 23, rms_norm_eps=1e-6, max_position_embeddings=CONTEXT, **vocab),
+        "hf_neox": hf_causal("neox", 24, num_attention_heads=2, max_position_embeddings=CONTEXT, **vocab),
+    }
+    layouts = {"lfs_gpt": "llms-from-scratch-gpt", "build_nanogpt": "nanogpt", "cs336_staff": "cs336",
+               "lfs_llama2": "llms-from-scratch-llama", "hf_llama": "hf-llama", "hf_neox": "hf-gpt-neox"}
+    subs = tmp_path / "submissions"
+    _submission(subs / "lfs_gpt", {"model.pth": own["lfs_gpt"].state_dict()}, "[model]\nn_heads = 2\n")
+    (subs / "build_nanogpt").mkdir(parents=True)
+    save_build_nanogpt(own["build_nanogpt"], subs / "build_nanogpt" / "model_00250.pt", monkeypatch,
+                       GPT2_VOCAB, CONTEXT)
+    _submission(subs / "cs336_staff", {
+        "model.pt": {f"_orig_mod.{k}": v for k, v in own["cs336_staff"].state_dict().items()},
+        "model_config.json": json.dumps({**CS_CONFIG, **vocab, "context_length": CONTEXT})})
+    _submission(subs / "lfs_llama2", {"llama2.pth": own["lfs_llama2"].state_dict()})
+    _submission(subs / "hf_llama", {"model.pt": own["hf_llama"].state_dict()},
+                "[model]\nn_heads = 4\nln_eps = 1e-6\nrope_theta = 10000.0\n")
+    # random weights: calibration could not find the truth, so submission.toml says what the weights cannot
+    _submission(subs / "hf_neox", {"model.pt": own["hf_neox"].state_dict()},
+                "[model]\nn_heads = 2\nrope_fraction = 0.25\nresidual = \"parallel\"\n")
+
+    course_path = tmp_path / "course.toml"
+    course_path.write_text(capped_course_text(2048, calibration_tokens=512))
+    course = load_course(course_path)
+    settings = course.clm
+    tokenizer = get_tokenizer(settings.tokenizer)
+    split = freeze(load_source(course.data_source), tokenizer).split(course.data_split)  # cached for the grader too
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "harness", "grade", str(subs), "--out", str(out), "--course",
+                           str(course_path), "--workers", "2", "--no-reports"], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    graded_by = {s["id"]: s for s in json.loads((out / "results.json").read_text())["submissions"]}
+    for sid, model in own.items():
+        sub = graded_by[sid]
+        assert sub["status"] == "graded", (sid, sub["error"])
+        assert sub["checkpoint"]["layout"] == layouts[sid], sid
+        mine = evaluate_clm(model.eval(), split, tokenizer, context=settings.context,
+                            stride=settings.stride or None, max_tokens=settings.max_tokens or None)
+        assert sub["metrics"]["tokens"] == mine.tokens, sid
+        assert abs(sub["metrics"]["loss"] - mine.loss) <= TOL * mine.loss, (sid, sub["metrics"]["loss"], mine.loss)
+    assert graded_by["cs336_staff"]["model"]["sources"]["n_heads"] == CONFIG  # model_config.json
+    assert graded_by["build_nanogpt"]["model"]["sources"]["activation"] == CONFIG  # the pickled dataclass
