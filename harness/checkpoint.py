@@ -551,11 +551,13 @@ SIDECAR_CONFIGS = ("model_config.json",)
 
 
 def _sidecar_config(path: Path, real: Path, root: Path | None, display: str) -> tuple[dict, str | None]:
-    """The plain config of a sidecar JSON next to the weights file (it wins over one inside the file), and
-    its name."""
-    for name in SIDECAR_CONFIGS:
+    """The plain config of a JSON that training code writes beside the weights file (it wins over one inside
+    the file), and its name: nanochat's checkpoint_manager pairs model_000100.pt with meta_000100.json,
+    CS336's staff reference model.pt with model_config.json."""
+    step = re.fullmatch(r"model_(\d+)\.pt", path.name)
+    for name in ([f"meta_{step.group(1)}.json"] if step else []) + list(SIDECAR_CONFIGS):
         side = path.parent / name
-        if not side.is_file() or side.resolve() == real:
+        if not (side.is_file() or side.is_symlink()) or side.resolve() == real:
             continue
         side_display = f"{display.rsplit('/', 1)[0]}/{name}" if "/" in display else name
         value = _read_json_file(_contained(side, root, side_display), side_display)

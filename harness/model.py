@@ -99,7 +99,7 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "embed_scale": ("embed_scale", "embedding_scale", "emb_scale", "scale_embedding", "scale_embeddings"),
     "positions": ("positions",),
     "context": ("context", "block_size", "n_positions", "max_position_embeddings", "max_len", "max_seq_len",
-                "seq_len", "context_length", "n_ctx", "max_seq_length", "context_size"),
+                "seq_len", "context_length", "n_ctx", "max_seq_length", "context_size", "sequence_len"),
     "pad_id": ("pad_id", "pad_token_id", "pad_idx", "padding_idx"),
     "head_dim": ("head_dim", "head_size", "d_head", "dim_head", "d_k"),
     "qkv_order": ("qkv_order",),

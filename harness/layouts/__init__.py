@@ -30,6 +30,7 @@ from . import (
     llms_from_scratch_llama,
     mingpt,
     minigpt,
+    nanochat,
     nanogpt,
     ng_video,
     torch_encoder,
@@ -39,9 +40,8 @@ from . import (
 # Read by their stamp in the stored config, before anything else.
 CANONICAL = (canonical_gpt, canonical_mlm)
 # Recognised by keys and shapes; at most one may claim a checkpoint.
-LAYOUTS = (nanogpt, mingpt, hf_gpt2, hf_bert, word_lm, torch_encoder, ng_video, minigpt, llms_from_scratch,
-           llms_from_scratch_llama, cs336, hf_llama,
-           hf_neox)
+LAYOUTS = (nanogpt, mingpt, hf_gpt2, hf_bert, word_lm, torch_encoder, ng_video, minigpt, nanochat, llms_from_scratch,
+           llms_from_scratch_llama, cs336, hf_llama, hf_neox)
 # The hand-written MiniGPTs' catch-all key map: only for weights no family's own layout claims.
 FALLBACK = (minigpt,)
 

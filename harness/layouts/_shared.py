@@ -45,6 +45,16 @@ def head_candidates(d_model: int, preferred: int = 0) -> list[int]:
     return sorted(heads, key=rank)[:8]
 
 
+def attention_head_candidates(sd: Mapping[str, torch.Tensor], d_model: int) -> list[int]:
+    """`head_candidates` of a canonical-named block 0's query width that also split its keys into whole heads."""
+    c_attn, c_proj = sd.get("transformer.h.0.attn.c_attn.weight"), sd.get("transformer.h.0.attn.c_proj.weight")
+    if c_attn is None or c_proj is None or c_proj.dim() != 2:
+        return head_candidates(d_model)
+    q_width = c_proj.shape[1]
+    kv_width = (c_attn.shape[0] - q_width) // 2
+    return [h for h in head_candidates(q_width) if kv_width % (q_width // h) == 0] or head_candidates(d_model)
+
+
 def layer_indices(keys: Iterable[str], pattern: str) -> int:
     """Number of layers whose keys match `pattern` (one group: the index); they must be 0..n-1."""
     rx = re.compile(pattern)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from harness.models.gpt import GPTConfig
 
-from ._shared import count_params, finish_gpt, head_candidates
+from ._shared import attention_head_candidates, count_params, finish_gpt
 
 NAME = "harness-gpt"
 FAMILY = "gpt"
@@ -32,7 +32,7 @@ def cannot_tell(tensors, fields):
     """Everything the stored config states (it always does: `save_canonical` writes every field)."""
     default = GPTConfig()
     out = {
-        "n_heads": head_candidates(fields["d_model"]),
+        "n_heads": attention_head_candidates(tensors, fields["d_model"]),
         "norm": [default.norm],
         "activation": [default.activation],
         "ln_eps": [default.ln_eps],
@@ -46,9 +46,7 @@ def cannot_tell(tensors, fields):
     }
     if "n_heads" in fields:
         del out["n_heads"]
-    for name in ("n_kv_heads", "head_dim"):
-        if name not in fields:
-            out[name] = [getattr(default, name)]
+    # n_kv_heads and head_dim are not asked for: with n_heads, c_attn's and c_proj's shapes tell them.
     if "norm_type" not in fields:
         out["norm_type"] = [default.norm_type]
     if "residual" not in fields:

@@ -207,6 +207,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairs: str
     Llama, CS336); the same rotation, (a, b) -> (a cos - b sin, b cos + a sin), on other dims.
     """
     rot = 2 * cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast q and k are bf16: so is the rotation (as HF)
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     if pairs == "half":
         a, b = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
@@ -218,7 +219,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairs: str
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) (times a weight): Zhang & Sennrich 2019, Llama's; in float32 whatever the input."""
+    """x / rms(x) (times a weight): Zhang & Sennrich 2019, Llama's; in at least float32."""
 
     def __init__(self, dim: int, eps: float, weight: bool = True):
         super().__init__()
@@ -226,7 +227,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if weight else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 up, float64 stays
         y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
         return y if self.weight is None else y * self.weight
 
@@ -381,9 +382,7 @@ class GPT(nn.Module):
             x = x + self.pe[:T].to(x.dtype)
         if cfg.embed_norm:
             x = self.transformer.ln_e(x)
-        rope = None
-        if cfg.positions == "rope":
-            rope = (self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype))
+        rope = (self.rope_cos[:T], self.rope_sin[:T]) if cfg.positions == "rope" else None
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope)
