@@ -724,3 +724,28 @@ def test_every_family_graded_by_harness_grade_equals_its_own_forward(tmp_path, m
         assert abs(sub["metrics"]["loss"] - mine.loss) <= TOL * mine.loss, (sid, sub["metrics"]["loss"], mine.loss)
     assert graded_by["cs336_staff"]["model"]["sources"]["n_heads"] == CONFIG  # model_config.json
     assert graded_by["build_nanogpt"]["model"]["sources"]["activation"] == CONFIG  # the pickled dataclass
+
+
+# --------------------------------------------------------------------------------------------------
+# What nothing expresses: one clear line that names it
+# --------------------------------------------------------------------------------------------------
+
+
+def test_an_unknown_part_of_a_known_family_is_named(tmp_path):
+    """A CS336 model with ALiBi slopes added: the layout names the key it cannot place, in one line."""
+    own = cs336_model(seed=30)
+    sd = own.state_dict()
+    sd["layers.0.attn.alibi_slopes"] = torch.ones(2)
+    torch.save(sd, tmp_path / "alibi.pt")
+    with pytest.raises(HarnessError) as err:
+        build_model(read_checkpoint(tmp_path / "alibi.pt"))
+    assert err.value.code == "layout-unknown" and "\n" not in err.value.message
+    assert "CS336" in err.value.message and "layers.0.attn.alibi_slopes" in err.value.message
+
+
+def test_a_stored_option_the_model_cannot_compute_is_named(tmp_path):
+    own = hf_causal("llama", 31, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    torch.save({"model": own.state_dict(), "config": own.config.to_dict()}, tmp_path / "scaled.pt")
+    with pytest.raises(HarnessError) as err:
+        build_model(read_checkpoint(tmp_path / "scaled.pt"))
+    assert err.value.code == "model-invalid" and "rope_scaling of type 'linear'" in err.value.message
