@@ -749,3 +749,12 @@ def test_a_stored_option_the_model_cannot_compute_is_named(tmp_path):
     with pytest.raises(HarnessError) as err:
         build_model(read_checkpoint(tmp_path / "scaled.pt"))
     assert err.value.code == "model-invalid" and "rope_scaling of type 'linear'" in err.value.message
+
+
+def test_grouped_query_heads_without_hints_split_the_keys(ids, tmp_path):
+    """A bare GQA state dict and no submission.toml: the default head count is one whose head size splits
+    the k/v rows too, so the model builds (its value unverified, for calibration to settle)."""
+    own = hf_causal("llama", 32, rms_norm_eps=1e-6, num_attention_heads=2, num_key_value_heads=1)
+    torch.save(own.state_dict(), tmp_path / "gqa.pt")
+    _, loaded = graded(tmp_path / "gqa.pt", own, ids, "hf-llama", forward=logits_of(own))
+    assert (loaded.config.n_heads, loaded.config.kv_heads) == (2, 1) and loaded.sources["n_heads"] == UNVERIFIED

@@ -55,4 +55,5 @@ def recognising(tensors, config: dict | None = None) -> list:
     return found or [layout for layout in FALLBACK if layout.recognise(tensors)]
 
 
-__all__ = ["CANONICAL", "LAYOUTS", "FALLBACK", "recognising", *(m.__name__.rsplit(".", 1)[1] for m in CANONICAL + LAYOUTS)]
+__all__ = ["CANONICAL", "LAYOUTS", "FALLBACK", "recognising",
+           *(m.__name__.rsplit(".", 1)[1] for m in CANONICAL + LAYOUTS)]

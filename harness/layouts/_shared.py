@@ -51,7 +51,11 @@ def attention_head_candidates(sd: Mapping[str, torch.Tensor], d_model: int) -> l
     if c_attn is None or c_proj is None or c_proj.dim() != 2:
         return head_candidates(d_model)
     q_width = c_proj.shape[1]
-    kv_width = (c_attn.shape[0] - q_width) // 2
+    return split_head_candidates(q_width, (c_attn.shape[0] - q_width) // 2, d_model)
+
+
+def split_head_candidates(q_width: int, kv_width: int, d_model: int) -> list[int]:
+    """`head_candidates` of a query width whose head size also splits the keys' width into whole heads."""
     return [h for h in head_candidates(q_width) if kv_width % (q_width // h) == 0] or head_candidates(d_model)
 
 
@@ -352,7 +356,8 @@ def rename(tensors: Tensors, names: Mapping[str, str], n_layers: int) -> tuple[d
     return sd, used
 
 
-def fuse_qkv(tensors: Tensors, modules: tuple[str, str, str], n_layers: int) -> tuple[dict[str, torch.Tensor], set[str]]:
+def fuse_qkv(tensors: Tensors, modules: tuple[str, str, str],
+             n_layers: int) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Separate q, k and v projections (`modules`, `{i}` the layer) as the canonical fused `attn.c_attn`.
 
     A bias on some of the three and not on the others is completed with zeros, the same computation.

@@ -18,8 +18,8 @@ are the same but its maths is not ((1 + w) norms, scaled embeddings): it is not 
 
 from __future__ import annotations
 
-from ._shared import (count_params, finish_gpt, fuse_qkv, head_candidates, layer_indices, refuse_strays, rename,
-                      rope_theta_of)
+from ._shared import (count_params, finish_gpt, fuse_qkv, layer_indices, refuse_strays, rename, rope_theta_of,
+                      split_head_candidates)
 
 NAME = "hf-llama"
 FAMILY = "gpt"
@@ -96,8 +96,9 @@ def cannot_tell(tensors, fields):
     if "n_heads" not in fields:
         p = _prefix(tensors)
         q_norm = tensors.get(f"{p}layers.0.self_attn.q_norm.weight")  # [head_dim]
-        values["n_heads"] = head_candidates(fields["d_model"]) if q_norm is None else \
-            [tensors[f"{p}layers.0.self_attn.q_proj.weight"].shape[0] // q_norm.shape[0]]
+        q_width = tensors[f"{p}layers.0.self_attn.q_proj.weight"].shape[0]
+        values["n_heads"] = [q_width // q_norm.shape[0]] if q_norm is not None else split_head_candidates(
+            q_width, tensors[f"{p}layers.0.self_attn.k_proj.weight"].shape[0], fields["d_model"])
     if "rope_theta" not in fields:
         values["rope_theta"] = [10000.0, 500000.0, 1000000.0]
     if any(k.endswith("self_attn.q_norm.weight") for k in tensors):

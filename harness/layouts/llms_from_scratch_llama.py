@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ._shared import (count_params, finish_gpt, fuse_qkv, head_candidates, layer_indices, refuse_strays, rename,
-                      rope_theta_of)
+from ._shared import (count_params, finish_gpt, fuse_qkv, layer_indices, refuse_strays, rename, rope_theta_of,
+                      split_head_candidates)
 
 NAME = "llms-from-scratch-llama"
 FAMILY = "gpt"
@@ -104,7 +104,8 @@ def cannot_tell(tensors, fields):
         "embed_scale": [1.0],
     }
     if "n_heads" not in fields:
-        values["n_heads"] = head_candidates(fields["d_model"])
+        values["n_heads"] = split_head_candidates(tensors["trf_blocks.0.att.W_query.weight"].shape[0],
+                                                  tensors["trf_blocks.0.att.W_key.weight"].shape[0], fields["d_model"])
     if "context" not in fields:
         values["context"] = [1024]
     if "rope_theta" not in fields:
