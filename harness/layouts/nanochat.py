@@ -107,7 +107,6 @@ def convert(tensors, hints):
     # Only a settled head count may split k/v into heads; a guess would pass for what the weights say.
     known = {"n_heads": hints.get("n_heads"), "final_norm": True, "embed_norm": True, "qk_norm": "after_rope"}
     fields = finish_gpt(sd, notes, known)
-    fields.update(final_norm=True, embed_norm=True)
     if fields["tied"]:
         notes.append("the output layer equals the embedding (nanochat unties them)")
     return fields, sd, {"params": count_params(tensors), "notes": notes}
@@ -124,6 +123,8 @@ def cannot_tell(tensors, fields):
         "rope_theta": [10000.0],
         "rope_pairs": ["half"],
         "qk_norm": ["after_rope"],
+        "embed_norm": [True],  # weightless norms leave no key: these are the code's
+        "final_norm": [True],
         "logit_softcap": [SOFTCAP],
         "context": [1024],  # GPTConfig.sequence_len's default; meta_*.json states the run's
         "causal": [True],
