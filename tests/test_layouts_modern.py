@@ -758,3 +758,21 @@ def test_grouped_query_heads_without_hints_split_the_keys(ids, tmp_path):
     torch.save(own.state_dict(), tmp_path / "gqa.pt")
     _, loaded = graded(tmp_path / "gqa.pt", own, ids, "hf-llama", forward=logits_of(own))
     assert (loaded.config.n_heads, loaded.config.kv_heads) == (2, 1) and loaded.sources["n_heads"] == UNVERIFIED
+
+
+def test_hf_llama_old_inv_freq_buffers_say_head_size_and_theta(ids, tmp_path):
+    """transformers before 4.31 saved `self_attn.rotary_emb.inv_freq` in every layer (written here as they
+    did: 1 / theta^(2j / head_dim)); it says the head size and theta, and a rescaled one is refused."""
+    own = hf_causal("llama", 33, rms_norm_eps=1e-6, rope_theta=20000.0)
+    head_dim = D // 4
+    inv_freq = 1.0 / (20000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    sd = {**own.state_dict(), **{f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq for i in range(L)}}
+    torch.save(sd, tmp_path / "old.bin")
+    _, loaded = graded(tmp_path / "old.bin", own, ids, "hf-llama", forward=logits_of(own))
+    assert (loaded.config.n_heads, loaded.config.kv_heads) == (4, 2) and loaded.sources["n_heads"] == "weights"
+    assert loaded.config.rope_theta == pytest.approx(20000.0, rel=1e-5)
+    torch.save({**sd, **{f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq / 4 for i in range(L)}},
+               tmp_path / "scaled.bin")
+    with pytest.raises(HarnessError) as err:
+        build_model(read_checkpoint(tmp_path / "scaled.bin"))
+    assert "RoPE frequency scaling" in err.value.message
