@@ -135,18 +135,12 @@ def read_checkpoint(path: str | Path, *, root: Path | None = None, limits: Limit
     raw = _run_reader({"display": display, "mode": "single", "files": [{"path": str(real), "kind": kind}],
                        "budget_bytes": _budget(real.stat().st_size, limits)}, limits, display)
     fmt = "torch-zip" if kind == "torch-zip" else "torch-legacy" if kind == "torch-pickle" else "safetensors"
-    return _finish(str(path), sha256_file(real), fmt, raw, _sibling_meta(path, root, display), {})
-
-
-def _sibling_meta(path: Path, root: Path | None, display: str) -> dict:
-    """nanochat's `checkpoint_manager` writes the config beside the weights: model_000100.pt, meta_000100.json."""
-    m = re.fullmatch(r"model_(\d+)\.pt", path.name)
-    meta = path.with_name(f"meta_{m.group(1)}.json") if m else None
-    if meta is None or not (meta.is_file() or meta.is_symlink()):
-        return {}
-    meta_display = f"{display.rsplit('/', 1)[0]}/{meta.name}" if "/" in display else meta.name
-    data = _read_json_file(_contained(meta, root, meta_display), meta_display)
-    return _plain(data, _Budget(50000)) if isinstance(data, dict) else {}
+    config, sidecar = _sidecar_config(path, real, root, display)
+    result = _finish(str(path), sha256_file(real), fmt, raw, config, {})
+    if sidecar:
+        notes = result.meta.setdefault("_harness", {})
+        notes["config_from"] = [*notes.get("config_from", []), sidecar]
+    return result
 
 
 def extract_zip(zip_path: str | Path, dest: str | Path, limits: Limits = Limits()) -> Path:
@@ -549,6 +543,28 @@ def _read_zipped_submission(path: Path, real: Path, display: str, limits: Limits
 # ==================================================================================================
 # Hugging Face folders
 # ==================================================================================================
+
+
+# A config that training code writes next to a single weights file: CS336's staff reference saves
+# `model_config.json` beside `model.pt` (its `from_pretrained` reads the pair).
+SIDECAR_CONFIGS = ("model_config.json",)
+
+
+def _sidecar_config(path: Path, real: Path, root: Path | None, display: str) -> tuple[dict, str | None]:
+    """The plain config of a JSON that training code writes beside the weights file (it wins over one inside
+    the file), and its name: nanochat's checkpoint_manager pairs model_000100.pt with meta_000100.json,
+    CS336's staff reference model.pt with model_config.json."""
+    step = re.fullmatch(r"model_(\d+)\.pt", path.name)
+    for name in ([f"meta_{step.group(1)}.json"] if step else []) + list(SIDECAR_CONFIGS):
+        side = path.parent / name
+        if not (side.is_file() or side.is_symlink()) or side.resolve() == real:
+            continue
+        side_display = f"{display.rsplit('/', 1)[0]}/{name}" if "/" in display else name
+        value = _read_json_file(_contained(side, root, side_display), side_display)
+        if not isinstance(value, dict):
+            raise CheckpointError(UNREADABLE, f"{side_display} must hold a JSON object")
+        return _plain(value, _Budget(50000)), name
+    return {}, None
 
 
 def _is_hf_folder(folder: Path) -> bool:

@@ -587,7 +587,7 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
     if family is not None and family != layout.FAMILY:
         warnings.append(f"submission.toml says family {family!r} but the weights are a {layout.FAMILY} model "
                         f"({layout.DESCRIPTION}); graded as {layout.FAMILY}")
-    problems = layout.unsupported(config) if hasattr(layout, "unsupported") else []
+    problems = layout.unsupported(config, tensors) if hasattr(layout, "unsupported") else []
     if problems:
         raise HarnessError("model-invalid", f"the {layout.NAME} checkpoint uses options the harness cannot compute: "
                                             f"{', '.join(problems)}")
@@ -595,6 +595,8 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
     weights, _, facts = _convert(layout, tensors, {})
     unknown = layout.cannot_tell(tensors, weights)
     stored = read_values(config, SPELLINGS, warnings=warnings)
+    if hasattr(layout, "implied"):  # the family's own reading of its stored config, over the generic one
+        stored.update(layout.implied(config))
     given = read_values(hints or {}, SPELLINGS, max_depth=0, warnings=warnings, what="submission.toml [model]",
                         report_unread=True)
     _structure_warnings(weights, read_values(config, STRUCTURE, max_depth=1), warnings)

@@ -9,7 +9,9 @@ canonical GPT or BERT MLM. No base class; every layout module has the same few n
   (`n_heads`, `qkv_order`, `attn_scale`); `convert` works without them, on the layout's defaults;
 - `cannot_tell(tensors, fields) -> {field: [plausible values, the layout's default first]}`: everything
   the weights do not say. One value: the layout's code fixes it; several: worth calibrating.
-- optionally `unsupported(config) -> [str]`: stored options the canonical model cannot compute.
+- optionally `unsupported(config, tensors) -> [str]`: options the canonical model cannot compute;
+- optionally `implied(config) -> {field: value}`: the family's own reading of its stored config (values
+  its shape says, or that its code derives from it), taken over the generic reading of the config.
 
 `harness.model.build_model` picks the layout and resolves what the weights cannot tell.
 """
@@ -19,8 +21,13 @@ from __future__ import annotations
 from . import (
     canonical_gpt,
     canonical_mlm,
+    cs336,
     hf_bert,
     hf_gpt2,
+    hf_llama,
+    hf_neox,
+    llms_from_scratch,
+    llms_from_scratch_llama,
     mingpt,
     minigpt,
     nanochat,
@@ -33,7 +40,10 @@ from . import (
 # Read by their stamp in the stored config, before anything else.
 CANONICAL = (canonical_gpt, canonical_mlm)
 # Recognised by keys and shapes; at most one may claim a checkpoint.
-LAYOUTS = (nanogpt, mingpt, hf_gpt2, hf_bert, word_lm, torch_encoder, ng_video, minigpt, nanochat)
+LAYOUTS = (nanogpt, mingpt, hf_gpt2, hf_bert, word_lm, torch_encoder, ng_video, minigpt, nanochat, llms_from_scratch,
+           llms_from_scratch_llama, cs336, hf_llama, hf_neox)
+# The hand-written MiniGPTs' catch-all key map: only for weights no family's own layout claims.
+FALLBACK = (minigpt,)
 
 
 def recognising(tensors, config: dict | None = None) -> list:
@@ -41,7 +51,9 @@ def recognising(tensors, config: dict | None = None) -> list:
     stamped = [layout for layout in CANONICAL if layout.recognise(tensors, config)]
     if stamped:
         return stamped
-    return [layout for layout in LAYOUTS if layout.recognise(tensors)]
+    found = [layout for layout in LAYOUTS if layout not in FALLBACK and layout.recognise(tensors)]
+    return found or [layout for layout in FALLBACK if layout.recognise(tensors)]
 
 
-__all__ = ["CANONICAL", "LAYOUTS", "recognising", *(m.__name__.rsplit(".", 1)[1] for m in CANONICAL + LAYOUTS)]
+__all__ = ["CANONICAL", "LAYOUTS", "FALLBACK", "recognising",
+           *(m.__name__.rsplit(".", 1)[1] for m in CANONICAL + LAYOUTS)]

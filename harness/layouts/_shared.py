@@ -51,7 +51,11 @@ def attention_head_candidates(sd: Mapping[str, torch.Tensor], d_model: int) -> l
     if c_attn is None or c_proj is None or c_proj.dim() != 2:
         return head_candidates(d_model)
     q_width = c_proj.shape[1]
-    kv_width = (c_attn.shape[0] - q_width) // 2
+    return split_head_candidates(q_width, (c_attn.shape[0] - q_width) // 2, d_model)
+
+
+def split_head_candidates(q_width: int, kv_width: int, d_model: int) -> list[int]:
+    """`head_candidates` of a query width whose head size also splits the keys' width into whole heads."""
     return [h for h in head_candidates(q_width) if kv_width % (q_width // h) == 0] or head_candidates(d_model)
 
 
@@ -336,3 +340,64 @@ def bert_fields(sd: Mapping[str, torch.Tensor], tied: bool) -> dict:
         "intermediate": inter.shape[0], "max_positions": pos.shape[0], "type_vocab_size": types.shape[0],
         "tied": tied,
     }
+
+
+def rename(tensors: Tensors, names: Mapping[str, str], n_layers: int) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The tensors `names` ({theirs: ours}; `{i}` stands for the layer index) maps, under our names, and the
+    names used. Names the checkpoint lacks are skipped: `finish_gpt` says what a model cannot do without."""
+    sd: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for theirs, ours in names.items():
+        for i in range(n_layers) if "{i}" in theirs else (0,):
+            key = theirs.format(i=i)
+            if key in tensors:
+                sd[ours.format(i=i)] = tensors[key]
+                used.add(key)
+    return sd, used
+
+
+def fuse_qkv(tensors: Tensors, modules: tuple[str, str, str],
+             n_layers: int) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Separate q, k and v projections (`modules`, `{i}` the layer) as the canonical fused `attn.c_attn`.
+
+    A bias on some of the three and not on the others is completed with zeros, the same computation.
+    """
+    sd: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for i in range(n_layers):
+        names = [m.format(i=i) for m in modules]
+        missing = [f"{n}.weight" for n in names if f"{n}.weight" not in tensors]
+        if missing:
+            raise ValueError(f"block {i} has no {', '.join(missing)}")
+        weights = [tensors[f"{n}.weight"] for n in names]
+        sd[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat(weights, dim=0)
+        biases = [tensors.get(f"{n}.bias") for n in names]
+        if any(b is not None for b in biases):
+            sd[f"transformer.h.{i}.attn.c_attn.bias"] = torch.cat(
+                [b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype) for b, w in zip(biases, weights)])
+        used |= {f"{n}.{part}" for n in names for part in ("weight", "bias") if f"{n}.{part}" in tensors}
+    return sd, used
+
+
+def refuse_strays(tensors: Tensors, used: Iterable[str]) -> None:
+    strays = sorted(set(tensors) - set(used))
+    if strays:
+        more = " …" if len(strays) > 8 else ""
+        raise ValueError(f"keys with no place in the model: {', '.join(strays[:8])}{more}")
+
+
+def rope_theta_of(inv_freq: torch.Tensor, rotary_dims: int) -> float:
+    """The theta of stored RoPE frequencies, theta^(-2j / rotary_dims) for j < rotary_dims / 2.
+
+    ValueError when they are not one theta's geometric series: frequency scaling (Llama 3's, NTK, YaRN),
+    which the canonical GPT does not compute.
+    """
+    inv_freq = inv_freq.double().flatten()
+    if inv_freq.numel() < 2 or not bool((inv_freq > 0).all()):
+        raise ValueError("its stored RoPE frequencies are not a rotation's")
+    slope = -2 * torch.arange(inv_freq.numel(), dtype=torch.float64) / rotary_dims
+    log_theta = float((slope * inv_freq.log()).sum() / (slope * slope).sum())  # least squares through 0
+    if not torch.allclose(inv_freq, torch.exp(slope * log_theta), rtol=1e-3, atol=0):
+        raise ValueError("its stored RoPE frequencies are rescaled (RoPE frequency scaling), which the harness "
+                         "does not compute")
+    return math.exp(log_theta)

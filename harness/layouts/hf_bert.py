@@ -41,7 +41,7 @@ def cannot_tell(tensors, fields):
     }
 
 
-def unsupported(config: dict) -> list[str]:
+def unsupported(config: dict, tensors=None) -> list[str]:
     problems = []
     if config.get("position_embedding_type", "absolute") not in ("absolute", None):
         problems.append(f"position_embedding_type = {config['position_embedding_type']!r}")

@@ -58,7 +58,7 @@ def cannot_tell(tensors, fields):
     }
 
 
-def unsupported(config: dict) -> list[str]:
+def unsupported(config: dict, tensors=None) -> list[str]:
     """GPT-2 options in config.json that the canonical GPT does not compute."""
     problems = []
     if config.get("scale_attn_by_inverse_layer_idx"):

@@ -7,6 +7,13 @@ through Hugging Face code an `attn.masked_bias`; neither is a weight.
 
 The weights cannot tell the number of heads (`model_args.n_head` in a nanoGPT checkpoint does). The
 rest is fixed by the code: pre-LN, exact GELU, LayerNorm eps 1e-5, causal attention.
+
+build-nanogpt (karpathy/build-nanogpt `train_gpt2.py`, the video's GPT-2 reproduction) has the same keys,
+always with the `attn.bias` mask buffer and biases, and the tanh approximation of GELU. Its checkpoint is
+`{"model", "config": GPTConfig(block_size, vocab_size, n_layer, n_head, n_embd), "step", "val_loss"}`:
+a dataclass of exactly those five fields says build-nanogpt (and the heads), nanoGPT's `model_args`
+(which has `bias` and `dropout`) says nanoGPT. Without either, mask buffers leave both GELUs open,
+build-nanogpt's first: nanoGPT has saved no mask since flash attention (PyTorch 2.0).
 """
 
 from __future__ import annotations
@@ -50,11 +57,24 @@ def convert(tensors, hints):
     return fields, sd, {"params": count_params(tensors, skip), "notes": notes}
 
 
+_BUILD_NANOGPT_CONFIG = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd"}
+
+
+def implied(config) -> dict:
+    keys = set(config) - {"modules"}
+    if keys == _BUILD_NANOGPT_CONFIG:
+        return {"activation": "gelu_tanh"}
+    if {"n_layer", "n_head", "n_embd", "bias", "dropout"} <= keys and "activation" not in keys:  # nanoGPT's
+        return {"activation": "gelu"}
+    return {}
+
+
 def cannot_tell(tensors, fields):
+    masks = any(k.endswith(".attn.bias") and tensors[k].dim() == 4 for k in tensors)
     return {
         "n_heads": head_candidates(fields["d_model"]),
         "norm": ["pre"],
-        "activation": ["gelu"],
+        "activation": ["gelu_tanh", "gelu"] if masks else ["gelu"],
         "ln_eps": [1e-5],
         "causal": [True],
         "embed_scale": [1.0],
