@@ -24,6 +24,7 @@ resolves to the tree under test, and every distribution the environment sees is 
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import os
 import subprocess
 import sys
@@ -113,8 +114,6 @@ class MainEnv:
                  " 'dists': sorted({d.metadata['Name'] for d in md.distributions()})}))")
         proc = self.run(["python", "-c", probe], cwd=self.prefix)
         assert proc.returncode == 0, proc.stderr
-        import json
-
         seen = json.loads(proc.stdout)
         assert seen["absent"] == list(TEST_ONLY), f"test-only packages importable: {seen}"
         assert Path(seen["harness"]).resolve() == (ROOT / "harness" / "__init__.py").resolve(), seen["harness"]

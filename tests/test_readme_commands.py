@@ -132,6 +132,24 @@ def test_only_the_suite_sets_up_the_test_extras():
     assert 'EXTRAS="[test]"' in setup and 'pip install -q -e ".$EXTRAS"' in setup
 
 
+def test_nothing_outside_tests_imports_from_tests():
+    """What benchmarks and tests both need lives in the package or in benchmarks/ (issue #19)."""
+    import ast
+
+    test_modules = {"tests", *(p.stem for p in (ROOT / "tests").glob("*.py"))}
+    skip = {"tests", ".venv", ".git", "build", "dist", "reports", "submissions", "reference_model"}
+    for path in sorted(ROOT.rglob("*.py")):
+        if skip & set(path.relative_to(ROOT).parts):
+            continue
+        source = path.read_text(encoding="utf-8")
+        assert not re.search(r"sys\.path\.\w+\(.*[\"'/]tests\b", source), f"{path} puts tests/ on sys.path"
+        for node in ast.walk(ast.parse(source)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            for name in names:
+                assert name.split(".")[0] not in test_modules, f"{path}:{node.lineno} imports {name} from tests/"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # run in the main environment
 # ----------------------------------------------------------------------------------------------------------
@@ -188,7 +206,7 @@ def run_inspect(env: MainEnv, tiny: Path, tmp: Path) -> None:
 def run_eval(env: MainEnv, tiny: Path, tmp: Path) -> None:
     got = json.loads(ok(env.run(["harness", "eval", str(tiny / "class" / "tiny_gpt2" / "hf_model"), "--max-tokens",
                                  "64", "--json"], cwd=tmp)).stdout)
-    assert got["metrics"]["tokens"] == 64 if "metrics" in got else got["tokens"] == 64, got
+    assert got["checkpoint"]["layout"] == "hf-gpt2" and got["metrics"]["tokens"] == 64, got
 
 
 def run_check(env: MainEnv, tiny: Path, tmp: Path) -> None:
