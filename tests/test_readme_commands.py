@@ -243,8 +243,8 @@ def run_benchmark_imports(env: MainEnv, tiny: Path, tmp: Path) -> None:
 # the command (as resolve() gives it) -> a real run at a tiny scale; slow: several seconds on 2 cores
 REAL: dict[str, tuple[Callable[[MainEnv, Path, Path], None], bool]] = {
     "harness course init": (run_course, False), "harness course show": (run_course, False),
-    "harness data prepare": (run_data, False), "harness data show": (run_data, False),
-    "harness inspect": (run_inspect, False), "harness eval": (run_eval, True),
+    "harness data prepare": (run_data, True), "harness data show": (run_data, True),
+    "harness inspect": (run_inspect, True), "harness eval": (run_eval, True),
     "harness check": (run_check, True), "harness grade": (run_grade, True),
     "harness reference train": (run_train_and_compare, True), "harness report compare": (run_train_and_compare, True),
     "python -m benchmarks": (run_benchmark_imports, False),
