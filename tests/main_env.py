@@ -1,5 +1,5 @@
 """A Python environment holding only the main dependencies (`[project] dependencies` of pyproject.toml and
-what they require, transitively), built in a second from the environment the tests run in.
+what they require, transitively), built in a couple of seconds from the environment the tests run in.
 
 `make demo` and `make bench` run in the venv that `scripts/setup.sh` makes without `--test`: the main
 dependencies and nothing else. The tests run where pytest, lm-eval and ray are importable, so a command that
