@@ -1,4 +1,5 @@
-# The README's two commands. Each sets up .venv (scripts/setup.sh) and then runs its job.
+# The README's two commands, and `make bench`. Each sets up .venv (scripts/setup.sh; the test extras only for
+# `make test`) and then runs its job; tests/test_readme_commands.py reads these recipes.
 .PHONY: demo test bench
 
 demo:

@@ -22,7 +22,9 @@ best of each. `--quick` cuts sizes and rounds (a few minutes on 2 cores; grade t
 the class), `--tiny` to the least that runs (for the tests: its figures mean little; grade takes a class of
 two submissions written on the spot). The test-scale class is written once and kept in the harness's cache
 (`$HARNESS_CACHE/bench/`, about 130 MB). The combined table is printed, and appended to BENCHMARKS.md as
-a dated section named after the machine unless `--no-append`.
+a dated section named after the machine unless `--no-append`. A benchmark that fails is one row saying so
+and why (its traceback goes to stderr); the others are still measured and the table is still appended, and
+the exit status is 1.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def run_report(size: dict, device: str, log: Callable[[str], None]) -> list[dict
                           out=Path(tmp))[0]
     wall, cpu = statistics.mean(r["renders_s"]), statistics.mean(r["cpu_s"])
     n = len(r["per_student_s"])
-    renders = f"{len(r['renders_s'])} warm renders of {n} student{'s' * (n > 1)} (tests' example class)"
+    renders = f"{len(r['renders_s'])} warm renders of {n} student{'s' * (n > 1)} (harness.example_results)"
     stages = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in r["stages_s"].items())
     class_s = f"; class report {r['class_report_s']:.1f} s" if r["class_report_s"] is not None else ""
     log(f"student PDF: mean {wall:.2f} s wall, {cpu:.2f} s CPU; cold {r['cold_s']:.2f} s{class_s}")
@@ -192,6 +194,14 @@ def run_scaling(size: dict, device: str, log: Callable[[str], None]) -> list[dic
                         f"ideal (linear) {r['ideal_ratio']:.2f}x, vs linear {r['vs_linear']:.2f}; {how}; best of "
                         f"{size['rounds']} interleaved rounds"))
     return rows
+
+
+def failure_note(e: BaseException) -> str:
+    """The failed row's notes: the exception's type and first line, and where in our code it was raised."""
+    first = next((line for line in str(e).splitlines() if line.strip()), "")
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).is_relative_to(ROOT)]
+    where = f" (at {Path(frames[-1].filename).relative_to(ROOT)}:{frames[-1].lineno})" if frames else ""
+    return f"{type(e).__name__}{': ' + first if first else ''}{where}"
 
 
 RUNNERS = {"eval": run_eval, "train": run_train, "grade": run_grade, "report": run_report, "scaling": run_scaling}
@@ -290,10 +300,10 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             got = RUNNERS[name](SIZES[mode][name], a.device, log)
-        except Exception as e:  # one benchmark's failure is a row; the others still run
+        except Exception as e:  # one benchmark's failure is a row; the others still run and are kept
             traceback.print_exc()
             failed.append(name)
-            got = [row(name, "failed", None, None, "", None, f"{type(e).__name__}: {e}".splitlines()[0])]
+            got = [row(name, "failed", None, None, "", None, failure_note(e))]
         log(f"done in {time.perf_counter() - t0:.0f} s")
         rows.extend(got)
     seconds = time.perf_counter() - t_all
@@ -310,13 +320,16 @@ def main() -> int:
                           "failed": failed, "rows": rows}, indent=2))
     else:
         print(f"{title}\n\n{summary}\n\n{table(rows)}")
-    if failed:
-        print(f"error: {', '.join(failed)} failed (see above); nothing was appended", file=sys.stderr)
-        return 1
     if not a.no_append:
         with open(a.append, "a", encoding="utf-8") as f:
             f.write(f"\n{title}\n\n{summary}\n\n{table(rows)}\n")
-        print(f"appended to {a.append}", file=sys.stderr)
+        print(f"appended to {a.append}" + (f", {len(failed)} benchmark(s) as a failed row" if failed else ""),
+              file=sys.stderr)
+    if failed:
+        kept = "the other rows were kept" + (f" and appended to {a.append}" if not a.no_append else "")
+        print(f"error: {', '.join(failed)} failed (see the traceback above and the table's failed row); {kept}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

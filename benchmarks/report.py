@@ -3,8 +3,9 @@ report and a comparison, with each student report split into its stages.
 
     python benchmarks/report.py [--repeat 5] [--out DIR]
 
-Results: the test suite's example class (tests/test_report.py: six submissions modelled on the seeds —
-a GPT with an epoch curve, one with training claims only, an error, a step curve, an MLM, a look-ahead copy).
+Results: the example results the report tests render too (`harness.example_results`: six submissions modelled on
+the seeds — a GPT with an epoch curve, one with training claims only, an error, a step curve, an MLM, a look-ahead
+copy).
 Stages of one student report: context (numbers formatted, matplotlib figures drawn to SVG), HTML (Jinja),
 layout (WeasyPrint), PDF (drawing, font subsetting, writing). The first render also pays for imports and
 font loading; it is reported apart. Aim: under 2 s per student PDF. Wall time and this process's CPU time
@@ -25,9 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from test_report import make_results  # noqa: E402  (the tests' example class)
+from harness.example_results import make_results  # noqa: E402
 
 
 def measure(*, repeat: int = 3, out: Path | None = None, students: int | None = None,

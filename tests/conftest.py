@@ -19,6 +19,16 @@ def _cache(tmp_path_factory):
     os.environ["HARNESS_CACHE"] = str(tmp_path_factory.mktemp("harness-cache"))
 
 
+@pytest.fixture(scope="session")
+def main_env(tmp_path_factory):
+    """A venv with only the main dependencies, `harness` the tree under test (see main_env.py)."""
+    from main_env import build
+
+    env = build(tmp_path_factory.mktemp("main-env") / "venv")
+    env.check()
+    return env
+
+
 @pytest.fixture()
 def run_cli():
     """Run the real `harness` command line in a subprocess."""

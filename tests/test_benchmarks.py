@@ -1,4 +1,5 @@
-"""The benchmark suite's smallest path, run for real: `python -m benchmarks --tiny` in a subprocess."""
+"""The benchmark suite's smallest path, run for real: `python -m benchmarks --tiny` in a subprocess, in the
+environment `make bench` gets (the main dependencies only: no pytest, lm-eval or ray; tests/main_env.py)."""
 
 import json
 import math
@@ -19,10 +20,11 @@ def suite(*args, timeout=300):
 
 
 @pytest.mark.slow
-def test_tiny_suite_gives_well_formed_rows_for_every_benchmark(tmp_path):
+def test_tiny_suite_gives_well_formed_rows_for_every_benchmark(tmp_path, main_env):
     target = tmp_path / "BENCH.md"
     target.write_text("# Benchmarks\n")
-    proc = suite("--tiny", "--json", "--append", str(target))
+    proc = main_env.run(["python", "-m", "benchmarks", "--tiny", "--json", "--append", str(target)], cwd=ROOT,
+                        timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout)
     assert out["failed"] == [] and out["mode"] == "tiny"
@@ -56,3 +58,29 @@ def test_cuda_without_a_gpu_is_one_clear_sentence():
     proc = suite("--device", "cuda", "--no-append", timeout=60)
     assert_one_line_error(proc, "--device cuda", "no CUDA device")
     assert proc.stdout == ""
+
+
+@pytest.mark.slow
+def test_a_failing_benchmark_is_a_row_and_the_others_are_kept(tmp_path, main_env):
+    """A real failure: the harness's cache is a file, so train cannot freeze its data; eval reads the data
+    without the cache and still measures. The table keeps eval's rows beside train's failed one."""
+    cache = tmp_path / "cache-is-a-file"
+    cache.write_text("not a folder")
+    target = tmp_path / "BENCH.md"
+    target.write_text("# Benchmarks\n")
+    proc = main_env.run(["python", "-m", "benchmarks", "--tiny", "--only", "eval,train", "--append", str(target)],
+                        cwd=ROOT, timeout=300, HARNESS_CACHE=str(cache))
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "NotADirectoryError" in proc.stderr  # the traceback, for whoever looks into it
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: train failed") and f"appended to {target}" in last, last
+
+    text = target.read_text()
+    assert text.count("### Suite run ") == 1
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| benchmark")]
+    assert [r.split("|")[1].strip() for r in rows] == ["eval", "eval", "train"], rows
+    failed = [c.strip() for c in rows[-1].strip("|").split("|")]
+    assert failed[1:5] == ["failed", "—", "—", "—"], failed
+    assert failed[5].startswith("NotADirectoryError: ") and str(cache) in failed[5] and "(at harness/" in failed[5]
+    assert all("x |" in r for r in rows[:2])  # eval's rows have their ratios
+    assert proc.stdout.strip().endswith(rows[-1])  # the printed table is the appended one
