@@ -153,7 +153,8 @@ def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[
     except HarnessError as e:
         if e.code != "tokenizer-unavailable" or folder is None:
             raise
-        shipped = sorted(folder.rglob("tokenizer.json")) + sorted(folder.rglob("vocab.txt"))
+        shipped = [p for name in ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
+                   for p in sorted(folder.rglob(name))]
         if not shipped:
             raise
         if warnings is not None:
@@ -296,7 +297,8 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         result["warnings"] += d["warnings"]
         result["pad_id"] = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
     result["tokenizer"] = {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
-                           "sha256": tokenizer.sha256, "named_by_student": named}
+                           "sha256": tokenizer.sha256, "named_by_student": named,
+                           "roles": tokenizer.describe().get("roles")}
 
     if job.signature_path:
         key, sig = _signature(state)
