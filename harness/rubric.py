@@ -75,8 +75,8 @@ def _bits_per_byte(c: Criterion, m: dict[str, Any], reference: dict[str, Any] | 
     if bpb <= full:
         return c.points, f"{bpb:.3f} bits per byte ≤ {full:.3f} ({anchor})"
     if unigram is None or bpb >= unigram or unigram <= full:
-        return 0.0, (f"{bpb:.3f} bits per byte is no better than the unigram baseline's {unigram:.3f}" if unigram
-                     else f"{bpb:.3f} bits per byte > {full:.3f} ({anchor})")
+        return 0.0, (f"{bpb:.3f} bits per byte is no better than the unigram baseline's {unigram:.3f} "
+                     f"(full marks at {full:.3f}: {anchor})" if unigram else f"{bpb:.3f} bits per byte > {full:.3f} ({anchor})")
     frac = (unigram - bpb) / (unigram - full)
     return c.points * frac, (f"{bpb:.3f} bits per byte: {frac:.0%} of the way from the unigram baseline's "
                              f"{unigram:.3f} to full marks at {full:.3f} ({anchor})")

@@ -353,3 +353,35 @@ def test_the_leaderboard_ranks_by_bits_per_byte_when_tokenizers_differ():
     assert [r["id"] for r in rows] == ["b", "a"] and rows[0]["bpb"] == "1.200"
     rows = class_context({"submissions": subs, "rank_metric": "ppl"})["rows"]
     assert [r["id"] for r in rows] == ["a", "b"]
+
+
+@pytest.mark.slow  # two measurements, each reading its weights in a child process
+def test_a_students_own_tokenizer_is_scored_in_bits_per_byte_against_a_gpt2_reference(tmp_path):
+    """Measured as grading measures (the reference like a submission), then assembled and scored."""
+    from harness.grade import REFERENCE_ID, _reference, assemble
+    from harness.course import load_course
+
+    course_path = _course(tmp_path)
+    torch.manual_seed(1)
+    save_canonical(GPT(GPTConfig(vocab_size=50257, context=256, n_layers=1, d_model=32, n_heads=2)).eval(),
+                   tmp_path / "no-reference-gpt")  # the course's reference path, now holding a GPT-2-vocabulary model
+    tok = _byte_level_bpe(["<|endoftext|>"])
+    (tmp_path / "sub").mkdir()
+    tok.save(str(tmp_path / "sub" / "tokenizer.json"))
+    student = _measure(_submission(tmp_path, _tiny_gpt(tok.get_vocab_size()), "gpt", "tokenizer.json"), course_path)
+    ref_id = REFERENCE_ID.format("gpt")
+    measured = {ref_id: measure(Job(id=ref_id, paths=[str(tmp_path / "no-reference-gpt")], course_path=str(course_path)))}
+    course = load_course(course_path)
+    reference = _reference(course, measured)
+    results = assemble(course, [student], reference, tmp_path / "cache", [])
+    s, ref = results["submissions"][0], results["reference"]["gpt"]
+    assert s["status"] == "graded" and ref["tokenizer"]["name"] == "gpt2" and ref["bits_per_byte"] > 0
+    assert s["tokenizer"]["sha256"] != ref["tokenizer"]["sha256"] and results["rank_metric"] == "ppl"  # one student
+    why = s["score"]["criteria"][0]["why"]
+    assert "bits per byte" in why and "the reference counts tokens of gpt2" in why
+    m = s["metrics"]
+    full = ref["bits_per_byte"] * (ref["loss"] + math.log(1.1)) / ref["loss"]
+    unigram = m["bits_per_byte"] * m["unigram_loss"] / m["loss"]
+    expected = 35.0 if m["bits_per_byte"] <= full else 35.0 * max(0.0, min(1.0, (unigram - m["bits_per_byte"])
+                                                                            / (unigram - full)))
+    assert s["score"]["criteria"][0]["points"] == pytest.approx(round(expected, 2))
