@@ -216,13 +216,15 @@ class HuggingFaceTokenizer(Tokenizer):
     @cached_property
     def sha256(self) -> str:
         # what decides the ids: the vocabulary with its merges (the model), normalisation, pre-tokenisation,
-        # and which ids are special; not the class that wraps them (a folder and its vocab.txt agree)
+        # which ids are special and what each is for (EOT joins the documents); not the class that wraps
+        # them (a folder and its vocab.txt agree)
         backend = getattr(self._tok, "backend_tokenizer", None)
         spec = json.loads(backend.to_str()) if backend is not None else {}
         return fingerprint(
             {"kind": "huggingface", "vocab": sorted(self._tok.get_vocab().items()),
              "model": spec.get("model"), "normalizer": spec.get("normalizer"),
-             "pre_tokenizer": spec.get("pre_tokenizer"), "special": sorted(self._special)}
+             "pre_tokenizer": spec.get("pre_tokenizer"), "special": sorted(self._special),
+             "roles": [self.eot_id, self.cls_id, self.sep_id, self.mask_id, self.pad_id]}
         )
 
 

@@ -385,3 +385,18 @@ def test_a_students_own_tokenizer_is_scored_in_bits_per_byte_against_a_gpt2_refe
     expected = 35.0 if m["bits_per_byte"] <= full else 35.0 * max(0.0, min(1.0, (unigram - m["bits_per_byte"])
                                                                             / (unigram - full)))
     assert s["score"]["criteria"][0]["points"] == pytest.approx(round(expected, 2))
+
+
+def test_the_fingerprint_follows_the_merges_and_the_roles(tmp_path):
+    """Data is frozen per tokenizer: another merge order, or another eos named in tokenizer_config.json,
+    freezes anew; the same files give the same fingerprint."""
+    tok = _byte_level_bpe(["<|endoftext|>", "<|im_end|>"])
+    for name in ("a", "b", "c"):
+        tok.model.save(str((tmp_path / name).mkdir() or tmp_path / name))
+    merges = (tmp_path / "b" / "merges.txt").read_text().splitlines()
+    (tmp_path / "b" / "merges.txt").write_text("\n".join([merges[0], merges[2], merges[1], *merges[3:]]) + "\n")
+    (tmp_path / "c" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    a, b, c = (get_tokenizer(str(tmp_path / n)) for n in ("a", "b", "c"))
+    assert a.sha256 == get_tokenizer(str(tmp_path / "a" / "merges.txt")).sha256
+    assert c.eot_id == tok.token_to_id("<|im_end|>") and c.roles["eos"].source == "tokenizer_config.json eos_token"
+    assert len({a.sha256, b.sha256, c.sha256}) == 3
