@@ -400,3 +400,24 @@ def test_the_fingerprint_follows_the_merges_and_the_roles(tmp_path):
     assert a.sha256 == get_tokenizer(str(tmp_path / "a" / "merges.txt")).sha256
     assert c.eot_id == tok.token_to_id("<|im_end|>") and c.roles["eos"].source == "tokenizer_config.json eos_token"
     assert len({a.sha256, b.sha256, c.sha256}) == 3
+
+
+def test_a_tokenizer_named_outside_the_submission_is_refused(tmp_path):
+    from harness.course import load_course
+    from harness.measure import _tokenizer_for
+    from harness.submission import read_submission
+
+    tok = _byte_level_bpe(["<|endoftext|>"])
+    tok.save(str(tmp_path / "tokenizer.json"))  # beside the submission, not in it
+    course = load_course(_course(tmp_path / "c"))
+    for named in ("../tokenizer.json", str(tmp_path / "tokenizer.json"), "link.json", "inside.json"):
+        sub = _submission(tmp_path, _tiny_gpt(8), "gpt", named)
+        (sub / "link.json").unlink(missing_ok=True)
+        (sub / "link.json").symlink_to(tmp_path / "tokenizer.json")
+        shutil.copy(tmp_path / "tokenizer.json", sub / "inside.json")
+        if named == "inside.json":
+            assert _tokenizer_for("gpt", read_submission("sub", sub), course, sub)[0].eot_id == 0
+            continue
+        with pytest.raises(HarnessError) as e:
+            _tokenizer_for("gpt", read_submission("sub", sub), course, sub)
+        assert e.value.code == "submission-invalid" and "outside the submission" in e.value.message, named
