@@ -434,17 +434,14 @@ def _wrap_backend(name: str, backend, folder: Path, spec: dict | None) -> Huggin
     if spec is not None:
         named.append(("tokenizer.json post_processor", _post_processor_roles(spec)))
     roles = resolve_roles(named, backend.token_to_id)
-    special = set()
-    added = (spec or {}).get("added_tokens") or []
-    for t in added:  # tokenizer.json's own special tokens
-        if isinstance(t, dict) and t.get("special") is True and isinstance(t.get("id"), int):
-            special.add(t["id"])
-    for _, value in side:  # tokenizer_config.json's added_tokens_decoder {id: {content, special}}
+    # tokenizer.json's own special tokens, and tokenizer_config.json's added_tokens_decoder
+    # {id: {content, special}}; ids as the tokenizer itself gives them, not as the lists claim
+    listed = list((spec or {}).get("added_tokens") or [])
+    for _, value in side:
         decoder = value.get("added_tokens_decoder")
-        for t in (decoder.values() if isinstance(decoder, dict) else ()):
-            if isinstance(t, dict) and t.get("special") is True and (c := _content(t)) is not None:
-                if (i := backend.token_to_id(c)) is not None:
-                    special.add(i)
+        listed += list(decoder.values()) if isinstance(decoder, dict) else []
+    special = {i for t in listed if isinstance(t, dict) and t.get("special") is True and (c := _content(t)) is not None
+               and (i := backend.token_to_id(c)) is not None}
     return HuggingFaceTokenizer(name, transformers.PreTrainedTokenizerFast(tokenizer_object=backend), roles, special)
 
 
@@ -522,7 +519,11 @@ def _from_sentencepiece(path: Path) -> SentencePieceTokenizer:
 
 def _from_vocab_txt(path: Path) -> HuggingFaceTokenizer:
     transformers = _quiet_transformers()
-    vocab = _read_limited(path, MAX_TOKENIZER_BYTES).decode("utf-8").splitlines()
+    try:
+        vocab = _read_limited(path, MAX_TOKENIZER_BYTES).decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise HarnessError("tokenizer-invalid", f"{path.name} is not UTF-8 text (byte {e.start}); a WordPiece "
+                           "vocab.txt holds one token per line") from None
     side = _side_files(path.parent)
     lower = next((v["do_lower_case"] for _, v in side if isinstance(v.get("do_lower_case"), bool)), None)
     if lower is None:  # cased only if it holds capitals
