@@ -278,6 +278,8 @@ def test_a_malformed_tokenizer_json_is_one_clear_line(tmp_path, content, words):
         get_tokenizer(str(tmp_path / "tokenizer.json"))
     assert e.value.code == "tokenizer-invalid" and words in e.value.message and "\n" not in e.value.message
 
+    if "Nonsense" not in content:
+        return  # through grading once: the result holds the same one line
     sub = _submission(tmp_path, _tiny_gpt(50), "gpt", "tokenizer.json")
     shutil.copy(tmp_path / "tokenizer.json", sub / "tokenizer.json")
     result = measure(Job(id="sub", paths=[str(sub)], course_path=str(_course(tmp_path / "c"))))
