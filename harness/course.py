@@ -19,6 +19,9 @@ PROTOCOLS = {"clm": ("clm-v1",), "mlm": ("mlm-v1",)}
 RUBRIC_KINDS = ("loads", "architecture", "perplexity", "validation", "claims", "causal")
 REQUIREMENT_KEYS = ("n_layers", "d_model", "n_heads", "context", "d_ff", "params")
 FAMILIES = ("gpt", "mlm")
+# what the perplexity criterion compares with the reference's: perplexity, bits per byte (comparable across
+# tokenizers), or auto: perplexity where the submission's tokenizer is the reference's, bits per byte where not
+PERPLEXITY_METRICS = ("auto", "ppl", "bits_per_byte")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Criterion:
     kind: str
     points: float
     full_ratio: float = 1.10  # perplexity: full points up to this multiple of the reference's ppl
+    metric: str = "auto"  # perplexity: one of PERPLEXITY_METRICS
 
 
 @dataclass(frozen=True)
@@ -167,14 +171,16 @@ def _rubric(items: Any) -> tuple[Criterion, ...]:
         raise HarnessError("course-invalid", "rubric must be a non-empty list of [[rubric]] tables")
     criteria = []
     for i, item in enumerate(items):
-        r = _Reader(f"rubric[{i}]", item, ("name", "kind", "points", "full_ratio"))
+        r = _Reader(f"rubric[{i}]", item, ("name", "kind", "points", "full_ratio", "metric"))
         points = r.get("points", (int, float))
         if points < 0:
             raise HarnessError("course-invalid", f"rubric[{i}].points must be ≥ 0, not {points}")
         ratio = r.get("full_ratio", (int, float), 1.10)
         if ratio < 1:
             raise HarnessError("course-invalid", f"rubric[{i}].full_ratio must be ≥ 1, not {ratio}")
-        criteria.append(Criterion(r.get("name", str), r.get("kind", str, choices=RUBRIC_KINDS), float(points), float(ratio)))
+        metric = r.get("metric", str, "auto", choices=PERPLEXITY_METRICS)
+        criteria.append(Criterion(r.get("name", str), r.get("kind", str, choices=RUBRIC_KINDS), float(points), float(ratio),
+                                  metric))
     names = [c.name for c in criteria]
     if len(set(names)) != len(names):
         raise HarnessError("course-invalid", "rubric criteria must have distinct names")

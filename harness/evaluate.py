@@ -585,7 +585,8 @@ def _mlm_ids(tokenizer: Any) -> tuple[int, int, int]:
     missing = [n for n in ("cls_id", "sep_id", "mask_id") if getattr(tokenizer, n, None) is None]
     if missing:
         raise HarnessError("tokenizer-not-mlm", f"tokenizer {tokenizer.name!r} has no {', '.join(missing)}; "
-                           "mlm-v1 needs [CLS], [SEP] and [MASK] tokens (use a BERT-style tokenizer)")
+                           "mlm-v1 needs [CLS], [SEP] and [MASK] tokens: name them in the tokenizer_config.json "
+                           "beside it (cls_token, sep_token, mask_token), or use a BERT-style tokenizer")
     return int(tokenizer.cls_id), int(tokenizer.sep_id), int(tokenizer.mask_id)
 
 

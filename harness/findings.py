@@ -37,7 +37,8 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "the learning rate, clip gradients, and save a checkpoint from before the divergence."),
     "vocab-mismatch": (ERROR, "Output size matches no known tokenizer",
         "The model's output layer does not match the tokenizer it should use, so it cannot be scored on the "
-        "course's data. Use the tokenizer's full vocabulary size (GPT-2: 50,257) for the embedding and head."),
+        "course's data. Use the tokenizer's full vocabulary size (GPT-2: 50,257) for the embedding and head; if you "
+        "trained your own tokenizer, hand in its files and name them in submission.toml (tokenizer = \"tokenizer.json\")."),
     "causal-leak": (ERROR, "The model looks ahead",
         "Changing a later token changed the predictions for earlier positions: attention is not causally "
         "masked, so the model saw the answer during training and its perplexity is not valid. Pass a causal "

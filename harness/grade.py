@@ -148,9 +148,21 @@ def _reference(course: Course, measured: dict[str, dict[str, Any]]) -> dict[str,
             for row in csv.DictReader(io.StringIO((folder / "metrics.csv").read_text())):
                 curve.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
         out[family] = {"path": course.references[family], "loss": m["metrics"]["loss"], "ppl": m["metrics"]["ppl"],
+                       "bits_per_byte": m["metrics"].get("bits_per_byte"), "tokenizer": m.get("tokenizer"),
                        "params": (m.get("model") or {}).get("params"), "model": m.get("model"),
                        "checkpoint": m.get("checkpoint"), "curve": curve}
     return out
+
+
+def rank_metric(course: Course, measured: list[dict[str, Any]]) -> str:
+    """What orders submissions of equal score: `ppl`, or `bits_per_byte` where the course's perplexity
+    criterion says so or (`auto`) where the graded causal models do not all share one tokenizer."""
+    metric = next((c.metric for c in course.rubric if c.kind == "perplexity"), "auto")
+    if metric != "auto":
+        return metric
+    tokenizers = {(m.get("tokenizer") or {}).get("sha256") for m in measured
+                  if (m.get("model") or {}).get("family") == "gpt" and m.get("metrics")}
+    return "bits_per_byte" if len(tokenizers - {None}) > 1 else "ppl"
 
 
 def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str, Any], cache_dir: Path,
@@ -170,7 +182,7 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
         for s in similar:
             fs.append(finding("similar-weights", f"Weights {s['similarity']:.4f} similar to submission {s['id']}.",
                               grader_only=True))
-        sc = score(ev, fs, course, ref.get("ppl"), overrides)
+        sc = score(ev, fs, course, ref.get("ppl"), overrides, reference=ref)
         subs.append({
             "id": ev.id, "student": ev.student, "status": m["status"], "error": m.get("error"),
             "checkpoint": m.get("checkpoint"), "model": m.get("model"), "metrics": m.get("metrics"),
@@ -194,6 +206,7 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
                      "mlm": {"protocol": course.mlm.protocol, "context": course.mlm.context, "seed": course.mlm.seed,
                              "max_tokens": course.mlm.max_tokens or None, "tokenizer": course.mlm.tokenizer}},
         "reference": reference,
+        "rank_metric": rank_metric(course, measured),
         "similar_pairs": pairs,
         "submissions": subs,
     }

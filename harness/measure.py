@@ -140,6 +140,11 @@ def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[
     folder = root if root.is_dir() else None
     if sub is not None and sub.tokenizer:
         inside = folder / sub.tokenizer if folder is not None else None
+        named = Path(sub.tokenizer)
+        if named.is_absolute() or ".." in named.parts or inside is not None and inside.exists() \
+                and not inside.resolve().is_relative_to(folder.resolve()):
+            raise HarnessError("submission-invalid", f"submission.toml names tokenizer {sub.tokenizer!r}, outside "
+                               "the submission; name a file or folder inside it, or a tokenizer's name")
         if inside is not None and inside.exists():
             return get_tokenizer(str(inside)), True
         return get_tokenizer(sub.tokenizer), True
@@ -149,7 +154,8 @@ def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[
     except HarnessError as e:
         if e.code != "tokenizer-unavailable" or folder is None:
             raise
-        shipped = sorted(folder.rglob("tokenizer.json")) + sorted(folder.rglob("vocab.txt"))
+        shipped = [p for name in ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
+                   for p in sorted(folder.rglob(name))]
         if not shipped:
             raise
         if warnings is not None:
@@ -296,7 +302,8 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         result["warnings"] += d["warnings"]
         result["pad_id"] = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
     result["tokenizer"] = {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
-                           "sha256": tokenizer.sha256, "named_by_student": named}
+                           "sha256": tokenizer.sha256, "named_by_student": named,
+                           "roles": tokenizer.describe().get("roles")}
 
     if job.signature_path:
         key, sig = _signature(state)

@@ -658,7 +658,8 @@ def render_student_report(results: dict, submission_id: str, out_pdf: Path | str
 
 
 def _rank(rows: list[dict]) -> None:
-    """Competition ranking (1, 1, 3) of graded rows by score, then perplexity; errors unranked."""
+    """Competition ranking (1, 1, 3) of graded rows by score, then perplexity (or bits per byte, where the
+    class's tokenizers differ); errors unranked."""
     prev, rank = None, 0
     for i, r in enumerate(rows):
         if r["status"] != "graded":
@@ -674,17 +675,20 @@ def class_context(results: dict, *, grader: bool = True) -> dict:
     subs = list(results.get("submissions") or ())
     mx = next((s["score"]["max"] for s in subs if _finite((s.get("score") or {}).get("max"))), 100.0)
     rows = []
+    by_bpb = results.get("rank_metric") == "bits_per_byte"  # per-token numbers of different tokenizers
     for s in subs:
         m = s.get("metrics") or {}
         score = (s.get("score") or {}).get("total")
+        tie = m.get("bits_per_byte") if by_bpb else m.get("ppl")
         graded = s.get("status") == "graded" and bool(m)
         findings = _findings(s, grader)
         rows.append({"id": s.get("id"), "student": s.get("student") or DASH,
                      "status": "graded" if graded else "error",
                      "score": fmt_points(score), "ppl": fmt_ppl(m.get("ppl")), "loss": fmt_loss(m.get("loss")),
+                     "bpb": fmt_loss(m.get("bits_per_byte")),
                      "family": _family(s), "findings": findings, "_total": score,
                      "_score": -(score if _finite(score) else -1),
-                     "_ppl": m.get("ppl") if _finite(m.get("ppl")) else math.inf})
+                     "_ppl": tie if _finite(tie) else math.inf})
     rows.sort(key=lambda r: (r["status"] != "graded", r["_score"], r["_ppl"], str(r["id"])))
     for r, text in zip(rows, fmt_points_column([r["_total"] for r in rows])):
         r["score"] = text
@@ -761,6 +765,7 @@ def class_context(results: dict, *, grader: bool = True) -> dict:
         "generated": _created(results),
         "stats": stats,
         "rows": rows,
+        "by_bpb": by_bpb,
         "max": fmt_points(mx),
         "dist_svg": dist_svg,
         "scatter_svg": scatter_svg,

@@ -43,7 +43,47 @@ def _codes(findings: list[Finding]) -> set[str]:
     return {f.code for f in findings}
 
 
-def _perplexity(c: Criterion, ev: Evaluation, findings: list[Finding], reference_ppl: float | None) -> tuple[float, str]:
+def _other_vocabulary(ev: Evaluation, reference: dict[str, Any] | None) -> str | None:
+    """The reference's tokenizer name where it is not the submission's (their numbers per token then
+    count different tokens), else None. Unknown fingerprints (older results) count as the same."""
+    ref_tok = (reference or {}).get("tokenizer") or {}
+    own = (ev.tokenizer or {}).get("sha256")
+    if ref_tok.get("sha256") and own and ref_tok["sha256"] != own:
+        return str(ref_tok.get("name") or "another tokenizer")
+    return None
+
+
+def _bits_per_byte(c: Criterion, m: dict[str, Any], reference: dict[str, Any] | None,
+                   anchor_note: str = "") -> tuple[float, str]:
+    """The perplexity criterion in bits per byte, which counts the same text whatever the tokenizer. Per
+    token, log-perplexity and bits per byte are proportional (the tokens' bytes are fixed), so the scale
+    is the perplexity scale's: full marks at the reference's bits per byte had its perplexity been
+    full_ratio × higher, none at the unigram baseline (in bits per byte: its loss × this text's bytes)."""
+    bpb, loss = m["bits_per_byte"], m["loss"]
+    per_nat = bpb / loss if loss > 0 else None  # bits per byte per nat per token, for this tokenization
+    unigram = per_nat * m["unigram_loss"] if per_nat and m.get("unigram_loss") is not None else None
+    ref_bpb, ref_loss = (reference or {}).get("bits_per_byte"), (reference or {}).get("loss")
+    if ref_bpb and ref_loss and ref_loss > 0:
+        full = ref_bpb * (ref_loss + math.log(c.full_ratio)) / ref_loss
+        anchor = f"reference {ref_bpb:.3f} bits per byte at {c.full_ratio:g} × its perplexity"
+    elif unigram is not None:
+        full = unigram - per_nat * math.log(2)
+        anchor = "no reference model: half the unigram baseline's perplexity"
+    else:
+        return 0.0, "no reference and no baseline to compare with"
+    anchor += anchor_note
+    if bpb <= full:
+        return c.points, f"{bpb:.3f} bits per byte ≤ {full:.3f} ({anchor})"
+    if unigram is None or bpb >= unigram or unigram <= full:
+        return 0.0, (f"{bpb:.3f} bits per byte is no better than the unigram baseline's {unigram:.3f} "
+                     f"(full marks at {full:.3f}: {anchor})" if unigram else f"{bpb:.3f} bits per byte > {full:.3f} ({anchor})")
+    frac = (unigram - bpb) / (unigram - full)
+    return c.points * frac, (f"{bpb:.3f} bits per byte: {frac:.0%} of the way from the unigram baseline's "
+                             f"{unigram:.3f} to full marks at {full:.3f} ({anchor})")
+
+
+def _perplexity(c: Criterion, ev: Evaluation, findings: list[Finding], reference_ppl: float | None,
+                reference: dict[str, Any] | None = None) -> tuple[float, str]:
     m = ev.metrics
     if not m:
         return 0.0, "no recomputed perplexity"
@@ -51,6 +91,20 @@ def _perplexity(c: Criterion, ev: Evaluation, findings: list[Finding], reference
         return 0.0, f"perplexity {m['ppl']:.1f} is invalid: the model looks ahead"
     if m.get("partial"):
         return 0.0, f"perplexity {m['ppl']:.1f} is not comparable: {m['partial']}"
+    if reference_ppl is None and reference:
+        reference_ppl = reference.get("ppl")
+    other = _other_vocabulary(ev, reference)
+    note = ""
+    if c.metric == "bits_per_byte" or c.metric == "auto" and other:
+        if m.get("bits_per_byte") is not None and (not reference_ppl or (reference or {}).get("bits_per_byte")):
+            why = f"; in bits per byte: the reference counts tokens of {other}" if other else ""
+            return _bits_per_byte(c, m, reference if reference_ppl else None, why)
+        note = "; no bits per byte to compare (a masked LM, or a reference measured before they were recorded)"
+    if other and c.metric == "ppl":  # asked for exactly this: say what it means
+        note += f"; beware: the reference counts tokens of {other}, this submission those of its own tokenizer"
+    elif other:  # per-token numbers of two vocabularies do not compare
+        reference_ppl = None
+        note += f"; the reference's perplexity is not comparable: it counts tokens of {other}"
     unigram = math.exp(m["unigram_loss"]) if m.get("unigram_loss") is not None else None
     ppl = m["ppl"]
     if reference_ppl:
@@ -58,21 +112,25 @@ def _perplexity(c: Criterion, ev: Evaluation, findings: list[Finding], reference
         anchor = f"reference {reference_ppl:.1f}"
     elif unigram:
         full = unigram / 2
-        anchor = "no reference model: half the unigram baseline's perplexity"
+        anchor = "no reference model: half the unigram baseline's perplexity" if not other else \
+            "half the unigram baseline's perplexity"
     else:
-        return 0.0, "no reference and no baseline to compare with"
+        return 0.0, "no reference and no baseline to compare with" + note
     if ppl <= full:
-        return c.points, f"perplexity {ppl:.1f} ≤ {full:.1f} ({anchor}{f' × {c.full_ratio:g}' if reference_ppl else ''})"
+        return c.points, (f"perplexity {ppl:.1f} ≤ {full:.1f} ({anchor}{f' × {c.full_ratio:g}' if reference_ppl else ''})"
+                          f"{note}")
     if unigram is None or ppl >= unigram or unigram <= full:
-        return 0.0, f"perplexity {ppl:.1f} is no better than the unigram baseline {unigram:.1f}" if unigram else \
-            f"perplexity {ppl:.1f} > {full:.1f}"
+        return 0.0, (f"perplexity {ppl:.1f} is no better than the unigram baseline {unigram:.1f}" if unigram else
+                     f"perplexity {ppl:.1f} > {full:.1f}") + note
     # linear in log-perplexity between full marks and the unigram baseline
     frac = (math.log(unigram) - math.log(ppl)) / (math.log(unigram) - math.log(full))
     return c.points * frac, (f"perplexity {ppl:.1f}: {frac:.0%} of the way from the unigram baseline {unigram:.1f} "
-                             f"to full marks at {full:.1f} ({anchor})")
+                             f"to full marks at {full:.1f} ({anchor}){note}")
 
 
-def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], reference_ppl: float | None) -> CriterionScore:
+def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], reference_ppl: float | None,
+                    reference: dict[str, Any] | None = None) -> CriterionScore:
+    """`reference`: the reference model's measurement (loss, ppl, bits_per_byte, tokenizer), where known."""
     codes = _codes(findings)
     if c.kind == "loads":
         if ev.metrics:
@@ -98,7 +156,7 @@ def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], refer
         else:
             pts, why = c.points, "predictions do not depend on later tokens"
     elif c.kind == "perplexity":
-        pts, why = _perplexity(c, ev, findings, reference_ppl)
+        pts, why = _perplexity(c, ev, findings, reference_ppl, reference)
     elif c.kind == "validation":
         if ev.claims.has_validation:
             where = next((ev.claims.sources[k] for k in ("val_loss", "val_ppl", "val_bpb") if k in ev.claims.sources),
@@ -123,8 +181,8 @@ def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], refer
 
 
 def score(ev: Evaluation, findings: list[Finding], course: Course, reference_ppl: float | None = None,
-          overrides: list[dict[str, Any]] | None = None) -> Score:
-    criteria = [criterion_score(c, ev, findings, reference_ppl) for c in course.rubric]
+          overrides: list[dict[str, Any]] | None = None, reference: dict[str, Any] | None = None) -> Score:
+    criteria = [criterion_score(c, ev, findings, reference_ppl, reference) for c in course.rubric]
     applied = []
     total_override = None
     for o in overrides or ():
