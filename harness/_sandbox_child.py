@@ -72,8 +72,9 @@ def main() -> None:
                     caller.notes.append(f"the architecture could not be read from the module ({type(e).__name__})")
                 account.pop("config", None)
                 new, reported = caller.notes[reported:], len(caller.notes)
+                params = sum(p.numel() for p in model.parameters())  # tied weights once, buffers out
                 _write_frame(out_fd, {"ok": True, "n_outputs": n_outputs, "built": account, "architecture": arch,
-                                      "notes": new})
+                                      "params": int(params), "notes": new})
             elif header["op"] == "logits":
                 ids = torch.from_numpy(np.frombuffer(payload, dtype=np.int64).reshape(header["shape"]).copy())
                 logits = caller.logits(ids).contiguous().numpy()

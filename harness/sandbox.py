@@ -170,6 +170,7 @@ class SandboxedModel:
         self._n_outputs = int(reply["n_outputs"])
         self.built: dict[str, Any] = reply.get("built") or {}
         self.architecture: dict[str, dict[str, Any]] = reply.get("architecture") or {}
+        self.params: int | None = reply.get("params")
         self.notes += list(reply.get("notes") or ())
         if self.max_positions is None:
             self.max_positions = (self.architecture.get("context") or {}).get("value")

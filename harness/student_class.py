@@ -190,7 +190,8 @@ def _config_like(p: inspect.Parameter, n_params: int) -> bool:
     if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
         return False
     ann = p.annotation
-    if isinstance(ann, type) and ann.__module__ != "builtins" and not ann.__module__.startswith("torch"):
+    if ann is not p.empty and isinstance(ann, type) and ann.__module__ != "builtins" \
+            and not ann.__module__.startswith("torch"):
         return True
     if ann is dict:
         return True
@@ -200,6 +201,8 @@ def _config_like(p: inspect.Parameter, n_params: int) -> bool:
 
 def _annotation_class(p: inspect.Parameter, module: Any) -> type | None:
     ann = p.annotation
+    if ann is p.empty:
+        return None
     if isinstance(ann, str):  # `from __future__ import annotations`
         ann = getattr(module, ann.strip("'\""), None) or {"dict": dict, "Dict": dict}.get(ann.split("[")[0])
     if ann is dict or getattr(ann, "__origin__", None) is dict:
