@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-CONFIG_NAMES = re.compile(r"^(\w+_)?(config|cfg|conf|args|hparams|hyperparameters|settings|opts?)$", re.I)
+CONFIG_NAMES = re.compile(r"^(\w+_)?(config|cfg|conf|args|hp|hparams|hyperparameters|settings|opts?)$", re.I)
 NEVER_PASSED = {"device", "dtype", "compile", "init_from", "backend", "out_dir", "wandb_log", "wandb_project",
                 "wandb_run_name", "ddp", "master_process", "seed_offset", "code", "kwargs"}
 SPELLINGS = {
@@ -186,17 +186,13 @@ def _module_config_class(module: Any, cls: type) -> type | None:
     return dcs[0] if len(dcs) == 1 else None
 
 
-def _config_like(p: inspect.Parameter, n_params: int) -> bool:
+def _config_like(p: inspect.Parameter, n_params: int, module: Any) -> bool:
     if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
         return False
-    ann = p.annotation
-    if ann is not p.empty and isinstance(ann, type) and ann.__module__ != "builtins" \
-            and not ann.__module__.startswith("torch"):
+    ann = _annotation_class(p, module)
+    if ann is dict or ann is not None and ann.__module__ != "builtins" and not ann.__module__.startswith("torch"):
         return True
-    if ann is dict:
-        return True
-    return bool(CONFIG_NAMES.search(p.name)) or (n_params == 1 and p.default is p.empty and ann is p.empty
-                                                 and p.name in ("c", "C", "hp"))
+    return bool(CONFIG_NAMES.search(p.name)) or (n_params == 1 and p.default is p.empty and p.name in ("c", "C"))
 
 
 def _annotation_class(p: inspect.Parameter, module: Any) -> type | None:
@@ -274,7 +270,7 @@ def construct(cls: type, module: Any, stored: dict[str, Any], model_table: dict[
     params = [p for n, p in list(sig.parameters.items())[1:] if p.kind not in (p.VAR_POSITIONAL,)]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
     named = [p for p in params if p.kind is not p.VAR_KEYWORD]
-    config_params = [p for p in named if _config_like(p, len(named))]
+    config_params = [p for p in named if _config_like(p, len(named), module)]
     args: dict[str, Any] = {}
     how, dropped = "keywords", []
     if len(config_params) == 1:
@@ -293,6 +289,7 @@ def construct(cls: type, module: Any, stored: dict[str, Any], model_table: dict[
         how = "no arguments (the module's own values)"
     elif not config_params:
         dropped = sorted(k for k in values if k not in args)
+    dropped = [k for k in dropped if k not in args]  # a keyword beside the config object took it
     missing = [q.name for q in rest if q.default is q.empty and q.name not in args
                and q.kind is not q.VAR_KEYWORD]
     if missing:

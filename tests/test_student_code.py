@@ -43,7 +43,6 @@ from harness.grade import assemble
 from harness.measure import Job, measure
 from harness.tokenizers import get_tokenizer
 
-pytestmark = pytest.mark.slow
 
 TEXT = textwrap.dedent("""\
     The quick brown fox jumps over the lazy dog. A small language model learns which character comes next,
@@ -1098,6 +1097,7 @@ def _criterion(sub: dict, kind_name: str) -> dict:
 ARCH = "Architecture meets the requirements"
 
 
+@pytest.mark.slow  # seven submissions graded end to end: a reader and a sandbox process each
 @pytest.mark.parametrize("sid", sorted(set(SUBMISSIONS) - {"nanogpt_broken"}))
 def test_student_code_is_graded_through_the_sandbox_to_its_own_loss(graded, sid):
     r = graded["results"][sid]
@@ -1117,6 +1117,7 @@ EXPECTED_ARCH = {
 }
 
 
+@pytest.mark.slow  # seven submissions graded end to end: a reader and a sandbox process each
 @pytest.mark.parametrize("sid", sorted(EXPECTED_ARCH))
 def test_the_architecture_of_custom_code_is_read_with_its_sources(graded, sid):
     model = graded["results"][sid]["model"]
@@ -1125,6 +1126,7 @@ def test_the_architecture_of_custom_code_is_read_with_its_sources(graded, sid):
         assert (model["sources"][k] == "not verified") == (v is None), (k, model["sources"][k])
 
 
+@pytest.mark.slow  # seven submissions graded end to end: a reader and a sandbox process each
 def test_how_each_class_was_built_is_recorded(graded):
     built = {sid: graded["results"][sid]["model"]["built"] for sid in EXPECTED_ARCH}
     assert built["nanogpt"]["how"] == "GPTConfig(...)"
@@ -1138,6 +1140,7 @@ def test_how_each_class_was_built_is_recorded(graded):
     assert built["package"]["dropped"] == ["colour"]
 
 
+@pytest.mark.slow  # seven submissions graded end to end: a reader and a sandbox process each
 def test_how_forward_was_called_is_said(graded):
     notes = {sid: " ".join(graded["results"][sid]["warnings"]) for sid in EXPECTED_ARCH}
     assert "only the last position's logits" in notes["nanogpt"] and "targets" in notes["nanogpt"]
@@ -1146,6 +1149,7 @@ def test_how_forward_was_called_is_said(graded):
     assert "run alone" not in notes["ng_video"] + notes["nanogpt"] + notes["mingpt"]
 
 
+@pytest.mark.slow  # seven submissions graded end to end: a reader and a sandbox process each
 def test_what_cannot_be_verified_earns_no_architecture_points(graded):
     subs = graded["graded"]
     for sid in ("nanogpt", "mingpt", "ng_video", "cs336"):
@@ -1158,6 +1162,7 @@ def test_what_cannot_be_verified_earns_no_architecture_points(graded):
     assert "arch-requirements" in {f["code"] for f in subs["llms_from_scratch"]["findings"]}
 
 
+@pytest.mark.slow  # seven submissions graded end to end: a reader and a sandbox process each
 def test_broken_code_beside_recognisable_weights_is_graded_through_the_layout(graded):
     r = graded["results"]["nanogpt_broken"]
     assert r["status"] == "graded" and r["checkpoint"]["layout"] == "nanogpt"
@@ -1166,3 +1171,94 @@ def test_broken_code_beside_recognisable_weights_is_graded_through_the_layout(gr
     assert findings["model-code-fallback"]["severity"] == "warning"
     assert "flash_attn" in findings["model-code-fallback"]["message"]
     assert "model-code-failed" not in findings
+
+
+# --- the pieces that run inside the sandbox, in this process (fast) -----------------------------------
+
+
+def _module(tmp_path: Path, name: str, text: str):
+    from harness.student_class import import_class
+
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(text).lstrip())
+    return import_class(tmp_path, f"{name}.py:Model", tmp_path / "scratch")
+
+
+def test_a_string_annotated_config_dataclass_is_built_from_the_values(tmp_path):
+    from harness.student_class import construct
+
+    cls, module, _ = _module(tmp_path, "annotated", """
+        from __future__ import annotations
+        from dataclasses import dataclass
+        import torch.nn as nn
+
+        @dataclass
+        class Hyper:
+            width: int = 8
+            depth: int = 1
+
+        class Model(nn.Module):
+            def __init__(self, hp: Hyper, extra: int = 0):
+                super().__init__()
+                self.hp, self.extra = hp, extra
+                self.layers = nn.ModuleList([nn.Linear(hp.width, hp.width) for _ in range(hp.depth)])
+    """)
+    model, account = construct(cls, module, {"width": 16, "lr": 0.1}, {}, {"depth": 3, "extra": 2, "bogus": 1})
+    assert (model.hp.width, model.hp.depth, model.extra) == (16, 3, 2)
+    assert account["how"] == "Hyper(...)" and account["dropped"] == ["bogus"]
+    assert account["from"]["width"] == "checkpoint config" and account["from"]["depth"].endswith("[model.kwargs]")
+
+
+def test_a_constructor_that_lacks_a_value_says_which(tmp_path):
+    from harness.student_class import construct
+
+    cls, module, _ = _module(tmp_path, "needs", """
+        import torch.nn as nn
+
+        class Model(nn.Module):
+            def __init__(self, vocab_size, d_model, device=None):
+                super().__init__()
+    """)
+    with pytest.raises(TypeError, match="Model needs d_model"):
+        construct(cls, module, {"vocab_size": 10, "device": "cuda"}, {}, {})
+
+
+def test_a_forward_that_disagrees_at_batch_above_one_runs_one_window_at_a_time():
+    """A model that normalises over the batch (a BatchNorm-style slip) gives other logits in a batch."""
+    from harness.student_class import Caller
+
+    class Leaky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(7, 7)
+
+        def forward(self, idx):
+            x = self.emb(idx)
+            return x - x.mean(0, keepdim=True) + x.mean(0, keepdim=True).detach() * (idx.shape[0] == 1)
+
+    torch.manual_seed(0)
+    model = Leaky().eval()
+    caller = Caller(model)
+    ids = torch.randint(0, 7, (3, 5))
+    got = caller.logits(ids)
+    assert caller.one_at_a_time and "gave other logits" in caller.notes[0]
+    with torch.no_grad():
+        assert torch.equal(got, torch.cat([model(ids[i:i + 1]) for i in range(3)]))
+    assert torch.equal(caller.logits(ids), got)  # remembered for the rest of the run
+
+
+def test_a_model_output_and_non_float_logits():
+    from transformers.modeling_outputs import CausalLMOutput
+
+    from harness.student_class import Caller
+
+    class HF(torch.nn.Module):
+        def forward(self, idx):
+            return CausalLMOutput(logits=torch.ones(*idx.shape, 4))
+
+    class Ints(torch.nn.Module):
+        def forward(self, idx):
+            return idx[..., None].repeat(1, 1, 4)
+
+    assert Caller(HF()).logits(torch.zeros(2, 3, dtype=torch.long)).shape == (2, 3, 4)
+    with pytest.raises(TypeError, match="not floating point"):
+        Caller(Ints()).logits(torch.zeros(1, 3, dtype=torch.long))
