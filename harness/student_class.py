@@ -363,6 +363,8 @@ class Caller:
         self.target_name = next((n for n in self.TARGET_NAMES if n in params), None)
         self.with_targets = False  # nanoGPT: without targets only the last position's logits
         self.one_at_a_time: bool | None = None  # None: not yet tried at batch > 1
+        # NaN weights give NaN logits: that is the weights' finding (weights-nonfinite), not the code's
+        self.check_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
         self.notes: list[str] = []
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -386,7 +388,10 @@ class Caller:
                              "it must return [B, T, V]")
         if not logits.is_floating_point():
             raise TypeError(f"the model returned logits of type {logits.dtype}, not floating point")
-        return logits.detach().float()
+        logits = logits.detach().float()
+        if self.check_finite and (torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf is a (harsh) logit; these are not
+            raise ValueError(f"the model returned NaN or +inf logits for input {tuple(ids.shape)}")
+        return logits
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         B = ids.shape[0]

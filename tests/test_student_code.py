@@ -1246,7 +1246,7 @@ def test_a_forward_that_disagrees_at_batch_above_one_runs_one_window_at_a_time()
     assert torch.equal(caller.logits(ids), got)  # remembered for the rest of the run
 
 
-def test_a_model_output_and_non_float_logits():
+def test_a_model_output_is_read_and_logits_that_are_not_numbers_are_refused():
     from transformers.modeling_outputs import CausalLMOutput
 
     from harness.student_class import Caller
@@ -1259,6 +1259,21 @@ def test_a_model_output_and_non_float_logits():
         def forward(self, idx):
             return idx[..., None].repeat(1, 1, 4)
 
+    class NaNs(torch.nn.Module):
+        def forward(self, idx):
+            return torch.full((*idx.shape, 4), float("nan"))
+
     assert Caller(HF()).logits(torch.zeros(2, 3, dtype=torch.long)).shape == (2, 3, 4)
     with pytest.raises(TypeError, match="not floating point"):
         Caller(Ints()).logits(torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="NaN"):
+        Caller(NaNs()).logits(torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_nan_logits_from_nan_weights_are_left_to_the_weights_finding():
+    from harness.student_class import Caller
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 4))
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    assert torch.isnan(Caller(model).logits(torch.zeros(1, 3, dtype=torch.long))).any()
