@@ -136,6 +136,8 @@ def import_class(root: Path, code: str, scratch: Path) -> tuple[type, Any, list[
             notes.append(f"package metadata stood in for the uninstalled {', '.join(made)}")
         module = importlib.import_module(".".join(parts))
     else:
+        if str(path.parent) not in sys.path:  # `from layers import Block` beside it, as `python src/train.py` sees
+            sys.path.insert(0, str(path.parent))
         name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else "student_model"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)

@@ -1277,3 +1277,13 @@ def test_nan_logits_from_nan_weights_are_left_to_the_weights_finding():
     with torch.no_grad():
         model[0].weight[0, 0] = float("nan")
     assert torch.isnan(Caller(model).logits(torch.zeros(1, 3, dtype=torch.long))).any()
+
+
+def test_a_file_in_a_plain_folder_imports_its_neighbours(tmp_path):
+    from harness.student_class import import_class
+
+    _write(tmp_path, {"src/layers.py": "WIDTH = 3\n",
+                      "src/net.py": "import torch.nn as nn\nfrom layers import WIDTH\n\n"
+                                    "class Net(nn.Module):\n    width = WIDTH\n"})
+    cls, _, _ = import_class(tmp_path, "src/net.py:Net", tmp_path / "scratch")
+    assert cls.width == 3
