@@ -8,6 +8,9 @@ and sends them as safetensors bytes; then it sends token windows and gets logits
 bytes. Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them.
 
 `SandboxedModel` answers the evaluator like any other model (`n_outputs`, `max_positions`, `logits`).
+What the child does with the student's class (import it, construct it the way its signature asks, call
+its forward the way it answers, describe its architecture) is `student_class.py`; grading's use of it,
+with the layout fallback, is `custom_code.py`.
 """
 
 from __future__ import annotations
