@@ -434,11 +434,13 @@ def _config_values(model: nn.Module, account: dict[str, Any], module: Any) -> li
     return out
 
 
-def _stated(field: str, configs: list[tuple[dict, str]]) -> tuple[Any, str] | None:
+def _stated(field: str, configs: list[tuple[dict, str]], origin: dict[str, str]) -> tuple[Any, str] | None:
     for values, where in configs:
         for name in SPELLINGS[field]:
             v = values.get(name)
             if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                if where == "the values it was built with" and name in origin:
+                    where = f"built with the {origin[name]}'s value"  # checkpoint config or submission.toml
                 return v, f"{where} ({name})"
     return None
 
@@ -487,7 +489,7 @@ def describe(model: nn.Module, n_outputs: int, account: dict[str, Any], module: 
         arch["context"] = {"value": int(top[0][1].shape[0]), "source": f"weights ({top[0][0]}: position table)"}
     for field in ("n_heads", "context", "n_layers", "d_model", "d_ff"):
         if field not in arch:
-            stated = _stated(field, configs)
+            stated = _stated(field, configs, account.get("from") or {})
             if stated:
                 arch[field] = {"value": stated[0], "source": stated[1]}
     if "context" not in arch:
