@@ -84,7 +84,7 @@ def main() -> None:
                 raise ValueError(f"unknown op {header['op']!r}")
         except Exception as e:
             traceback.print_exc()
-            where = f"{stage} the model: " if header.get("op") in ("load", "describe") else ""
+            where = f"{stage} the model: " if header.get("op") == "load" else ""
             _write_frame(out_fd, {"ok": False, "error": f"{where}{type(e).__name__}: {e}"[:500]})
 
 
