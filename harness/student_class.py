@@ -391,7 +391,8 @@ class Caller:
         if not logits.is_floating_point():
             raise TypeError(f"the model returned logits of type {logits.dtype}, not floating point")
         logits = logits.detach().float()
-        if self.check_finite and (torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf is a (harsh) logit; these are not
+        # -inf is a (harsh) logit; NaN and +inf are not
+        if self.check_finite and (torch.isnan(logits).any() or torch.isposinf(logits).any()):
             raise ValueError(f"the model returned NaN or +inf logits for input {tuple(ids.shape)}")
         return logits
 

@@ -28,7 +28,6 @@ Every loss must equal the loss through the model's own forward in this process t
 from __future__ import annotations
 
 import json
-import math
 import sys
 import textwrap
 from pathlib import Path
