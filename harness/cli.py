@@ -323,7 +323,9 @@ def inspect(
         return
     layout = info.get("layout", {})
     out.print(_styled(str(checkpoint), "bold", f"  {info['format']}, {info['tensors']} tensors, sha256 {info['sha256'][:16]}"))
-    if "architecture" in layout:
+    if layout.get("layout") == "custom-code":
+        _print_custom(layout)
+    elif "architecture" in layout:
         out.print(f"layout {layout['layout']} · family {layout['family']} · {layout['params']:,} parameters"
                   f"{' (tied head counted once)' if layout['tied'] else ''} · {layout['n_outputs']:,} outputs")
         table = Table("value", "", "source")
@@ -346,6 +348,27 @@ def inspect(
         out.print(f"read through inert stubs (never imported): {', '.join(info['refused_globals'])}")
     if info["nonfinite"]:
         out.print(_styled("non-finite weights:", "red", f" {', '.join(info['nonfinite'][:5])}"))
+
+
+def _print_custom(layout: dict) -> None:
+    """How the sandbox built and ran the student's own class (their strings printed as they are)."""
+    out.print(f"custom model code {layout.get('code')}, run in the sandbox")
+    if layout.get("error"):
+        out.print(_styled("could not run:", "red", f" {layout['error']['message']}"))
+        if layout.get("fallback_layout"):
+            out.print("a layout recognises the weights: grading uses it, with a model-code-fallback warning")
+        return
+    built = layout.get("built") or {}
+    out.print(f"built by {built.get('how')} · {layout.get('params') or 0:,} parameters · "
+              f"{layout.get('n_outputs') or 0:,} outputs")
+    table = Table("value", "", "source")
+    for name, v in (layout.get("architecture") or {}).items():
+        table.add_row(Text(name), Text(str(v["value"])), Text(str(v["source"])))
+    out.print(table)
+    if built.get("dropped"):
+        out.print(f"  note: [model.kwargs] keys the class has no place for: {', '.join(built['dropped'])}")
+    for note in layout.get("notes") or ():
+        out.print(f"  note: {note}")
 
 
 @app.command("eval")

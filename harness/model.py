@@ -31,13 +31,7 @@ from harness.layouts import CANONICAL, LAYOUTS, recognising
 from harness.models.gpt import ACTIVATIONS, GPT, GPTConfig
 from harness.models.mlm import BertConfig, BertMLM
 
-WEIGHTS = "weights"
-CONFIG = "checkpoint config"
-HINTS = "submission.toml"
-LAYOUT = "layout default"
-CALIBRATION = "calibration"
-UNVERIFIED = "default (unverified)"
-UNDECIDED = "calibration (unverified)"  # calibration ran, but the candidates' losses could not be told apart
+from harness.sources import CALIBRATION, CONFIG, HINTS, LAYOUT, UNDECIDED, UNVERIFIED, WEIGHTS  # noqa: F401
 
 # Values a layout's mapping depends on that are not config fields.
 CHOICES = ("qkv_order", "attn_scale")
