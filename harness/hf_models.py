@@ -122,13 +122,14 @@ class HFLogits(nn.Module):
     """A transformers LM as the harness's `LogitsModel` seam expects: forward(input_ids, attention_mask)
     -> [B, T, V] logits. Only `input_ids` (and a mask if given) are passed: each class then builds its
     own default token types and positions (zeros; RoBERTa's padding-offset positions), as in its own use.
-    No `config` attribute on purpose: `max_positions` is ours (None for rotary/ALiBi models)."""
+    No `config` attribute on purpose: `as_logits_model` reads the window limit from `n_positions`, ours
+    (the usable rows of a learned position table; None for rotary/ALiBi models), not from the HF config."""
 
     def __init__(self, hf: nn.Module, family: str, max_positions: int | None):
         super().__init__()
         self.hf = hf
         self.family = family
-        self.max_positions = max_positions
+        self.n_positions = max_positions
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         kwargs: dict[str, Any] = {"input_ids": input_ids, "return_dict": True}

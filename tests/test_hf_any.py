@@ -21,7 +21,7 @@ import torch
 from harness.checkpoint import read_checkpoint
 from harness.data import TokenizedSplit
 from harness.errors import HarnessError
-from harness.evaluate import evaluate_clm, evaluate_mlm, mlm_masks, mlm_stream
+from harness.evaluate import as_logits_model, evaluate_clm, evaluate_mlm, mlm_masks, mlm_stream
 from harness.causality import check_causal
 from harness.model import build_model, checkpoint_family
 
@@ -165,7 +165,9 @@ def test_max_positions_follow_the_position_table(tmp_path):
     rotary models take the course's context."""
     tables = {}
     for model_type in ("roberta", "opt", "llama"):
-        tables[model_type] = build_model(saved(tiny(model_type), tmp_path / model_type)).max_positions
+        loaded = build_model(saved(tiny(model_type), tmp_path / model_type))
+        assert as_logits_model(loaded.model).max_positions == loaded.max_positions  # what the evaluator uses
+        tables[model_type] = loaded.max_positions
     assert tables == {"roberta": 162 - 2, "opt": 160, "llama": None}
 
 
@@ -229,6 +231,7 @@ def test_a_missing_or_extra_weight_is_refused(tmp_path):
     assert "unexpected model.layers.1.mlp.extra.weight" in e.value.message
 
 
+@pytest.mark.slow
 def test_harness_eval_cli_on_a_llama_folder(tmp_path):
     ref = tiny("llama", vocab_size=64)
     ref.save_pretrained(tmp_path / "llama")
@@ -248,3 +251,39 @@ def test_harness_eval_cli_on_a_llama_folder(tmp_path):
         own = ref(input_ids=ids, labels=ids).loss.item()
     assert result["metrics"]["tokens"] == ids.shape[1] - 1
     assert rel(result["metrics"]["loss"], own) < REL
+
+
+@pytest.mark.slow
+def test_harness_check_grades_a_submission_holding_a_llama_folder(tmp_path, monkeypatch):
+    """The grading path (`_measure_model`): results.json's model facts, the causality check through the
+    wrapper, and the same number as `harness eval` on the same submission."""
+    from harness.course import default_course_text
+    from harness.measure import eval_checkpoint
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.txt").write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    (data / "validation.txt").write_text("a lazy dog sleeps; the fox runs over the quick brown hill. " * 6)
+    chars = sorted(set((data / "train.txt").read_text() + (data / "validation.txt").read_text()))
+    (tmp_path / "vocab.txt").write_text("".join(chars))
+    course = tmp_path / "course.toml"
+    course.write_text(default_course_text().replace('source = "wiki-vital"', f'source = "{data}"')
+                      .replace('tokenizer = "gpt2"', f'tokenizer = "char:{tmp_path / "vocab.txt"}"'))
+    ref = tiny("llama", vocab_size=len(chars) + 4)
+    sub = tmp_path / "alice"
+    ref.save_pretrained(sub / "model")
+    (sub / "submission.toml").write_text('[submission]\nstudent = "alice"\nfamily = "gpt"\n[claims]\nval_loss = 3.3\n')
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "harness", "check", str(sub), "--course", str(course), "--out",
+                           str(tmp_path / "out"), "--no-reports", "--json"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    s = json.loads(proc.stdout)
+    assert s["status"] == "graded", s["error"]
+    model = s["model"]
+    assert (model["layout"], model["family"], model["n_heads"], model["n_kv_heads"]) == ("hf-llama", "gpt", 4, 2)
+    assert model["params"] == sum(p.numel() for p in ref.parameters()) and model["positions"] == "rope"
+    assert any("LlamaForCausalLM" in f for f in model["facts"])
+    assert s["causal"]["ok"] is True and s["metrics"]["context"] == 64
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    evaluated = eval_checkpoint(sub, course_path=course, device="cpu")
+    assert evaluated["metrics"]["loss"] == s["metrics"]["loss"]
