@@ -25,6 +25,9 @@ import torch.nn as nn
 from harness.errors import HarnessError
 from harness.model import CONFIG, LoadedModel
 
+# Layout names: "transformers-llama" says the path (transformers' class), apart from the layouts that map a
+# bare state dict of the same family onto the canonical GPT ("hf-llama").
+PREFIX = "transformers-"
 # model_types whose folders a harness layout maps onto the canonical GPT / BERT MLM.
 LAYOUT_MODEL_TYPES = ("gpt2", "bert")
 # Plain matmul attention: the architecture's maths as written, and on CPU the same logits for a window
@@ -261,7 +264,7 @@ def _load(cls, cfg, tensors: Mapping[str, torch.Tensor], name: str) -> nn.Module
 
 def build_hf_model(raw, *, family: str | None = None) -> HFLoadedModel:
     """transformers' own class for this folder's config, with its weights, as a LoadedModel (layout
-    `hf-<model_type>`). `family`: submission.toml's, which only draws a warning when the config disagrees."""
+    `transformers-<model_type>`). `family`: submission.toml's, which only draws a warning when the config disagrees."""
     config = dict(raw.config)
     model_type = _model_type(raw)
     if model_type is None:
@@ -297,7 +300,7 @@ def build_hf_model(raw, *, family: str | None = None) -> HFLoadedModel:
     out = hf.get_output_embeddings()
     n_outputs = int(out.weight.shape[0]) if out is not None else int(arch.vocab_size or 0)
     return HFLoadedModel(
-        layout=f"hf-{model_type}", family=got_family, model=HFLogits(hf, got_family, arch.max_positions).eval(),
+        layout=f"{PREFIX}{model_type}", family=got_family, model=HFLogits(hf, got_family, arch.max_positions).eval(),
         config=arch, sources=sources, params=params, tied=arch.tied, n_outputs=n_outputs, warnings=warnings,
         facts=facts, choices={},
     )

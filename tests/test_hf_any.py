@@ -108,17 +108,30 @@ def saved(model, path):
     return read_checkpoint(path)
 
 
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """(original model, RawCheckpoint of its save_pretrained folder) per model_type, written and read once."""
+    cache = {}
+
+    def get(model_type):
+        if model_type not in cache:
+            ref = tiny(model_type)
+            cache[model_type] = ref, saved(ref, tmp_path_factory.mktemp(model_type) / model_type)
+        return cache[model_type]
+
+    return get
+
+
 def rel(a, b):
     return abs(a - b) / max(abs(b), 1e-300)
 
 
 @pytest.mark.parametrize("model_type", sorted(CAUSAL))
-def test_causal_folder_scores_as_its_own_forward(model_type, tmp_path):
-    ref = tiny(model_type)
-    raw = saved(ref, tmp_path / model_type)
+def test_causal_folder_scores_as_its_own_forward(model_type, folder):
+    ref, raw = folder(model_type)
     assert raw.format == "hf-folder" and checkpoint_family(raw) == "gpt"
     loaded = build_model(raw)
-    assert (loaded.layout, loaded.family) == (f"hf-{model_type}", "gpt")
+    assert (loaded.layout, loaded.family) == (f"transformers-{model_type}", "gpt")
     assert type(loaded.model.hf).__name__ == type(ref).__name__
     assert any("transformers' own" in f for f in loaded.facts)
     assert loaded.params == sum(p.numel() for p in ref.parameters())
@@ -139,12 +152,11 @@ def test_causal_folder_scores_as_its_own_forward(model_type, tmp_path):
 
 
 @pytest.mark.parametrize("model_type", sorted(MASKED))
-def test_masked_folder_scores_as_its_own_forward(model_type, tmp_path):
-    ref = tiny(model_type)
-    raw = saved(ref, tmp_path / model_type)
+def test_masked_folder_scores_as_its_own_forward(model_type, folder):
+    ref, raw = folder(model_type)
     assert checkpoint_family(raw) == "mlm"
     loaded = build_model(raw)
-    assert (loaded.layout, loaded.family) == (f"hf-{model_type}", "mlm")
+    assert (loaded.layout, loaded.family) == (f"transformers-{model_type}", "mlm")
     assert loaded.params == sum(p.numel() for p in ref.parameters())
 
     tok = ByteTokenizer(mlm=True)
@@ -160,12 +172,12 @@ def test_masked_folder_scores_as_its_own_forward(model_type, tmp_path):
     assert rel(r.loss, own) < REL, (r.loss, own)
 
 
-def test_max_positions_follow_the_position_table(tmp_path):
+def test_max_positions_follow_the_position_table(folder):
     """Learned tables bound the window (RoBERTa's less its padding offset, OPT's less its offset of 2);
     rotary models take the course's context."""
     tables = {}
     for model_type in ("roberta", "opt", "llama"):
-        loaded = build_model(saved(tiny(model_type), tmp_path / model_type))
+        loaded = build_model(folder(model_type)[1])
         assert as_logits_model(loaded.model).max_positions == loaded.max_positions  # what the evaluator uses
         tables[model_type] = loaded.max_positions
     assert tables == {"roberta": 162 - 2, "opt": 160, "llama": None}
@@ -178,8 +190,8 @@ def test_gpt2_and_bert_folders_keep_their_layouts(tmp_path):
     assert build_model(saved(tiny("bert"), tmp_path / "bert")).layout == "hf-bert"
 
 
-def test_grouped_query_heads_and_norm_are_reported(tmp_path):
-    d = build_model(saved(tiny("llama"), tmp_path / "llama")).describe()
+def test_grouped_query_heads_and_norm_are_reported(folder):
+    d = build_model(folder("llama")[1]).describe()
     arch = {k: v["value"] for k, v in d["architecture"].items()}
     assert arch["n_heads"] == 4 and arch["n_kv_heads"] == 2 and arch["d_ff"] == 64
     assert (arch["norm"], arch["positions"], arch["activation"]) == ("rmsnorm", "rope", "silu")
@@ -245,7 +257,7 @@ def test_harness_eval_cli_on_a_llama_folder(tmp_path):
                            "--device", "cpu", "--json"], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["checkpoint"]["layout"] == "hf-llama" and result["model"]["family"] == "gpt"
+    assert result["checkpoint"]["layout"] == "transformers-llama" and result["model"]["family"] == "gpt"
     ids = torch.tensor([chars.index(c) for c in text])[None]
     with torch.no_grad():
         own = ref(input_ids=ids, labels=ids).loss.item()
@@ -280,7 +292,7 @@ def test_harness_check_grades_a_submission_holding_a_llama_folder(tmp_path, monk
     s = json.loads(proc.stdout)
     assert s["status"] == "graded", s["error"]
     model = s["model"]
-    assert (model["layout"], model["family"], model["n_heads"], model["n_kv_heads"]) == ("hf-llama", "gpt", 4, 2)
+    assert (model["layout"], model["family"], model["n_heads"], model["n_kv_heads"]) == ("transformers-llama", "gpt", 4, 2)
     assert model["params"] == sum(p.numel() for p in ref.parameters()) and model["positions"] == "rope"
     assert any("LlamaForCausalLM" in f for f in model["facts"])
     assert s["causal"]["ok"] is True and s["metrics"]["context"] == 64
