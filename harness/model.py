@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from harness.errors import HarnessError
 from harness.layouts import CANONICAL, LAYOUTS, recognising
-from harness.models.gpt import GPT, GPTConfig
+from harness.models.gpt import ACTIVATIONS, GPT, GPTConfig
 from harness.models.mlm import BertConfig, BertMLM
 
 WEIGHTS = "weights"
@@ -94,16 +94,27 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
              "ln_position", "layer_norm_position"),
     "activation": ("activation", "activation_function", "hidden_act", "act", "act_fn", "activation_fn",
                    "activation_relu_or_gelu"),
-    "ln_eps": ("ln_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "eps"),
+    "ln_eps": ("ln_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "rms_norm_eps", "norm_epsilon", "eps"),
     "causal": ("causal", "is_causal", "use_causal_mask", "causal_mask", "has_mask"),
     "embed_scale": ("embed_scale", "embedding_scale", "emb_scale", "scale_embedding", "scale_embeddings"),
     "positions": ("positions",),
     "context": ("context", "block_size", "n_positions", "max_position_embeddings", "max_len", "max_seq_len",
-                "seq_len", "context_length", "n_ctx", "max_seq_length", "context_size"),
+                "seq_len", "context_length", "n_ctx", "max_seq_length", "context_size", "sequence_len"),
     "pad_id": ("pad_id", "pad_token_id", "pad_idx", "padding_idx"),
     "head_dim": ("head_dim", "head_size", "d_head", "dim_head", "d_k"),
     "qkv_order": ("qkv_order",),
     "attn_scale": ("attn_scale",),
+    "norm_type": ("norm_type", "normalization", "normalization_type", "norm_class", "layer_norm_type"),
+    "norm_weight": ("norm_weight", "elementwise_affine"),
+    "embed_norm": ("embed_norm", "embedding_norm", "norm_embeddings"),
+    "final_norm": ("final_norm",),
+    "qk_norm": ("qk_norm", "use_qk_norm", "qk_layernorm"),
+    "rope_theta": ("rope_theta", "rotary_emb_base", "rotary_base", "rope_base"),
+    "rope_fraction": ("rope_fraction", "rotary_pct", "partial_rotary_factor", "rotary_fraction"),
+    "rope_pairs": ("rope_pairs",),
+    "n_kv_heads": ("n_kv_heads", "n_kv_head", "num_key_value_heads", "num_kv_heads", "n_kv", "kv_heads"),
+    "residual": ("residual", "use_parallel_residual", "parallel_residual", "parallel_attn"),
+    "logit_softcap": ("logit_softcap", "final_logit_softcapping", "logit_soft_cap", "softcap"),
 }
 # Sizes the weights always tell: a stored config that disagrees gets a warning, never a say.
 STRUCTURE: dict[str, tuple[str, ...]] = {
@@ -118,7 +129,7 @@ _POST = {"post", "post-ln", "post_ln", "postln", "postnorm", "post-norm", "post_
 
 
 class _Unsupported(str):
-    """A value that was stated clearly but that the canonical models cannot compute (e.g. SiLU)."""
+    """A value that was stated clearly but that the canonical models cannot compute (e.g. Mish)."""
 
 
 def _activation(raw: Any, _: str) -> Any:
@@ -129,8 +140,12 @@ def _activation(raw: Any, _: str) -> Any:
     if not isinstance(raw, str):
         return None
     s = raw.strip().lower()
-    if "gelu" in s:
+    if "gelu" in s or s == "geglu":  # GeGLU: the gate is the weights' to show (mlp.c_up)
         return "gelu_tanh" if any(w in s for w in ("tanh", "new", "fast", "approx")) else "gelu"
+    if s in ("silu", "swish", "swiglu", "silu_glu", "swish_glu"):
+        return "silu"
+    if s.replace("_", "").replace("-", "") in ("relu2", "relusquared", "squaredrelu", "relu²", "relusq"):
+        return "relu2"
     if re.search(r"(^|[^a-z])relu($|[^a-z0-9])", s) and "leaky" not in s:
         return "relu"
     return _Unsupported(raw)
@@ -169,6 +184,38 @@ def _embed_scale(raw: Any, _: str) -> Any:
     return float(raw) if isinstance(raw, (int, float)) and raw > 0 else None
 
 
+def _positive(raw: Any, _: str) -> Any:
+    return float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 < raw < math.inf else None
+
+
+def _fraction(raw: Any, _: str) -> Any:
+    return float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 < raw <= 1 else None
+
+
+def _attn_scale(raw: Any, _: str) -> Any:
+    """A stated scale (GPTConfig.attn_scale), or a layout's mapping choice "head_dim" / "d_model"."""
+    return raw if raw in ("head_dim", "d_model") else _positive(raw, _)
+
+
+def _norm_type(raw: Any, _: str) -> Any:
+    if not isinstance(raw, str):
+        return None
+    s = raw.strip().lower().replace("_", "").replace("-", "")
+    return "rmsnorm" if s in ("rmsnorm", "rms", "llamarmsnorm") else "layernorm" if s in ("layernorm", "ln") else None
+
+
+def _qk_norm(raw: Any, _: str) -> Any:
+    if raw is False:
+        return "none"
+    return raw if raw in ("none", "before_rope", "after_rope") else None  # `true` does not say where
+
+
+def _residual(raw: Any, key: str) -> Any:
+    if isinstance(raw, bool):
+        return "parallel" if raw else "sequential"
+    return raw if raw in ("sequential", "parallel", "parallel_shared") else None
+
+
 def _one_of(*options: str):
     def read(raw: Any, _: str) -> Any:
         return raw if isinstance(raw, str) and raw in options else None
@@ -185,14 +232,18 @@ def _qkv_order(raw: Any, _: str) -> Any:
 
 _READERS = {
     "n_heads": _positive_int, "norm": _norm, "activation": _activation, "ln_eps": _eps, "causal": _bool,
-    "embed_scale": _embed_scale, "positions": _one_of("learned", "sinusoidal", "none"), "context": _positive_int,
-    "pad_id": _nonneg_int, "qkv_order": _qkv_order, "attn_scale": _one_of("head_dim", "d_model"),
+    "embed_scale": _embed_scale, "positions": _one_of("learned", "sinusoidal", "none", "rope"),
+    "context": _positive_int, "pad_id": _nonneg_int, "qkv_order": _qkv_order, "attn_scale": _attn_scale,
     "n_layers": _positive_int, "d_model": _positive_int, "vocab_size": _positive_int, "head_dim": _positive_int,
+    "norm_type": _norm_type, "norm_weight": _bool, "embed_norm": _bool, "final_norm": _bool, "qk_norm": _qk_norm,
+    "rope_theta": _positive, "rope_fraction": _fraction, "rope_pairs": _one_of("half", "interleaved"),
+    "n_kv_heads": _positive_int, "residual": _residual, "logit_softcap": _positive,
 }
 # Activation modules a pickled model holds (its `modules` map names each submodule's class).
 _ACTIVATION_CLASSES = {"gelu": "gelu", "geluactivation": "gelu", "relu": "relu", "newgelu": "gelu_tanh",
                        "newgeluactivation": "gelu_tanh", "gelutanh": "gelu_tanh", "pytorchgelutanh": "gelu_tanh",
-                       "silu": None, "swish": None, "mish": None, "swiglu": None, "geglu": None, "leakyrelu": None,
+                       "silu": "silu", "siluactivation": "silu", "swish": "silu", "swiglu": "silu", "geglu": "gelu",
+                       "relusquared": "relu2", "relusquaredactivation": "relu2", "mish": None, "leakyrelu": None,
                        "elu": None, "tanh": None, "sigmoid": None}
 
 
@@ -330,6 +381,8 @@ def _convert(layout, tensors, hints: dict) -> tuple[dict, dict, dict]:
 
 def _config(layout, values: dict) -> GPTConfig | BertConfig:
     kwargs = {k: v for k, v in values.items() if k in _config_fields(layout.FAMILY)}
+    if isinstance(kwargs.get("attn_scale"), str):  # a mapping choice the layout folds into the weights
+        del kwargs["attn_scale"]
     try:
         if layout.FAMILY == "gpt":
             if kwargs.get("embed_scale") == "sqrt":  # a stored `scale_embedding = true`
@@ -342,8 +395,9 @@ def _config(layout, values: dict) -> GPTConfig | BertConfig:
 
 
 def _instantiate(layout, tensors, values: dict) -> tuple[nn.Module, Any, dict]:
-    cfg = _config(layout, values)
-    _, sd, facts = _convert(layout, tensors, {k: values[k] for k in ("n_heads", *CHOICES) if k in values})
+    told, sd, facts = _convert(layout, tensors, {k: values[k] for k in ("n_heads", *CHOICES) if k in values})
+    # What the weights tell only once the heads are known (a grouped-query split: n_kv_heads, head_dim).
+    cfg = _config(layout, {**told, **values} if layout.FAMILY == "gpt" else values)
     model = (GPT if layout.FAMILY == "gpt" else BertMLM)(cfg)
     try:
         model.load_state_dict(sd, strict=True)
@@ -476,7 +530,7 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
         if isinstance(value, _Unsupported):
             raise HarnessError("model-invalid", f"{'the checkpoint' if source == CONFIG else 'submission.toml'} says "
                                                 f"{name} = {value!r}, which the harness cannot compute "
-                                                f"(supported: gelu, gelu_tanh, relu)")
+                                                f"(supported: {', '.join(ACTIVATIONS)})")
         values[name] = value
         sources[name] = source
 
@@ -488,6 +542,9 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
                         f"{', '.join(f'{n} = {values[n]!r}' for n in open_fields)}")
 
     model, cfg, facts = _instantiate(layout, tensors, values)
+    for name in ("n_kv_heads", "head_dim"):
+        if name not in sources and getattr(cfg, name, None) is not None:
+            sources[name] = WEIGHTS
     choices = {k: values[k] for k in CHOICES if k in values}
     return LoadedModel(
         layout=layout.NAME, family=layout.FAMILY, model=model, config=cfg, sources=sources,

@@ -387,3 +387,31 @@ def test_sweep_writes_one_folder_per_point_and_a_results_table(small_data, tmp_p
     with pytest.raises(HarnessError) as e:  # a bad point is refused before anything trains
         sweep("gpt", ["lr=1e-3", "layers=1"], None, tmp_path / "bad", overrides=tiny(small_data))
     assert e.value.code == "config-unknown-key" and not (tmp_path / "bad").exists()
+
+
+def test_llama_style_reference_trains_and_reloads(small_data, tmp_path):
+    """The decoder's choices are training keys: a tiny Llama-style run (RMSNorm, RoPE, SwiGLU, GQA, untied)."""
+    cfg = load_config("gpt", ROOT / "reference_model" / "llama_quick.toml")
+    assert (cfg.norm_type, cfg.positions, cfg.activation, cfg.gated, cfg.n_kv_heads, cfg.bias, cfg.tied) == (
+        "rmsnorm", "rope", "silu", True, 2, False, False)
+    overrides = tiny(small_data, total_steps=4, eval_every=0, checkpoint_every=0, n_heads=4, n_kv_heads=1,
+                     d_ff=48, logit_softcap=10.0, qk_norm="after_rope")
+    r = train_reference("gpt", ROOT / "reference_model" / "llama_quick.toml", overrides, tmp_path / "llama")
+    assert r.complete and math.isfinite(r.val_loss) and not (tmp_path / "llama" / "hf").exists()
+    model = load_canonical(tmp_path / "llama")
+    c = model.config
+    assert (c.norm_type, c.positions, c.gated, c.n_kv_heads, c.tied, c.logit_softcap, c.qk_norm) == (
+        "rmsnorm", "rope", True, 1, False, 10.0, "after_rope")
+    with pytest.raises(HarnessError) as e:
+        load_config("gpt", None, ["positions=rope", "n_heads=4", "head_dim=5"])
+    assert e.value.code == "config-invalid" and "even" in e.value.message
+    with pytest.raises(HarnessError) as e:
+        load_config("mlm", None, ["gated=true"])
+    assert e.value.code == "config-unknown-key"
+
+
+def test_architecture_keys_at_their_defaults_keep_the_fingerprint():
+    """Runs from before the decoder keys existed resume: their keys at defaults leave the fingerprint alone."""
+    base = load_config("gpt")
+    assert set(base.fingerprint_dict()).isdisjoint({"norm_type", "gated", "positions"})
+    assert load_config("gpt", None, ["gated=true"]).fingerprint_dict()["gated"] is True

@@ -23,6 +23,7 @@ from . import (
     hf_gpt2,
     mingpt,
     minigpt,
+    nanochat,
     nanogpt,
     ng_video,
     torch_encoder,
@@ -32,7 +33,7 @@ from . import (
 # Read by their stamp in the stored config, before anything else.
 CANONICAL = (canonical_gpt, canonical_mlm)
 # Recognised by keys and shapes; at most one may claim a checkpoint.
-LAYOUTS = (nanogpt, mingpt, hf_gpt2, hf_bert, word_lm, torch_encoder, ng_video, minigpt)
+LAYOUTS = (nanogpt, mingpt, hf_gpt2, hf_bert, word_lm, torch_encoder, ng_video, minigpt, nanochat)
 
 
 def recognising(tensors, config: dict | None = None) -> list:

@@ -90,31 +90,88 @@ def is_sinusoidal(table: torch.Tensor) -> bool:
 
 
 def canonical_gpt_keys(n_layers: int, *, learned: bool, final_norm: bool, bias: bool, ln_bias: bool,
-                       head_bias: bool) -> set[str]:
+                       head_bias: bool, norm_weight: bool = True, embed_norm: bool = False, qk_norm: bool = False,
+                       gated: bool = False, shared_norm: bool = False) -> set[str]:
+    """The canonical GPT's state-dict keys; `qk_norm`: whether q/k norms exist, `shared_norm`: no `ln_2`
+    (parallel_shared). Weightless norms (`norm_weight` False) have no keys at all."""
     keys = {"transformer.wte.weight", "lm_head.weight"}
     if learned:
         keys.add("transformer.wpe.weight")
     if head_bias:
         keys.add("lm_head.bias")
-    norms = [f"transformer.h.{i}.{n}" for i in range(n_layers) for n in NORMS]
+    block_norms = [n for n in NORMS if not (shared_norm and n == "ln_2")]
+    if qk_norm:
+        block_norms += ["attn.q_norm", "attn.k_norm"]
+    norms = [f"transformer.h.{i}.{n}" for i in range(n_layers) for n in block_norms]
     if final_norm:
         norms.append("transformer.ln_f")
-    linears = [f"transformer.h.{i}.{m}" for i in range(n_layers) for m in LINEARS]
-    keys |= {f"{n}.weight" for n in norms} | {f"{m}.weight" for m in linears}
-    if ln_bias:
-        keys |= {f"{n}.bias" for n in norms}
+    if embed_norm:
+        norms.append("transformer.ln_e")
+    modules = LINEARS + (("mlp.c_up",) if gated else ())
+    linears = [f"transformer.h.{i}.{m}" for i in range(n_layers) for m in modules]
+    keys |= {f"{m}.weight" for m in linears}
+    if norm_weight:
+        keys |= {f"{n}.weight" for n in norms}
+        if ln_bias:
+            keys |= {f"{n}.bias" for n in norms}
     if bias:
         keys |= {f"{m}.bias" for m in linears}
     return keys
 
 
-def finish_gpt(sd: dict[str, torch.Tensor], notes: list[str]) -> dict:
+def _attention_shape(sd: Mapping[str, torch.Tensor], n_layers: int, d: int, known: Mapping) -> dict:
+    """n_heads / n_kv_heads / head_dim as far as the q/k/v and output projections (and q-norms) tell.
+
+    c_proj [d, n_heads*head_dim] gives the query width, c_attn's remaining rows twice the key width; their
+    ratio is n_heads / n_kv_heads, but the head size itself needs a q-norm weight [head_dim] or a known
+    `head_dim` / `n_heads` (the layout's code or hints).
+    """
+    shapes = set()
+    for i in range(n_layers):
+        c_attn, c_proj = (sd.get(f"transformer.h.{i}.attn.{m}.weight") for m in ("c_attn", "c_proj"))
+        if c_attn is None or c_proj is None or c_attn.dim() != 2 or c_proj.dim() != 2:
+            raise ValueError(f"block {i}: attention input or output projection missing")
+        if c_attn.shape[1] != d or c_proj.shape[0] != d:
+            raise ValueError(f"block {i}: attention projections {tuple(c_attn.shape)} and {tuple(c_proj.shape)} "
+                             f"do not fit d_model {d}")
+        shapes.add((c_attn.shape[0], c_proj.shape[1]))
+    if len(shapes) != 1:
+        raise ValueError(f"attention projections differ between blocks: {sorted(shapes)}")
+    rows, q_width = shapes.pop()
+    kv_width, odd = divmod(rows - q_width, 2)
+    if odd or kv_width < 1 or q_width % kv_width:
+        raise ValueError(f"attention input projection has {rows} rows, which is not q ({q_width}) plus two "
+                         f"equal k and v blocks")
+    if rows == 3 * d and q_width == d:
+        return {}  # today's multi-head attention: the head count is not the weights' to tell
+    q_norm = sd.get("transformer.h.0.attn.q_norm.weight")
+    head_dim = known.get("head_dim") or (q_norm.shape[0] if q_norm is not None else None)
+    if head_dim is None and known.get("n_heads"):
+        head_dim = q_width // known["n_heads"]
+    if not head_dim:
+        return {}  # the layout settles n_heads first; the hinted second conversion completes this
+    if q_width % head_dim or kv_width % head_dim:
+        raise ValueError(f"query width {q_width} and key width {kv_width} are not whole heads of {head_dim}")
+    out = {"n_kv_heads": kv_width // head_dim} if kv_width != q_width else {}
+    if q_width != d:
+        out["head_dim"] = head_dim
+    if q_norm is not None or known.get("head_dim"):
+        out["n_heads"] = q_width // head_dim
+    return out
+
+
+def finish_gpt(sd: dict[str, torch.Tensor], notes: list[str], known: Mapping | None = None) -> dict:
     """Read what a canonical-named state dict tells, complete it for the canonical GPT, refuse strays.
 
     `sd` is changed in place: a missing linear or LayerNorm bias next to present ones is filled with
     zeros (exactly what no bias computes), and a missing or shared head becomes the embedding.
-    Returns the GPTConfig fields the weights tell.
+    `known`: values the layout's code or hints settle that shapes alone cannot (`n_heads` or `head_dim`
+    to split a grouped-query c_attn). Returns the GPTConfig fields the weights tell; the new structural
+    ones (gated, norm_weight, embed_norm, residual, n_kv_heads, head_dim) only where they are not the
+    defaults. Without norm weights anywhere the norms are weightless, and then whether ln_f, ln_e,
+    q/k norms exist is the layout's to say, not the weights'.
     """
+    known = dict(known or {})
     wte = sd.get("transformer.wte.weight")
     if wte is None or wte.dim() != 2:
         raise ValueError("no token embedding found")
@@ -128,28 +185,62 @@ def finish_gpt(sd: dict[str, torch.Tensor], notes: list[str]) -> dict:
     d_ff = fc[0].shape[0]
     if any(w.shape != (d_ff, d) for w in fc):
         raise ValueError(f"feed-forward layers differ in size: {[tuple(w.shape) for w in fc]}")
-    for i in range(n_layers):
-        c_attn = sd.get(f"transformer.h.{i}.attn.c_attn.weight")
-        if c_attn is None or tuple(c_attn.shape) != (3 * d, d):
-            got = "none" if c_attn is None else tuple(c_attn.shape)
-            raise ValueError(f"block {i}: attention input projection should be [{3 * d}, {d}], got {got}")
+    up = [sd.get(f"transformer.h.{i}.mlp.c_up.weight") for i in range(n_layers)]
+    gated = any(w is not None for w in up)
+    if gated and any(w is None or w.shape != (d_ff, d) for w in up):
+        raise ValueError("gated feed-forward layers (mlp.c_up) are missing or differ in size from mlp.c_fc")
+    if known.get("n_heads") is None and "n_heads" in known:
+        del known["n_heads"]
+    attention = _attention_shape(sd, n_layers, d, known)
 
-    linears = [f"transformer.h.{i}.{m}" for i in range(n_layers) for m in LINEARS]
-    norms = [f"transformer.h.{i}.{n}" for i in range(n_layers) for n in NORMS]
-    final_norm = "transformer.ln_f.weight" in sd
-    if final_norm:
-        norms.append("transformer.ln_f")
-    fields = {"vocab_size": vocab, "d_model": d, "n_layers": n_layers, "d_ff": d_ff, "final_norm": final_norm}
-    for flag, modules in (("bias", linears), ("ln_bias", norms)):
-        present = [m for m in modules if f"{m}.bias" in sd]
+    def has(name: str) -> bool:
+        return f"{name}.weight" in sd
+
+    blocks = [f"transformer.h.{i}" for i in range(n_layers)]
+    norm_weight = any(has(f"{b}.{n}") for b in blocks for n in ("ln_1", "ln_2", "attn.q_norm", "attn.k_norm")) \
+        or has("transformer.ln_f") or has("transformer.ln_e")
+    shared_norm = norm_weight and all(has(f"{b}.ln_1") and not has(f"{b}.ln_2") for b in blocks)
+    qk_norm = norm_weight and has("transformer.h.0.attn.q_norm")
+    final_norm = has("transformer.ln_f") if norm_weight else known.get("final_norm", True)
+    embed_norm = has("transformer.ln_e") if norm_weight else known.get("embed_norm", False)
+    if not norm_weight:
+        qk_norm = known.get("qk_norm", "none") != "none"
+        shared_norm = known.get("residual") == "parallel_shared"
+    for b in blocks:
+        for n in ("ln_1", "ln_2", "attn.q_norm", "attn.k_norm"):
+            expected = norm_weight and not (n == "ln_2" and shared_norm) and (qk_norm or not n.startswith("attn"))
+            if has(f"{b}.{n}") != expected:
+                raise ValueError(f"{b}.{n}.weight is {'missing' if expected else 'unexpected'}: the blocks' norms "
+                                 f"differ")
+    modules = LINEARS + (("mlp.c_up",) if gated else ())
+    linears = [f"{b}.{m}" for b in blocks for m in modules]
+    norms = [f"{b}.{n}" for b in blocks for n in NORMS if not (n == "ln_2" and shared_norm)]
+    norms += [f"{b}.attn.{n}" for b in blocks for n in ("q_norm", "k_norm") if qk_norm]
+    norms += [n for n, on in (("transformer.ln_f", final_norm), ("transformer.ln_e", embed_norm)) if on]
+    fields = {"vocab_size": vocab, "d_model": d, "n_layers": n_layers, "d_ff": d_ff}
+    if norm_weight:
+        fields["final_norm"] = final_norm
+    for flag, modules_ in (("bias", linears), ("ln_bias", norms)):
+        present = [m for m in modules_ if f"{m}.bias" in sd]
         fields[flag] = bool(present)
-        missing = [m for m in modules if f"{m}.bias" not in sd and f"{m}.weight" in sd]
+        missing = [m for m in modules_ if f"{m}.bias" not in sd and f"{m}.weight" in sd]
         if present and missing:
             for m in missing:
                 w = sd[f"{m}.weight"]
                 sd[f"{m}.bias"] = torch.zeros(w.shape[0], dtype=w.dtype)
             notes.append(f"{len(missing)} missing bias(es) filled with zeros (the same computation): "
                          f"{', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}")
+    if fields["ln_bias"]:
+        fields["norm_type"] = "layernorm"  # only a LayerNorm shifts
+    if gated:
+        fields["gated"] = True
+    if not norm_weight:
+        fields["norm_weight"] = False
+    if norm_weight and embed_norm:
+        fields["embed_norm"] = True
+    if shared_norm:
+        fields["residual"] = "parallel_shared"
+    fields.update(attention)
 
     head = sd.get("lm_head.weight")
     tied = head is None or same_tensor(head, wte)
@@ -164,7 +255,8 @@ def finish_gpt(sd: dict[str, torch.Tensor], notes: list[str]) -> dict:
         fields["context"] = wpe.shape[0]
 
     expected = canonical_gpt_keys(n_layers, learned=wpe is not None, final_norm=final_norm, bias=fields["bias"],
-                                  ln_bias=fields["ln_bias"], head_bias=fields["head_bias"])
+                                  ln_bias=fields["ln_bias"], head_bias=fields["head_bias"], norm_weight=norm_weight,
+                                  embed_norm=embed_norm, qk_norm=qk_norm, gated=gated, shared_norm=shared_norm)
     strays = sorted(set(sd) - expected)
     if strays:
         more = " …" if len(strays) > 8 else ""

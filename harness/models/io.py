@@ -168,6 +168,14 @@ def hf_gpt2_incompatibilities(cfg: GPTConfig) -> list[str]:
         (cfg.causal, "causal must be true"),
         (cfg.embed_scale == 1.0, "embed_scale must be 1.0"),
         (not cfg.head_bias, "head_bias must be false"),
+        (cfg.norm_type == "layernorm" and cfg.norm_weight, "norms must be LayerNorms with a weight"),
+        (not cfg.embed_norm and cfg.qk_norm == "none", "no embedding norm and no QK-norm"),
+        (cfg.kv_heads == cfg.n_heads and cfg.head_size * cfg.n_heads == cfg.d_model,
+         "multi-head attention with head_dim = d_model / n_heads"),
+        (cfg.attn_scale is None, "attn_scale must be the default 1/sqrt(head_dim)"),
+        (cfg.activation in _GPT_TO_HF_ACT and not cfg.gated, "the MLP must be ungated GELU or ReLU"),
+        (cfg.residual == "sequential", "residual must be 'sequential'"),
+        (cfg.logit_softcap is None, "no logit soft-cap"),
     ]
     return [why for ok, why in checks if not ok]
 

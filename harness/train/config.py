@@ -35,6 +35,28 @@ class TrainConfig:
     context: int = 64  # GPT: positions and window; MLM: block length
     max_positions: int = 512  # mlm only
     wordpiece_vocab: int = 8000  # mlm only: size of the offline fallback vocabulary
+    # gpt only: the canonical decoder's choices (harness.models.gpt.GPTConfig); 0 means "the usual"
+    norm: str = "pre"
+    norm_type: str = "layernorm"
+    norm_weight: bool = True
+    ln_bias: bool = True
+    ln_eps: float = 1e-5
+    embed_norm: bool = False
+    final_norm: bool = True
+    qk_norm: str = "none"
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    rope_fraction: float = 1.0
+    rope_pairs: str = "half"
+    n_kv_heads: int = 0  # 0: n_heads
+    head_dim: int = 0  # 0: d_model // n_heads
+    attn_scale: float = 0.0  # 0: 1 / sqrt(head_dim)
+    activation: str = "gelu"
+    gated: bool = False
+    bias: bool = True
+    residual: str = "sequential"
+    tied: bool = True
+    logit_softcap: float = 0.0  # 0: none
     # optimisation
     lr: float = 1e-3
     beta1: float = 0.9
@@ -60,8 +82,26 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def gpt_fields(self) -> dict[str, Any]:
+        """The GPTConfig fields this run sets (its architecture choices, 0 read as the default)."""
+        values = {k: getattr(self, k) for k in GPT_ARCHITECTURE}
+        for key in ("n_kv_heads", "head_dim", "attn_scale", "logit_softcap"):
+            values[key] = values[key] or None
+        return values
 
-FAMILY_ONLY = {"gpt": (), "mlm": ("max_positions", "wordpiece_vocab")}
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """What decides the weights: without run-only keys, and without architecture keys at their defaults
+        (so runs from before those keys existed keep their fingerprint and resume)."""
+        default = TrainConfig()
+        return {k: v for k, v in self.to_dict().items()
+                if k not in NOT_IN_FINGERPRINT and not (k in GPT_ARCHITECTURE and v == getattr(default, k))}
+
+
+# GPTConfig fields a reference GPT may set, with 0 standing for GPTConfig's None.
+GPT_ARCHITECTURE = ("norm", "norm_type", "norm_weight", "ln_bias", "ln_eps", "embed_norm", "final_norm", "qk_norm",
+                    "positions", "rope_theta", "rope_fraction", "rope_pairs", "n_kv_heads", "head_dim", "attn_scale",
+                    "activation", "gated", "bias", "residual", "tied", "logit_softcap")
+FAMILY_ONLY = {"gpt": GPT_ARCHITECTURE, "mlm": ("max_positions", "wordpiece_vocab")}
 REFERENCE: dict[str, dict[str, Any]] = {
     "gpt": {},
     "mlm": dict(family="mlm", name="mlm", n_layers=3, d_model=256, n_heads=4, d_ff=1024, dropout=0.1, context=128,
@@ -157,8 +197,19 @@ def _validate(cfg: TrainConfig) -> None:
                 "checkpoint_every", "threads", "seed"):
         if getattr(cfg, key) < 0:
             raise bad(key, "0 or more")
-    if cfg.d_model % cfg.n_heads:
+    if cfg.d_model % cfg.n_heads and not cfg.head_dim:
         raise HarnessError("config-invalid", f"d_model ({cfg.d_model}) must be divisible by n_heads ({cfg.n_heads})")
+    for key in ("n_kv_heads", "head_dim", "attn_scale", "logit_softcap"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, "0 (the default) or more")
+    if cfg.family == "gpt":
+        from harness.models.gpt import GPTConfig
+
+        try:  # every architecture value is checked before any data is read
+            GPTConfig(vocab_size=1, context=cfg.context, n_layers=cfg.n_layers, d_model=cfg.d_model,
+                      n_heads=cfg.n_heads, d_ff=cfg.d_ff, **cfg.gpt_fields())
+        except ValueError as e:
+            raise HarnessError("config-invalid", str(e).removeprefix("GPTConfig.")) from None
     if not 0.0 <= cfg.dropout < 1.0:
         raise bad("dropout", "in [0, 1)")
     if not 0.0 <= cfg.warmup_fraction < 1.0:

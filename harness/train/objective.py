@@ -71,8 +71,16 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.fused = model, fused
         self.head_path = "lm_head" if family == "gpt" else "cls.predictions.decoder"
+        # A soft-capped head is not a linear layer: its logits come from the model's own forward.
+        self.softcap = getattr(getattr(model, "config", None), "logit_softcap", None) is not None
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        if self.softcap:
+            logits = self.model(inputs)
+            logits = logits.reshape(-1, logits.shape[-1])
+            if rows is not None:
+                logits = logits.index_select(0, rows)
+            return F.cross_entropy(logits.float(), targets, reduction="sum")
         with _headless(self.model, self.head_path) as head:
             hidden = self.model(inputs)
         h = hidden.reshape(-1, hidden.shape[-1])
@@ -109,7 +117,8 @@ def build_model(cfg: TrainConfig, tokenizer) -> nn.Module:
     try:
         if cfg.family == "gpt":
             return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context=cfg.context, n_layers=cfg.n_layers,
-                                 d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff, dropout=cfg.dropout))
+                                 d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff, dropout=cfg.dropout,
+                                 **cfg.gpt_fields()))
         return BertMLM(BertConfig(vocab_size=tokenizer.vocab_size, hidden=cfg.d_model, n_layers=cfg.n_layers,
                                   n_heads=cfg.n_heads, intermediate=cfg.d_ff, max_positions=cfg.max_positions,
                                   dropout=cfg.dropout, pad_id=tokenizer.pad_id or 0))

@@ -24,7 +24,7 @@ import torch.nn as nn
 from harness import __version__
 from harness.errors import HarnessError
 from harness.files import fingerprint, sha256_file, write_atomic, write_json
-from harness.train.config import NOT_IN_FINGERPRINT, load_config, schedule, seed_of
+from harness.train.config import load_config, schedule, seed_of
 from harness.train.data import Batches, prepare_data
 from harness.train.objective import Objective, build_model, make_optimizer
 
@@ -161,7 +161,7 @@ class _Run:
         self.model = build_model(cfg, self.data.tokenizer).to(device)
         self.params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = make_optimizer(self.model, cfg)
-        self.fingerprint = fingerprint({"config": {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_FINGERPRINT},
+        self.fingerprint = fingerprint({"config": cfg.fingerprint_dict(),
                                         "data": self.data.frozen.manifest_sha256})
         self.step, self.tokens, self.wall_before, self.rows = 0, 0, 0.0, []
         self.final_cap = cfg.final_eval_max_tokens or (course.clm if cfg.family == "gpt" else course.mlm).max_tokens
@@ -409,7 +409,7 @@ class _Run:
 
     def _write_outputs(self, rows: list[dict], result, out: TrainResult) -> None:
         from harness.curves import plot_training_curves
-        from harness.models import export_hf_gpt2, save_canonical
+        from harness.models import export_hf_gpt2, hf_gpt2_incompatibilities, save_canonical
 
         d, cfg = self.run_dir, self.cfg
         model = self.model.to("cpu") if self.device.type != "cpu" else self.model
@@ -419,7 +419,7 @@ class _Run:
             os.replace(tmp / name, d / name)
         shutil.rmtree(tmp, ignore_errors=True)
         files = ["model.safetensors", "config.json", METRICS_FILE, "loss.png", "loss.svg", "ppl.png", "ppl.svg", STATE_FILE]
-        if cfg.family == "gpt":
+        if cfg.family == "gpt" and not hf_gpt2_incompatibilities(model.config):  # a Llama-style GPT has no GPT-2 twin
             from transformers.utils import logging as hf_logging
 
             hf_tmp = d / f".hf.tmp{os.getpid()}"
