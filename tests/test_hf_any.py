@@ -299,3 +299,34 @@ def test_harness_check_grades_a_submission_holding_a_llama_folder(tmp_path, monk
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     evaluated = eval_checkpoint(sub, course_path=course, device="cpu")
     assert evaluated["metrics"]["loss"] == s["metrics"]["loss"]
+
+
+def test_llama_folder_agrees_with_the_canonical_gpt(folder):
+    """Where the canonical GPT can express the architecture (RMSNorm, rotate_half RoPE, GQA, SwiGLU), it gives
+    the same clm-v1 loss as transformers' LlamaForCausalLM, which HF folders keep using as the reference. Keys
+    mapped as in tests/test_decoder.py (modeling_llama.py: q/k/v/o_proj, gate/up/down_proj, input_ and
+    post_attention_layernorm)."""
+    from harness.models.gpt import GPT, GPTConfig
+
+    ref, raw = folder("llama")
+    hf_cfg, src = ref.config, raw.tensors
+    sd = {"transformer.wte.weight": src["model.embed_tokens.weight"], "transformer.ln_f.weight": src["model.norm.weight"],
+          "lm_head.weight": src["lm_head.weight"]}
+    for i in range(hf_cfg.num_hidden_layers):
+        s, p = f"model.layers.{i}.", f"transformer.h.{i}."
+        sd[p + "attn.c_attn.weight"] = torch.cat([src[f"{s}self_attn.{n}_proj.weight"] for n in "qkv"])
+        for theirs, ours in (("self_attn.o_proj", "attn.c_proj"), ("mlp.gate_proj", "mlp.c_fc"),
+                             ("mlp.up_proj", "mlp.c_up"), ("mlp.down_proj", "mlp.c_proj"), ("input_layernorm", "ln_1"),
+                             ("post_attention_layernorm", "ln_2")):
+            sd[f"{p}{ours}.weight"] = src[f"{s}{theirs}.weight"]
+    canonical = GPT(GPTConfig(vocab_size=V, context=hf_cfg.max_position_embeddings, n_layers=2, d_model=32, n_heads=4,
+                              n_kv_heads=2, d_ff=64, norm_type="rmsnorm", ln_eps=hf_cfg.rms_norm_eps, positions="rope",
+                              rope_theta=hf_cfg.rope_parameters["rope_theta"], activation="silu", gated=True, bias=False,
+                              tied=False)).eval()
+    canonical.load_state_dict(sd, strict=True)
+    tok = ByteTokenizer(mlm=False)
+    split = make_split(tok)
+    through_transformers = evaluate_clm(build_model(raw).model, split, tok, context=128)
+    through_canonical = evaluate_clm(canonical, split, tok, context=128)
+    assert through_transformers.tokens == through_canonical.tokens
+    assert rel(through_canonical.loss, through_transformers.loss) < REL
