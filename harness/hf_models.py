@@ -243,7 +243,8 @@ def _load(cls, cfg, tensors: Mapping[str, torch.Tensor], name: str) -> nn.Module
     refusing any weight it would leave at its random initialisation."""
     try:
         hf, info = cls.from_pretrained(None, config=cfg, state_dict=dict(tensors), dtype=torch.float32,
-                                       attn_implementation=ATTENTION, output_loading_info=True)
+                                       attn_implementation=ATTENTION, output_loading_info=True,
+                                       ignore_mismatched_sizes=True)  # reported below, key by key, and refused
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         first = " ".join(str(exc).strip().splitlines()[:2])[:300]
         raise HarnessError("model-invalid", f"the weights do not load into transformers' {name}: {first}") from None
@@ -253,7 +254,9 @@ def _load(cls, cfg, tensors: Mapping[str, torch.Tensor], name: str) -> nn.Module
     if info.get("unexpected_keys"):
         problems.append(f"unexpected {_first(info['unexpected_keys'])}")
     if info.get("mismatched_keys"):
-        problems.append(f"of another shape {_first(str(k[0]) if isinstance(k, tuple) else str(k) for k in info['mismatched_keys'])}")
+        shapes = [f"{k[0]} ({list(k[1])} in the file, {list(k[2])} by config.json)" if isinstance(k, tuple) and len(k) == 3
+                  else str(k) for k in info["mismatched_keys"]]
+        problems.append(f"of another shape {_first(shapes)}")
     if info.get("error_msgs"):
         problems.append(str(info["error_msgs"][0])[:200])
     if problems:

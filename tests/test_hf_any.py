@@ -227,7 +227,7 @@ def test_unknown_model_type_gets_one_clear_line(tmp_path):
         assert "'my_own_llama'" in e.value.message and transformers.__version__ in e.value.message
 
 
-def test_a_missing_or_extra_weight_is_refused(tmp_path):
+def test_a_missing_extra_or_misshapen_weight_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path / "broken"
@@ -235,12 +235,14 @@ def test_a_missing_or_extra_weight_is_refused(tmp_path):
     tensors = load_file(folder / "model.safetensors")
     del tensors["model.layers.1.mlp.up_proj.weight"]
     tensors["model.layers.1.mlp.extra.weight"] = torch.zeros(3)
+    tensors["model.layers.0.mlp.down_proj.weight"] = torch.zeros(32, 60)
     save_file(tensors, folder / "model.safetensors")
     with pytest.raises(HarnessError) as e:
         build_model(read_checkpoint(folder))
     assert e.value.code == "model-invalid"
     assert "missing model.layers.1.mlp.up_proj.weight" in e.value.message
     assert "unexpected model.layers.1.mlp.extra.weight" in e.value.message
+    assert "model.layers.0.mlp.down_proj.weight ([32, 60] in the file, [32, 64] by config.json)" in e.value.message
 
 
 @pytest.mark.slow
