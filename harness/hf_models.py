@@ -37,7 +37,7 @@ _SHOWN_KEYS = 4
 
 
 def _transformers():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub: read where transformers is first imported here
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -53,6 +53,7 @@ def _model_type(raw) -> str | None:
 
 
 def _known(model_type: str) -> bool:
+    _transformers()
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     return model_type in CONFIG_MAPPING_NAMES
