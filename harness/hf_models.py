@@ -196,6 +196,14 @@ def _position_table(hf: nn.Module) -> int | None:
     return None
 
 
+def _norm_type(hf: nn.Module) -> str | None:
+    """What the built class normalises with (DistilBERT's config names no eps): RMSNorm by its classes'
+    names (LlamaRMSNorm, GemmaRMSNorm, …), LayerNorm by torch's class."""
+    kinds = {"rmsnorm" if "rmsnorm" in type(m).__name__.lower() else "layernorm"
+             for m in hf.modules() if isinstance(m, nn.LayerNorm) or "rmsnorm" in type(m).__name__.lower()}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def _positions(cfg, table: int | None) -> str:
     if table is not None:
         return "sinusoidal" if getattr(cfg, "sinusoidal_pos_embds", False) else "learned"
@@ -219,9 +227,9 @@ def _architecture(cfg, hf: nn.Module, model_type: str, family: str) -> HFArchite
         d_ff = 4 * d_model
     activation = next((v for n in ("hidden_activation", "hidden_act", "activation_function", "activation")
                        if isinstance(v := getattr(cfg, n, None), str)), None)
-    norm = ("rmsnorm" if getattr(cfg, "rms_norm_eps", None) is not None else
-            "layernorm" if any(getattr(cfg, n, None) is not None
-                               for n in ("layer_norm_eps", "layer_norm_epsilon", "norm_eps")) else None)
+    norm = _norm_type(hf) or ("rmsnorm" if getattr(cfg, "rms_norm_eps", None) is not None else
+                              "layernorm" if any(getattr(cfg, n, None) is not None
+                                                 for n in ("layer_norm_eps", "layer_norm_epsilon", "norm_eps")) else None)
     table = _position_table(hf)
     inp, out = hf.get_input_embeddings(), hf.get_output_embeddings()
     tied = inp is not None and out is not None and out.weight is inp.weight

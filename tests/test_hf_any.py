@@ -138,6 +138,7 @@ def test_causal_folder_scores_as_its_own_forward(model_type, folder):
     d = loaded.describe()["architecture"]
     assert d["n_layers"] == {"value": 2, "source": "checkpoint config"} and d["d_model"]["value"] == 32
     assert d["vocab_size"]["value"] == V and d["causal"]["value"] is True
+    assert d["norm"]["value"] == ("layernorm" if model_type in ("gpt_neox", "phi", "opt", "gptj", "falcon") else "rmsnorm")
 
     tok = ByteTokenizer(mlm=False)
     split = make_split(tok)
@@ -169,6 +170,7 @@ def test_masked_folder_scores_as_its_own_forward(model_type, folder):
     with torch.no_grad():
         own = ref(input_ids=torch.from_numpy(inputs)[None], labels=torch.from_numpy(labels)[None]).loss.item()
     assert r.tokens == int(selected.sum()) > 5
+    assert loaded.describe()["architecture"]["norm"]["value"] == "layernorm"
     assert rel(r.loss, own) < REL, (r.loss, own)
 
 
