@@ -9,7 +9,8 @@ and our tensors are handed to transformers' loader, which applies its own key re
 refused: a weight left at its random initialisation would be graded as if the student had trained it.
 
 GPT-2 and BERT folders stay on their layouts (`hf-gpt2`, `hf-bert`): those map exactly onto the canonical
-models, so their numbers do not change. A config with `auto_map` names the student's own modelling code,
+models, so their numbers do not change; only one whose config uses an option the canonical model does not
+compute (the layout's `unsupported`, e.g. GPT-2's `scale_attn_by_inverse_layer_idx`) is built here instead. A config with `auto_map` names the student's own modelling code,
 which is never imported or run (no `trust_remote_code`); it is refused unless a layout recognises the weights.
 """
 
@@ -63,13 +64,17 @@ def wants(raw) -> bool:
     """Whether `raw` is built here rather than by a layout: an HF folder whose model_type no layout owns,
     and which transformers knows without remote code — or which nothing else could build either (then
     `build_hf_model` says why)."""
-    model_type = _model_type(raw)
-    if model_type is None or model_type in LAYOUT_MODEL_TYPES:
-        return False
-    if "auto_map" not in raw.config and _known(model_type):
-        return True
     from harness.layouts import recognising
 
+    model_type = _model_type(raw)
+    if model_type is None:
+        return False
+    if model_type in LAYOUT_MODEL_TYPES:  # unless it uses options the canonical model cannot compute
+        found = recognising(raw.tensors, dict(raw.config))
+        return ("auto_map" not in raw.config and len(found) == 1 and hasattr(found[0], "unsupported")
+                and bool(found[0].unsupported(dict(raw.config))))
+    if "auto_map" not in raw.config and _known(model_type):
+        return True
     return not recognising(raw.tensors, dict(raw.config))
 
 
@@ -188,7 +193,7 @@ def _position_table(hf: nn.Module) -> int | None:
     RoBERTa's padding offset (its positions start after the padding id)."""
     for name, module in hf.named_modules():
         leaf = name.rsplit(".", 1)[-1].lower()
-        if isinstance(module, nn.Embedding) and "pos" in leaf:
+        if isinstance(module, nn.Embedding) and ("pos" in leaf or leaf == "wpe"):  # wpe: GPT-2, GPT-Neo
             rows = module.num_embeddings - int(getattr(module, "offset", 0) or 0)
             if module.padding_idx is not None:
                 rows -= module.padding_idx + 1

@@ -192,6 +192,21 @@ def test_gpt2_and_bert_folders_keep_their_layouts(tmp_path):
     assert build_model(saved(tiny("bert"), tmp_path / "bert")).layout == "hf-bert"
 
 
+def test_gpt2_folder_with_an_option_the_canonical_gpt_lacks_uses_transformers(tmp_path):
+    """scale_attn_by_inverse_layer_idx: the hf-gpt2 layout refuses it; GPT2LMHeadModel computes it."""
+    ref = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=V, n_positions=128, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3,
+        scale_attn_by_inverse_layer_idx=True)).eval()
+    loaded = build_model(saved(ref, tmp_path / "gpt2"))
+    assert (loaded.layout, loaded.family, loaded.max_positions) == ("transformers-gpt2", "gpt", 128)
+    tok = ByteTokenizer(mlm=False)
+    r = evaluate_clm(loaded.model, make_split(tok), tok, context=128)
+    stream = torch.tensor([256, *[t for doc in DOCS for t in (256, *tok.encode(doc))][1:]])[None]
+    with torch.no_grad():
+        own = ref(input_ids=stream, labels=stream).loss.item()
+    assert rel(r.loss, own) < REL
+
+
 def test_grouped_query_heads_and_norm_are_reported(folder):
     d = build_model(folder("llama")[1]).describe()
     arch = {k: v["value"] for k, v in d["architecture"].items()}
