@@ -478,7 +478,7 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
     """
     from harness import hf_models
 
-    if hf_models.wants(raw):  # a Hugging Face folder of an architecture no layout maps: transformers' class
+    if hf_models.wants(raw):  # an HF folder no layout maps onto the canonical models: transformers' class
         return hf_models.build_hf_model(raw, family=family)
     tensors: Mapping[str, torch.Tensor] = raw.tensors
     config: dict = dict(getattr(raw, "config", None) or {})
