@@ -190,7 +190,7 @@ def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[s
     overrules), and what the weights cannot tell calibrated on the train split. Where the weights overrule
     a wrong family in submission.toml, the tokenizer (and the frozen data) follow. `harness eval` and
     grading share it, so the same submission gives the same number."""
-    from harness.model import build_model, pick_layout
+    from harness.model import build_model, checkpoint_family
     from harness.tokenizers import get_tokenizer
 
     hints, named_family = (sub.model, sub.family) if sub is not None else (None, None)
@@ -200,7 +200,7 @@ def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[s
             return get_tokenizer(tokenizer_spec), False
         return _tokenizer_for(family, sub, course, root, warnings)
 
-    family = named_family or pick_layout(raw.tensors, raw.config, None).FAMILY
+    family = named_family or checkpoint_family(raw)
     tokenizer, named = tokenizer_of(family)
     frozen, train = _frozen(source, tokenizer)
     calibrate = _calibrator(course, family, tokenizer, train) if train is not None else None
@@ -294,6 +294,8 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
             "sources": {k: v["source"] for k, v in d["architecture"].items()},
             "unverified": d["unverified"], "calibration": d["calibration"], "facts": d["facts"],
         }
+        if getattr(cfg, "n_kv_heads", None) not in (None, cfg.n_heads):  # grouped-query attention
+            result["model"]["n_kv_heads"] = cfg.n_kv_heads
         result["warnings"] += d["warnings"]
         result["pad_id"] = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
     result["tokenizer"] = {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
