@@ -31,19 +31,20 @@ def main() -> None:
     _no_network()
     sys.stdout = sys.stderr  # the student's prints go to the log, never into the frames
 
-    import importlib.util
-    import inspect
     import traceback
+    from pathlib import Path
 
     import numpy as np
     import torch
     from safetensors.torch import load as st_load
 
+    from harness import student_class as sc
     from harness.sandbox import _read_frame, _write_frame
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    sys.path.insert(0, os.getcwd())
-    model = None
+    root = Path(os.getcwd())
+    caller = None
+    reported = 0
     while True:
         try:
             header, payload = _read_frame(in_fd, None)
@@ -51,40 +52,40 @@ def main() -> None:
             return
         try:
             if header["op"] == "load":
-                spec = importlib.util.spec_from_file_location("student_model", os.path.join(os.getcwd(), header["file"]))
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                cls = getattr(module, header["class"], None)
-                if cls is None:
-                    raise LookupError(f"{header['file']} defines no {header['class']}")
-                kwargs = header["kwargs"]
-                params = inspect.signature(cls).parameters
-                if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                    kwargs = {k: v for k, v in kwargs.items() if k in params}
-                model = cls(**kwargs)
-                missing, unexpected = model.load_state_dict(st_load(payload), strict=False)
-                if missing or unexpected:
-                    raise KeyError(f"the weights do not fit {header['class']}: missing {list(missing)[:5]}, "
-                                   f"unexpected {list(unexpected)[:5]}")
+                stage = "importing"
+                cls, module, notes = sc.import_class(root, header["code"], sc.scratch_folder())
+                stage = "constructing"
+                model, account = sc.construct(cls, module, header.get("stored") or {}, header.get("model") or {},
+                                              header.get("kwargs") or {})
+                stage = "loading the weights into"
+                notes += sc.load_weights(model, st_load(payload), cls.__name__)
                 model.eval()
-                _write_frame(out_fd, {"ok": True})
+                caller = sc.Caller(model)
+                _write_frame(out_fd, {"ok": True, "notes": notes})
+            elif header["op"] == "describe":
+                stage = "running"
+                n_outputs = int(caller.logits(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
+                try:
+                    arch = sc.describe(model, n_outputs, account, module)
+                except Exception as e:  # noqa: BLE001 — a description is never worth failing the model over
+                    arch = {}
+                    caller.notes.append(f"the architecture could not be read from the module ({type(e).__name__})")
+                account.pop("config", None)
+                new, reported = caller.notes[reported:], len(caller.notes)
+                params = sum(p.numel() for p in model.parameters())  # tied weights once, buffers out
+                _write_frame(out_fd, {"ok": True, "n_outputs": n_outputs, "built": account, "architecture": arch,
+                                      "params": int(params), "notes": new})
             elif header["op"] == "logits":
                 ids = torch.from_numpy(np.frombuffer(payload, dtype=np.int64).reshape(header["shape"]).copy())
-                with torch.inference_mode():
-                    out = model(ids)
-                if isinstance(out, dict):
-                    out = out.get("logits", next(iter(out.values())))
-                elif not isinstance(out, torch.Tensor) and hasattr(out, "logits"):
-                    out = out.logits
-                elif isinstance(out, (tuple, list)):
-                    out = out[0]
-                logits = out.detach().float().contiguous().numpy()
-                _write_frame(out_fd, {"ok": True, "shape": list(logits.shape)}, logits.tobytes())
+                logits = caller.logits(ids).contiguous().numpy()
+                new, reported = caller.notes[reported:], len(caller.notes)
+                _write_frame(out_fd, {"ok": True, "shape": list(logits.shape), "notes": new}, logits.tobytes())
             else:
                 raise ValueError(f"unknown op {header['op']!r}")
         except Exception as e:
             traceback.print_exc()
-            _write_frame(out_fd, {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]})
+            where = f"{stage} the model: " if header.get("op") == "load" else ""
+            _write_frame(out_fd, {"ok": False, "error": f"{where}{type(e).__name__}: {e}"[:500]})
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "or name your model code in submission.toml ([model] code = \"model.py:ClassName\")."),
     "model-code-failed": (ERROR, "Model code failed",
         "Your model code crashed, timed out or returned logits of the wrong shape when the harness ran it."),
+    "model-code-fallback": (WARNING, "Model code could not be used",
+        "The model code named in submission.toml could not run (see why), but the harness recognises the "
+        "weights' layout, so they were graded through it. Fix the code so that `harness check` runs it."),
     "weights-nonfinite": (ERROR, "Weights contain NaN or Inf",
         "Some weights are not finite numbers, so every prediction is meaningless. Training diverged: lower "
         "the learning rate, clip gradients, and save a checkpoint from before the divergence."),

@@ -164,6 +164,8 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
         fs = find(ev, course, ref.get("ppl"))
         if m.get("vocab_mismatch"):
             fs.insert(0, finding("vocab-mismatch", m["vocab_mismatch"]))
+        if m.get("code_fallback"):
+            fs.insert(0, finding("model-code-fallback", m["code_fallback"]))
         similar = [{"id": p["b"] if p["a"] == ev.id else p["a"], "similarity": p["similarity"]}
                    for p in pairs if ev.id in (p["a"], p["b"])]
         for s in similar:

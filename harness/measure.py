@@ -257,24 +257,19 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     result["warnings"] += list(raw.warnings)
 
     source = load_source(course.data_source)
+    custom = None
     if sub.code:
-        from harness.sandbox import SandboxedModel, SandboxLimits
+        from harness.custom_code import load_custom
 
-        family = sub.family or "gpt"
-        kwargs = sub.model.get("kwargs") or {k: v for k, v in raw.config.items()
-                                             if isinstance(v, (int, float, str, bool))}
-        # one call must time out well before the worker does, so the verdict names the model code
-        limits = SandboxLimits(call_seconds=max(10.0, job.timeout_s / 4), start_seconds=max(20.0, job.timeout_s / 3)) \
-            if job.timeout_s else SandboxLimits()
-        model = SandboxedModel(root, sub.code, raw.tensors, kwargs=kwargs, max_positions=sub.model.get("context"),
-                               limits=limits)
-        n_outputs, state = model.n_outputs, raw.tensors
+        custom = load_custom(job, sub, root, raw, course.eval_settings(sub.family or "gpt").context)
+        if isinstance(custom, str):
+            result["code_fallback"], custom = custom, None
+    if custom is not None:
+        family, model, n_outputs, state = custom.family, custom.model, custom.model.n_outputs, raw.tensors
         tokenizer, named = _tokenizer_for(family, sub, course, root, result["warnings"])
         frozen, train = _frozen(source, tokenizer)
-        params = sum(int(t.numel()) for t in {id(t): t for t in raw.tensors.values()}.values())
         result["checkpoint"]["layout"] = "custom-code"
-        result["model"] = {"family": family, "layout": "custom-code", "params": params, "vocab_size": n_outputs,
-                           "context": sub.model.get("context"), "sources": {"params": "weights", "code": sub.code}}
+        result["model"] = custom.info
     else:
         scored = _build_scored(raw, sub, course, root, source, result["warnings"])
         loaded, tokenizer, named, frozen, train = (scored.loaded, scored.tokenizer, scored.named, scored.frozen,
@@ -303,7 +298,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         np.save(job.signature_path, sig, allow_pickle=False)
         result["signature_key"] = key
 
-    if job.device.startswith("cuda") and not sub.code:
+    if job.device.startswith("cuda") and custom is None:
         from harness.evaluate import as_logits_model
 
         # the worker sees its one GPU only (CUDA_VISIBLE_DEVICES): "cuda:3" of the grader is cuda:0 here
@@ -337,8 +332,8 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     result["metrics"] = metrics
     result["data"] = {"manifest_sha256": frozen.manifest_sha256, "split": course.data_split,
                       "source": source.name}
-    if hasattr(model, "close"):
-        model.close()
+    if custom is not None:
+        custom.finish(result)
 
 
 class TruncatedVocabulary:

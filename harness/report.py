@@ -358,6 +358,10 @@ def _architecture(results: dict, sub: dict, course: Any, codes: set[str]) -> dic
         if req is not None and _finite(value):
             ok = req[0] <= value <= req[1]
             check, tone = ("✓ within", "ok") if ok else ("✗ outside", "bad")
+            if ok and sources.get(key) in ("default (unverified)", "not verified"):
+                check, tone = "? a default, not verified", "warn"
+        elif req is not None:
+            check, tone = "? not verified", "warn"
         if key == "params" and claimed is not None and _finite(value) and value:
             gap = abs(claimed - value) / value
             if "params-claim-mismatch" in codes:

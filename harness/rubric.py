@@ -72,7 +72,31 @@ def _perplexity(c: Criterion, ev: Evaluation, findings: list[Finding], reference
                              f"to full marks at {full:.1f} ({anchor})")
 
 
-def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], reference_ppl: float | None) -> CriterionScore:
+# sources that mean nobody established the value: a layout's default, or custom code that does not tell
+UNVERIFIED_SOURCES = ("default (unverified)", "not verified")
+
+
+def _architecture(c: Criterion, ev: Evaluation, findings: list[Finding], course: Course | None) -> tuple[float, str]:
+    """Full points only for what was verified: a requirement whose value nobody established (custom code
+    that hides its heads) earns no share of the points, and the why says which."""
+    arch = [f for f in findings if f.code == "arch-requirements"]
+    if not ev.model:
+        return 0.0, "architecture unknown: the checkpoint was not recognised"
+    if arch:
+        return 0.0, arch[0].message
+    reqs = sorted(course.requirements.get(ev.family or "", {})) if course is not None else []
+    sources = ev.model.get("sources") or {}
+    unverified = [k for k in reqs if ev.model.get(k) is None or sources.get(k) in UNVERIFIED_SOURCES]
+    if not unverified:
+        return c.points, "within the assignment's requirements"
+    share = (len(reqs) - len(unverified)) / len(reqs)
+    return c.points * share, (f"not verified: {', '.join(unverified)} (no weight, stored value or module attribute "
+                              f"tells {'it' if len(unverified) == 1 else 'them'}); the rest within the requirements, "
+                              f"{len(reqs) - len(unverified)} of {len(reqs)}")
+
+
+def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], reference_ppl: float | None,
+                    course: Course | None = None) -> CriterionScore:
     codes = _codes(findings)
     if c.kind == "loads":
         if ev.metrics:
@@ -81,13 +105,7 @@ def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], refer
             reason = ev.error["message"] if ev.error else "not evaluated"
             pts, why = 0.0, f"not evaluated: {reason}"
     elif c.kind == "architecture":
-        arch = [f for f in findings if f.code == "arch-requirements"]
-        if not ev.model:
-            pts, why = 0.0, "architecture unknown: the checkpoint was not recognised"
-        elif arch:
-            pts, why = 0.0, arch[0].message
-        else:
-            pts, why = c.points, "within the assignment's requirements"
+        pts, why = _architecture(c, ev, findings, course)
     elif c.kind == "causal":
         if ev.family == "mlm":
             pts, why = c.points, "a masked LM is bidirectional by design"
@@ -122,7 +140,7 @@ def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], refer
 
 def score(ev: Evaluation, findings: list[Finding], course: Course, reference_ppl: float | None = None,
           overrides: list[dict[str, Any]] | None = None) -> Score:
-    criteria = [criterion_score(c, ev, findings, reference_ppl) for c in course.rubric]
+    criteria = [criterion_score(c, ev, findings, reference_ppl, course) for c in course.rubric]
     applied = []
     total_override = None
     for o in overrides or ():

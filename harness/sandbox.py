@@ -8,6 +8,9 @@ and sends them as safetensors bytes; then it sends token windows and gets logits
 bytes. Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them.
 
 `SandboxedModel` answers the evaluator like any other model (`n_outputs`, `max_positions`, `logits`).
+What the child does with the student's class (import it, construct it the way its signature asks, call
+its forward the way it answers, describe its architecture) is `student_class.py`; grading's use of it,
+with the layout fallback, is `custom_code.py`.
 """
 
 from __future__ import annotations
@@ -92,17 +95,23 @@ class SandboxedModel:
     """A student's model class, constructed and run in a sandboxed child; a `LogitsModel` for the evaluator."""
 
     def __init__(self, submission_root: Path, code: str, state_dict: dict[str, torch.Tensor], *,
-                 kwargs: dict[str, Any] | None = None, max_positions: int | None = None,
+                 kwargs: dict[str, Any] | None = None, stored: dict[str, Any] | None = None,
+                 model_table: dict[str, Any] | None = None, max_positions: int | None = None,
                  limits: SandboxLimits = SandboxLimits()):
+        """`kwargs`: [model.kwargs]; `model_table`: the rest of [model]; `stored`: the checkpoint's config.
+        After construction: `n_outputs`, `built` (how the class was constructed, from which values),
+        `architecture` ({field: {value, source}}), and `notes` (grows as calls find out how forward works)."""
         global _NETNS
-        if ":" not in code:
-            raise HarnessError("submission-invalid", f"model code {code!r} must look like \"model.py:ClassName\"")
-        file, cls = code.rsplit(":", 1)
-        if Path(file).is_absolute() or ".." in Path(file).parts or not (submission_root / file).is_file():
-            raise HarnessError("model-code-failed", f"model code file {file} is not in the submission")
+        from harness.student_class import resolve_code
+
+        try:
+            resolve_code(submission_root, code)
+        except ValueError as e:
+            raise HarnessError("model-code-failed", str(e)) from None
         self.limits = limits
         self.max_positions = max_positions
         self._n_outputs: int | None = None
+        self.notes: list[str] = []
         self._tmp = Path(tempfile.mkdtemp(prefix="harness-sandbox-"))
         view = self._tmp / "submission"
         shutil.copytree(submission_root, view, symlinks=False,
@@ -151,9 +160,23 @@ class SandboxedModel:
 
         from safetensors.torch import save as st_save
 
-        payload = st_save({k: v.contiguous() for k, v in state_dict.items()})
-        self._call({"op": "load", "file": file, "class": cls, "kwargs": kwargs or {}}, payload, limits.start_seconds,
-                   "loading the model")
+        seen: set[int] = set()
+        tensors = {}
+        for k, v in state_dict.items():  # safetensors refuses shared tensors (a tied head): one copy each
+            tensors[k] = v.contiguous().clone() if v.data_ptr() in seen else v.contiguous()
+            seen.add(v.data_ptr())
+        plain = {k: v for k, v in (model_table or {}).items() if k not in ("code", "kwargs")}
+        reply, _ = self._call({"op": "load", "code": code, "kwargs": kwargs or {}, "model": plain,
+                               "stored": stored or {}}, st_save(tensors), limits.start_seconds, "loading the model")
+        self.notes += list(reply.get("notes") or ())
+        reply, _ = self._call({"op": "describe"}, b"", limits.call_seconds, "computing logits")
+        self._n_outputs = int(reply["n_outputs"])
+        self.built: dict[str, Any] = reply.get("built") or {}
+        self.architecture: dict[str, dict[str, Any]] = reply.get("architecture") or {}
+        self.params: int | None = reply.get("params")
+        self.notes += list(reply.get("notes") or ())
+        if self.max_positions is None:
+            self.max_positions = (self.architecture.get("context") or {}).get("value")
 
     # -- the LogitsModel seam ---------------------------------------------------------------------
 
@@ -167,6 +190,7 @@ class SandboxedModel:
         ids = np.ascontiguousarray(input_ids.cpu().numpy().astype(np.int64))
         header, payload = self._call({"op": "logits", "shape": list(ids.shape)}, ids.tobytes(),
                                      self.limits.call_seconds, "computing logits")
+        self.notes += list(header.get("notes") or ())
         shape = tuple(header["shape"])
         if len(shape) != 3 or shape[:2] != ids.shape or len(payload) != 4 * int(np.prod(shape)):
             raise HarnessError("model-code-failed", f"the model returned logits of shape {shape} for input "
@@ -188,7 +212,7 @@ class SandboxedModel:
         if not reply.get("ok"):
             self.close()
             error = str(reply.get("error"))
-            if error.startswith("MemoryError"):
+            if "MemoryError:" in error:
                 error = f"it ran out of memory (the sandbox allows {self.limits.memory_mb} MB)"
             raise HarnessError("model-code-failed", f"the model code failed while {doing}: {error}")
         return reply, data

@@ -1,0 +1,519 @@
+"""A student's model class as it really is: imported, constructed, called and described. Runs only inside
+the sandboxed child (`_sandbox_child.py`); the parent never imports student code.
+
+- Import: `file.py:Name`, `pkg/model.py:Name`, `pkg:Name` or `pkg.model:Name`. A file in a folder with an
+  `__init__.py` is imported as part of its package, so relative imports work. A package that asks
+  `importlib.metadata` for its own version is not installed here: it sees a stand-in distribution with the
+  version of the submission's `pyproject.toml` (else 0.0.0), as it would after `pip install -e .`.
+- Construction (`construct`): `Name.__init__`'s signature decides. One config-like parameter gets a config
+  object: minGPT's `Name.get_default_config()`, the parameter's annotated class, or the config class the
+  module defines (nanoGPT's `GPTConfig`), or else a dict (LLMs-from-scratch's `cfg`); other parameters are
+  keywords, filtered to the signature; no parameters: the module's own values (ng-video-lecture). Values:
+  defaults < the checkpoint's stored config < `[model]` < `[model.kwargs]` of submission.toml.
+- Calls (`Caller`): logits, `(logits, loss)`, a dict or a model output; a forward that gives only the last
+  position's logits (nanoGPT without targets) is called with targets; `[B*T, V]` (ng-video-lecture with
+  targets) is reshaped; a forward that fails or disagrees at batch > 1 runs one window at a time.
+- Description (`describe`): the architecture from the weights' shapes, the values the model was built with
+  and the built module, each with its source; what none of them tells stays None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+CONFIG_NAMES = re.compile(r"^(\w+_)?(config|cfg|conf|args|hp|hparams|hyperparameters|settings|opts?)$", re.I)
+NEVER_PASSED = {"device", "dtype", "compile", "init_from", "backend", "out_dir", "wandb_log", "wandb_project",
+                "wandb_run_name", "ddp", "master_process", "seed_offset", "code", "kwargs"}
+SPELLINGS = {
+    "n_layers": ("n_layers", "n_layer", "num_layers", "num_hidden_layers", "nlayers", "depth", "layers"),
+    "d_model": ("d_model", "n_embd", "n_embed", "emb_dim", "embed_dim", "hidden_size", "dim", "width", "d_emb"),
+    "n_heads": ("n_heads", "n_head", "nhead", "num_heads", "num_attention_heads", "heads", "n_attn_heads"),
+    "context": ("context_length", "block_size", "context", "max_seq_len", "max_seq_length", "seq_len", "n_ctx",
+                "max_position_embeddings", "n_positions", "max_len", "window", "context_size"),
+    "d_ff": ("d_ff", "dim_feedforward", "intermediate_size", "ffn_dim", "d_hidden", "hidden_dim", "n_inner"),
+    "vocab_size": ("vocab_size", "n_vocab", "vocab", "ntoken"),
+}
+
+
+class ConfigDict(dict):
+    """The dict a `cfg` parameter gets: `cfg["emb_dim"]` (LLMs-from-scratch) and `cfg.emb_dim` both work."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+
+# --- import ----------------------------------------------------------------------------------------
+
+
+def resolve_code(root: Path, code: str) -> tuple[str, str]:
+    """(what to import, class name) for `code`; what to import is a .py file or a package folder, relative
+    to `root`. Raises ValueError with a sentence for a student."""
+    if ":" not in code:
+        raise ValueError(f"model code {code!r} must look like \"model.py:ClassName\"")
+    target, cls = code.rsplit(":", 1)
+    path = Path(target)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"model code {target} is not in the submission")
+    candidates = [path] if target.endswith(".py") else [path, Path(*target.split(".")).with_suffix(".py"),
+                                                        Path(*target.split("."))]
+    for c in candidates:
+        if (root / c).is_file() and c.suffix == ".py" or (root / c / "__init__.py").is_file():
+            return c.as_posix(), cls
+    raise ValueError(f"model code file {target} is not in the submission")
+
+
+def _stand_in_distributions(root: Path, names: list[str], where: Path) -> list[str]:
+    """Metadata of packages the submission holds but nobody installed, so `importlib.metadata.version(own
+    name)` answers as it would after `pip install -e .`: the version of pyproject.toml, else 0.0.0."""
+    import importlib.metadata as md
+
+    version, project = "0.0.0", None
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        try:
+            table = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project") or {}
+            project = table.get("name") if isinstance(table.get("name"), str) else None
+            version = str(table.get("version") or version)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            pass
+    made = []
+    for name in dict.fromkeys([*names, *([project] if project else [])]):
+        try:
+            md.version(name)
+            continue  # really installed (or a name like `torch`): leave it be
+        except md.PackageNotFoundError:
+            pass
+        info = where / f"{re.sub(r'[^A-Za-z0-9.]+', '_', name)}-{version}.dist-info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        made.append(f"{name} {version}")
+    if made and str(where) not in sys.path:
+        sys.path.append(str(where))
+    return made
+
+
+def import_class(root: Path, code: str, scratch: Path) -> tuple[type, Any, list[str]]:
+    """The class `code` names, its module, and notes on how it was imported."""
+    target, cls_name = resolve_code(root, code)
+    notes: list[str] = []
+    path = root / target
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    # the dotted name: up through every folder that is a package
+    parts = [path.stem] if path.suffix == ".py" else []
+    folder = path.parent if path.suffix == ".py" else path
+    if path.suffix == ".py" and path.stem == "__init__":
+        parts = []
+    packaged = False
+    while (folder / "__init__.py").is_file() and folder != root:
+        parts.insert(0, folder.name)
+        folder = folder.parent
+        packaged = True
+    if packaged and folder != root:
+        sys.path.insert(0, str(folder))
+    if packaged:
+        made = _stand_in_distributions(root, [parts[0], parts[0].replace("_", "-")], scratch / "dists")
+        if made:
+            notes.append(f"package metadata stood in for the uninstalled {', '.join(made)}")
+        module = importlib.import_module(".".join(parts))
+    else:
+        if str(path.parent) not in sys.path:  # `from layers import Block` beside it, as `python src/train.py` sees
+            sys.path.insert(0, str(path.parent))
+        name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else "student_model"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickles look their module up here
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+    cls = getattr(module, cls_name, None)
+    if not isinstance(cls, type):
+        raise LookupError(f"{target} defines no {cls_name}")
+    return cls, module, notes
+
+
+# --- construction ----------------------------------------------------------------------------------
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (bool, int, float, str)) or v is None
+
+
+def _fields_of(config_cls: type) -> list[str] | None:
+    if dataclasses.is_dataclass(config_cls):
+        return [f.name for f in dataclasses.fields(config_cls) if f.init]
+    try:
+        params = inspect.signature(config_cls).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None  # takes anything (minGPT's CfgNode(**kwargs))
+    return [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _module_config_class(module: Any, cls: type) -> type | None:
+    """The config class the student's module defines (or imports): `<Name>Config`, else the one dataclass
+    or *Config class there is."""
+    found = {n: v for n, v in sorted(vars(module).items()) if isinstance(v, type) and v is not cls
+             and not issubclass(v, (nn.Module, BaseException)) and (dataclasses.is_dataclass(v) or
+             re.search(r"(config|cfg|cfgnode|args|hparams|settings)$", n, re.I))}
+    for name in (f"{cls.__name__}Config", f"{cls.__name__}Cfg"):
+        if name in found:
+            return found[name]
+    named = [v for n, v in found.items() if re.search(r"config|cfg", n, re.I)]
+    if len(named) == 1:
+        return named[0]
+    dcs = [v for v in found.values() if dataclasses.is_dataclass(v)]
+    return dcs[0] if len(dcs) == 1 else None
+
+
+def _config_like(p: inspect.Parameter, n_params: int, module: Any) -> bool:
+    if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+        return False
+    ann = _annotation_class(p, module)
+    if ann is dict or ann is not None and ann.__module__ != "builtins" and not ann.__module__.startswith("torch"):
+        return True
+    return bool(CONFIG_NAMES.search(p.name)) or (n_params == 1 and p.default is p.empty and p.name in ("c", "C"))
+
+
+def _annotation_class(p: inspect.Parameter, module: Any) -> type | None:
+    ann = p.annotation
+    if ann is p.empty:
+        return None
+    if isinstance(ann, str):  # `from __future__ import annotations`
+        ann = getattr(module, ann.strip("'\""), None) or {"dict": dict, "Dict": dict}.get(ann.split("[")[0])
+    if ann is dict or getattr(ann, "__origin__", None) is dict:
+        return dict
+    return ann if isinstance(ann, type) and ann not in (int, float, str, bool) else None
+
+
+def _fill(obj: Any, values: dict[str, Any], only_existing: bool) -> list[str]:
+    dropped = []
+    for k, v in values.items():
+        if only_existing and not hasattr(obj, k):
+            dropped.append(k)
+        else:
+            setattr(obj, k, v)
+    return dropped
+
+
+def _make_config(cls: type, module: Any, p: inspect.Parameter, values: dict[str, Any],
+                 explicit: set[str]) -> tuple[Any, str, list[str]]:
+    """The config object for parameter `p`, how it was made, and the given keys it has no place for."""
+    ann = _annotation_class(p, module)
+    default_config = getattr(cls, "get_default_config", None)
+    if ann is None and callable(default_config):
+        config = default_config()
+        dropped = _fill(config, values, only_existing=True)
+        how = f"{cls.__name__}.get_default_config()"
+        sizes = ("n_layer", "n_head", "n_embd")
+        # minGPT takes a model_type or the sizes, not both: sizes that were given win
+        if getattr(config, "model_type", None) is not None and "model_type" not in explicit \
+                and all(getattr(config, s, None) is not None for s in sizes) and explicit & set(sizes):
+            config.model_type = None
+            how += " with model_type None (the sizes are given)"
+        return config, how, dropped
+    config_cls = ann if ann is not None else _module_config_class(module, cls)
+    if config_cls is None or config_cls is dict:
+        seed = {}
+        dicts = [v for n, v in sorted(vars(module).items()) if isinstance(v, dict) and "config" in n.lower()
+                 and v and all(isinstance(k, str) for k in v)]
+        if len(dicts) == 1:  # LLMs-from-scratch's GPT_CONFIG_124M beside the class
+            seed = dict(dicts[0])
+        return ConfigDict({**seed, **values}), "a dict", []
+    fields = _fields_of(config_cls)
+    if fields is None:
+        try:
+            return config_cls(**values), f"{config_cls.__name__}(**values)", []
+        except TypeError:
+            config = config_cls()
+            return config, f"{config_cls.__name__}()", _fill(config, values, only_existing=True)
+    use = {k: v for k, v in values.items() if k in fields}
+    return config_cls(**use), f"{config_cls.__name__}(...)", sorted(set(values) - set(use))
+
+
+def construct(cls: type, module: Any, stored: dict[str, Any], model_table: dict[str, Any],
+              kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """`cls` built the way its signature asks, and a JSON-ready account: `how`, the `values` used and where
+    each came from, the keys given in [model.kwargs] it had no place for (`dropped`)."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, table in (("checkpoint config", stored), ("submission.toml [model]", model_table),
+                          ("submission.toml [model.kwargs]", kwargs)):
+        for k, v in sorted((table or {}).items()):
+            if k in NEVER_PASSED or not isinstance(k, str):
+                continue
+            if source == "checkpoint config" and not _scalar(v):
+                continue
+            values[k], origin[k] = v, source
+    explicit = set(values)
+    sig = inspect.signature(cls.__init__)
+    params = [p for n, p in list(sig.parameters.items())[1:] if p.kind not in (p.VAR_POSITIONAL,)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = [p for p in params if p.kind is not p.VAR_KEYWORD]
+    config_params = [p for p in named if _config_like(p, len(named), module)]
+    args: dict[str, Any] = {}
+    how, dropped = "keywords", []
+    if len(config_params) == 1:
+        p = config_params[0]
+        config, how, dropped = _make_config(cls, module, p, values, explicit)
+        args[p.name] = config
+        rest = [q for q in named if q is not p]
+    else:
+        rest = named
+    for q in rest:
+        if q.name in values:
+            args[q.name] = values[q.name]
+    if takes_any and not config_params:
+        args.update({k: v for k, v in values.items() if k not in args})
+    if not named and not takes_any:
+        how = "no arguments (the module's own values)"
+    elif not config_params:
+        dropped = sorted(k for k in values if k not in args)
+    dropped = [k for k in dropped if k not in args]  # a keyword beside the config object took it
+    missing = [q.name for q in rest if q.default is q.empty and q.name not in args
+               and q.kind is not q.VAR_KEYWORD]
+    if missing:
+        raise TypeError(f"{cls.__name__} needs {', '.join(missing)}, which neither the checkpoint's stored config "
+                        "nor [model.kwargs] in submission.toml gives")
+    model = cls(**args)
+    used = {k: v for k, v in values.items() if k not in dropped}
+    built = next((v for k, v in args.items() if config_params and k == config_params[0].name), None)
+    if built is not None:
+        d = built if isinstance(built, dict) else vars(built) if hasattr(built, "__dict__") else {}
+        used_all = {k: v for k, v in d.items() if isinstance(k, str) and _scalar(v)}
+    else:
+        used_all = {k: v for k, v in used.items() if _scalar(v)}
+    account = {"how": how, "config": used_all, "values": {k: v for k, v in used.items() if _scalar(v)},
+               "from": {k: origin[k] for k in used},
+               "dropped": sorted(k for k in dropped if origin.get(k, "").endswith("[model.kwargs]"))}
+    return model, account
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> list[str]:
+    """Weights into the model: every parameter must be given; a buffer the checkpoint lacks keeps the value
+    the constructor gave it (a causal mask); a stored mask the model does not keep is set aside."""
+    own_buffers = {n for n, _ in model.named_buffers()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    notes = []
+    missing_params = [k for k in missing if k not in own_buffers]
+    masks = [k for k in unexpected if _is_mask(state[k])]
+    unexpected = [k for k in unexpected if k not in masks]
+    if missing_params or unexpected:
+        raise KeyError(f"the weights do not fit {name}: missing {missing_params[:5]}, unexpected {unexpected[:5]}")
+    if masks:
+        notes.append(f"{len(masks)} stored causal-mask buffer(s) the model does not keep were set aside")
+    return notes
+
+
+def _is_mask(t: torch.Tensor) -> bool:
+    if t.dim() < 2 or t.shape[-1] != t.shape[-2]:
+        return False
+    u = torch.unique(t.float())
+    return bool(u.numel() <= 2 and all(x in (0.0, 1.0, float("-inf")) for x in u.tolist()))
+
+
+# --- calls -----------------------------------------------------------------------------------------
+
+
+def _logits_of(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, dict) and out:
+        return _logits_of(out["logits"] if "logits" in out else next(iter(out.values())))
+    if isinstance(out, (tuple, list)) and out:
+        return _logits_of(out[0])
+    raise TypeError(f"forward returned {type(out).__name__}; it must return logits [B, T, V], or a tuple, dict or "
+                    "model output whose first item or `logits` they are")
+
+
+class Caller:
+    """Calls the student's forward the way it works: found out on the first windows, kept for the run."""
+
+    TARGET_NAMES = ("targets", "target", "labels", "y")
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self.target_name = next((n for n in self.TARGET_NAMES if n in params), None)
+        self.with_targets = False  # nanoGPT: without targets only the last position's logits
+        self.one_at_a_time: bool | None = None  # None: not yet tried at batch > 1
+        # NaN weights give NaN logits: that is the weights' finding (weights-nonfinite), not the code's
+        self.check_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+        self.notes: list[str] = []
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        B, T = ids.shape
+        with torch.inference_mode():
+            if self.with_targets:
+                out = self.model(ids, **{self.target_name: torch.zeros_like(ids)})
+            else:
+                out = self.model(ids)
+            logits = _logits_of(out)
+            if T > 1 and not self.with_targets and self.target_name and logits.dim() == 3 \
+                    and tuple(logits.shape[:2]) == (B, 1):
+                self.with_targets = True
+                self.notes.append(f"forward(idx) returned only the last position's logits; called as "
+                                  f"forward(idx, {self.target_name}=...) to get every position's")
+                return self._forward(ids)
+        if logits.dim() == 2 and logits.shape[0] == B * T:  # ng-video-lecture's view(B*T, C) with targets
+            logits = logits.view(B, T, -1)
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != (B, T):
+            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for input {tuple(ids.shape)}; "
+                             "it must return [B, T, V]")
+        if not logits.is_floating_point():
+            raise TypeError(f"the model returned logits of type {logits.dtype}, not floating point")
+        logits = logits.detach().float()
+        # -inf is a (harsh) logit; NaN and +inf are not
+        if self.check_finite and (torch.isnan(logits).any() or torch.isposinf(logits).any()):
+            raise ValueError(f"the model returned NaN or +inf logits for input {tuple(ids.shape)}")
+        return logits
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        B = ids.shape[0]
+        if B == 1 or self.one_at_a_time is False:
+            return self._forward(ids)
+        if self.one_at_a_time:
+            return torch.cat([self._forward(ids[i:i + 1]) for i in range(B)])
+        try:
+            together = self._forward(ids)
+            alone = self._forward(ids[:1])
+            scale = float(alone.abs().max()) + 1.0
+            agree = bool((together[:1] - alone).abs().max() <= 1e-4 * scale)
+            why = "gave other logits for a window than at batch 1"
+        except Exception as e:  # noqa: BLE001 — any failure of the student's code at batch > 1
+            agree, why = False, f"failed ({type(e).__name__}: {str(e)[:120]})"
+        self.one_at_a_time = not agree
+        if agree:
+            return together
+        self.notes.append(f"forward at batch {B} {why}; every window was run alone")
+        return self.logits(ids)
+
+
+# --- description -----------------------------------------------------------------------------------
+
+
+def _config_values(model: nn.Module, account: dict[str, Any], module: Any) -> list[tuple[dict, str]]:
+    """Where values were stated, best first: what built the model, its config attribute, module globals."""
+    out = [(account.get("config") or {}, "the values it was built with")]
+    for attr in ("config", "cfg", "args", "hparams", "conf"):
+        c = getattr(model, attr, None)
+        if c is None:
+            continue
+        d = c if isinstance(c, dict) else vars(c) if hasattr(c, "__dict__") else {}
+        out.append(({k: v for k, v in d.items() if _scalar(v)}, f"the model's {attr}"))
+    if account.get("how", "").startswith("no arguments"):
+        out.append(({k: v for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool)},
+                    "the module's own values"))
+    return out
+
+
+def _stated(field: str, configs: list[tuple[dict, str]], origin: dict[str, str]) -> tuple[Any, str] | None:
+    for values, where in configs:
+        for name in SPELLINGS[field]:
+            v = values.get(name)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                if where == "the values it was built with" and name in origin:
+                    where = f"built with the {origin[name]}'s value"  # checkpoint config or submission.toml
+                return v, f"{where} ({name})"
+    return None
+
+
+def _layer_stack(model: nn.Module) -> tuple[str, nn.Module, int] | None:
+    """The repeated blocks: the list (ModuleList, Sequential) of same-class modules holding most parameters."""
+    best = None
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or len(m) == 0:
+            continue
+        kids = list(m)
+        if len({type(k) for k in kids}) != 1:
+            continue
+        n = sum(p.numel() for p in m.parameters())
+        if n and (best is None or n > best[3]):
+            best = (name, kids[0], len(kids), n)
+    return best[:3] if best else None
+
+
+def describe(model: nn.Module, n_outputs: int, account: dict[str, Any], module: Any) -> dict[str, dict[str, Any]]:
+    """n_layers, d_model, n_heads, context, d_ff, vocab_size: each {value, source}; value None where nothing
+    tells it ("not verified")."""
+    configs = _config_values(model, account, module)
+    arch: dict[str, dict[str, Any]] = {"vocab_size": {"value": n_outputs, "source": "the model's output"}}
+    params = {n: p for n, p in model.named_parameters()}
+    tables = [(n, p) for n, p in params.items() if p.dim() == 2 and p.shape[0] == n_outputs]
+    d_model = int(tables[0][1].shape[1]) if tables else None
+    if d_model:
+        arch["d_model"] = {"value": d_model, "source": f"weights ({tables[0][0]})"}
+    stack = _layer_stack(model)
+    if stack:
+        arch["n_layers"] = {"value": stack[2], "source": f"module structure ({stack[0]}: {stack[2]} blocks)"}
+        block = stack[1]
+        if d_model:
+            outs = {int(p.shape[0]) for p in block.parameters() if p.dim() == 2 and p.shape[1] == d_model}
+            ins = {int(p.shape[1]) for p in block.parameters() if p.dim() == 2 and p.shape[0] == d_model}
+            ff = sorted((outs & ins) - {d_model})
+            if ff:
+                arch["d_ff"] = {"value": ff[-1], "source": "weights (the feed-forward's width)"}
+        heads = _heads_in(block)
+        if heads:
+            arch["n_heads"] = heads
+    top = [(n, p) for n, p in params.items() if p.dim() == 2 and d_model and p.shape[1] == d_model
+           and p.shape[0] != n_outputs and (not stack or not n.startswith(stack[0] + "."))]
+    if len(top) == 1:
+        arch["context"] = {"value": int(top[0][1].shape[0]), "source": f"weights ({top[0][0]}: position table)"}
+    for field in ("n_heads", "context", "n_layers", "d_model", "d_ff"):
+        if field not in arch:
+            stated = _stated(field, configs, account.get("from") or {})
+            if stated:
+                arch[field] = {"value": stated[0], "source": stated[1]}
+    if "context" not in arch:
+        masks = [(n, b) for n, b in model.named_buffers() if _is_mask(b)]
+        if masks:
+            arch["context"] = {"value": int(masks[0][1].shape[-1]), "source": f"causal mask ({masks[0][0]})"}
+    for field in ("n_layers", "d_model", "n_heads", "context", "d_ff"):
+        arch.setdefault(field, {"value": None, "source": "not verified"})
+    return arch
+
+
+def _heads_in(block: nn.Module) -> dict[str, Any] | None:
+    for name, m in block.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            return {"value": int(m.num_heads), "source": f"module attribute ({name}.num_heads)"}
+        for attr in SPELLINGS["n_heads"]:
+            v = vars(m).get(attr, m._modules.get(attr))
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return {"value": v, "source": f"module attribute ({name + '.' if name else ''}{attr})"}
+            if isinstance(v, nn.ModuleList) and len(v) > 0:  # ng-video-lecture: one module per head
+                return {"value": len(v), "source": f"module structure ({name}.{attr}: one module per head)"}
+    return None
+
+
+def scratch_folder() -> Path:
+    return Path(os.environ.get("TMPDIR") or "/tmp")
