@@ -87,15 +87,18 @@ _COUNTER = 0
 
 def _mounts() -> list[str]:
     """bwrap arguments for the read-only system and Python environment (the harness package apart)."""
-    harness_root = str(Path(__file__).resolve().parents[1])
+    repo = os.path.realpath(Path(__file__).resolve().parents[1])
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                str(Path(sys.executable).resolve().parents[1])}
     wanted = {"/usr"}
-    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-              str(Path(sys.executable).resolve().parents[1]), *sys.path):
-        if p and os.path.isdir(p) and os.path.isabs(p):
-            real = os.path.realpath(p)
-            if real == harness_root or real in ("/", os.path.realpath(os.getcwd())):
-                continue  # the repository (and whatever folder we run in) is never mounted whole
-            wanted.update({p, real})
+    for p in (*prefixes, *sys.path):
+        if not (p and os.path.isabs(p) and os.path.isdir(p)):
+            continue
+        real = os.path.realpath(p)
+        environment = any(_inside(real, os.path.realpath(x)) for x in prefixes)
+        if not environment and (_inside(real, repo) or _inside(os.path.realpath(os.getcwd()), real)):
+            continue  # nothing of the repository (it may hold a class) or of the folder we run in, but its venv
+        wanted.update({p, real})
     # the shortest first, and none inside another: a bind of a folder covers what is under it
     binds: list[str] = []
     for p in sorted(wanted, key=lambda s: (s.count("/"), s)):
@@ -125,6 +128,18 @@ def _mounts() -> list[str]:
     parents(f"{HARNESS_MOUNT}/harness")
     args.extend(["--ro-bind", pkg, f"{HARNESS_MOUNT}/harness"])
     return args
+
+
+def child_python_path() -> list[str]:
+    """The grader's PYTHONPATH folders (its packages), without the repository that holds `harness`: these are
+    mounted read-only where they are, so the child imports what the grader imports."""
+    harness_root = os.path.realpath(Path(__file__).resolve().parents[1])
+    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if os.path.isabs(p) and os.path.isdir(p) and os.path.realpath(p) not in (harness_root, "/")]
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _sandbox_uid() -> int:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.jail import HARNESS_MOUNT, Jail, JailLimits, boundary
+from harness.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
 
 _HEADER = struct.Struct("<II")  # JSON length, payload length
 
@@ -147,8 +147,9 @@ class SandboxedModel:
         env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp" if sandboxed else str(home),
                "TMPDIR": "/tmp" if sandboxed else str(home), "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-               # the same harness as the parent's: in the sandbox, its package alone
-               "PYTHONPATH": HARNESS_MOUNT if sandboxed else str(Path(__file__).resolve().parents[1]),
+               # the same harness as the parent's (in the sandbox, its package alone), and the same packages
+               "PYTHONPATH": os.pathsep.join([HARNESS_MOUNT if sandboxed else str(Path(__file__).resolve().parents[1]),
+                                              *child_python_path()]),
                "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         self._finite_weights = all(bool(torch.isfinite(v).all()) for v in state_dict.values() if v.is_floating_point())
         try:
