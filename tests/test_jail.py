@@ -188,19 +188,25 @@ def test_a_hostile_file_sees_nothing_but_itself_and_leaves_nothing_behind(tmp_pa
 
 
 @needs_boundary
-@pytest.mark.parametrize("case", ["flood", "pipe"])
-def test_output_floods_and_forged_replies_end_the_child_with_a_reason(tmp_path, case):
+@pytest.mark.parametrize("case", ["flood", "pipe", "readonly", pytest.param("cpu", marks=pytest.mark.slow)])
+def test_floods_forged_replies_and_breaches_end_the_child_with_a_reason(tmp_path, case):
+    """Each ends in `model-code-failed` with its reason; a refusal of the sandbox says what was refused."""
     extra = {
         "flood": "import sys\nwhile True:\n    sys.stderr.write('x' * 65536)\n",
+        "readonly": "open('weights_cache.bin', 'wb')\n",
+        "cpu": "while True:\n    pass\n",
         # the answer pipe's fd is the child's second argument: a forged header claiming 4 GB
         "pipe": "import os, struct, sys\nos.write(int(sys.argv[2]), struct.pack('<II', 2**31, 2**31))\n"
                 "import time\ntime.sleep(600)\n",
     }[case]
     sd = _submission(tmp_path, extra)
+    limits = SandboxLimits(**{**LIMITS.__dict__, "cpu_seconds": 10, "start_seconds": 120}) if case == "cpu" else LIMITS
     with pytest.raises(HarnessError) as e:
-        with SandboxedModel(tmp_path, "model.py:TinyLM", sd, kwargs=KWARGS, limits=LIMITS):
+        with SandboxedModel(tmp_path, "model.py:TinyLM", sd, kwargs=KWARGS, limits=limits):
             pass
-    expected = {"flood": "printed more than 1 MB", "pipe": "sent a malformed reply"}[case]
+    expected = {"flood": "printed more than 1 MB", "pipe": "sent a malformed reply", "cpu": "out of CPU time",
+                "readonly": "Read-only file system: 'weights_cache.bin' (blocked by the sandbox: model code may read "
+                            "only its own submission"}[case]
     assert e.value.code == "model-code-failed" and expected in e.value.message, e.value.message
 
 
