@@ -311,7 +311,9 @@ def inspect(
         return
     layout = info.get("layout", {})
     out.print(f"[bold]{checkpoint}[/bold]  {info['format']}, {info['tensors']} tensors, sha256 {info['sha256'][:16]}")
-    if "architecture" in layout:
+    if layout.get("layout") == "custom-code":
+        _print_custom(layout)
+    elif "architecture" in layout:
         out.print(f"layout {layout['layout']} · family {layout['family']} · {layout['params']:,} parameters"
                   f"{' (tied head counted once)' if layout['tied'] else ''} · {layout['n_outputs']:,} outputs")
         table = Table("value", "", "source")
@@ -328,6 +330,29 @@ def inspect(
         out.print(f"read through inert stubs (never imported): {', '.join(info['refused_globals'])}")
     if info["nonfinite"]:
         out.print(f"[red]non-finite weights:[/red] {', '.join(info['nonfinite'][:5])}")
+
+
+def _print_custom(layout: dict) -> None:
+    """How the sandbox built and ran the student's own class (their strings printed as they are)."""
+    from rich.markup import escape
+
+    out.print(f"custom model code {escape(str(layout.get('code')))}, run in the sandbox")
+    if layout.get("error"):
+        out.print(f"[red]could not run:[/red] {escape(layout['error']['message'])}")
+        if layout.get("fallback_layout"):
+            out.print("a layout recognises the weights: grading uses it, with a model-code-fallback warning")
+        return
+    built = layout.get("built") or {}
+    out.print(f"built by {escape(str(built.get('how')))} · {layout.get('params') or 0:,} parameters · "
+              f"{layout.get('n_outputs') or 0:,} outputs")
+    table = Table("value", "", "source")
+    for name, v in (layout.get("architecture") or {}).items():
+        table.add_row(name, escape(str(v["value"])), escape(str(v["source"])))
+    out.print(table)
+    if built.get("dropped"):
+        out.print(f"  note: \\[model.kwargs] keys the class has no place for: {escape(', '.join(built['dropped']))}")
+    for note in layout.get("notes") or ():
+        out.print(f"  note: {escape(note)}")
 
 
 @app.command("eval")

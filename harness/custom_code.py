@@ -99,3 +99,22 @@ def _layout_recognises(raw, family: str | None) -> bool:
     except HarnessError:
         return False
     return True
+
+
+def inspect_custom(sub, root: Path, raw) -> dict[str, Any]:
+    """`harness inspect` of a submission with model code: how the class was built, its architecture with
+    sources, and what its first calls showed; or why it could not run (and whether a layout would grade
+    the weights instead)."""
+    from harness.sandbox import SandboxedModel
+
+    info: dict[str, Any] = {"layout": "custom-code", "code": sub.code}
+    try:
+        with SandboxedModel(root, sub.code, raw.tensors, kwargs=sub.model.get("kwargs") or {},
+                            stored=_stored(raw.config), model_table=sub.model,
+                            max_positions=sub.model.get("context")) as model:
+            info.update(built=model.built, architecture=model.architecture, params=model.params,
+                        n_outputs=model.n_outputs, notes=list(model.notes))
+    except HarnessError as e:
+        info["error"] = e.as_dict()
+        info["fallback_layout"] = _layout_recognises(raw, sub.family)
+    return info

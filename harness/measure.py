@@ -424,7 +424,9 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
         info["submission"] = {"student": sub.student, "weights": sub.weights.as_posix(), "family": sub.family,
                               "model": sub.model, "claims": sub.claims.to_dict(), "warnings": list(sub.warnings)}
         if sub.code:
-            info["layout"] = {"layout": "custom-code", "code": sub.code}
+            from harness.custom_code import inspect_custom
+
+            info["layout"] = inspect_custom(sub, path if path.is_dir() else path.parent, raw)
             return info
     loaded = build_model(raw, hints=sub.model if sub else None, family=sub.family if sub else None)
     info["layout"] = loaded.describe()

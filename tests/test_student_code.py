@@ -1286,3 +1286,16 @@ def test_a_file_in_a_plain_folder_imports_its_neighbours(tmp_path):
                                     "class Net(nn.Module):\n    width = WIDTH\n"})
     cls, _, _ = import_class(tmp_path, "src/net.py:Net", tmp_path / "scratch")
     assert cls.width == 3
+
+
+@pytest.mark.slow  # a reader and a sandbox process
+def test_harness_inspect_shows_how_the_code_was_built(tmp_path, run_cli):
+    package(tmp_path / "sub")
+    proc = run_cli("inspect", tmp_path / "sub", check=0)
+    text = " ".join(proc.stdout.split())
+    rows = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("│")}
+    assert "built by keywords" in text
+    assert "None" in rows["n_heads"] and "not verified" in rows["n_heads"]
+    assert "module structure (cells: 2 blocks)" in rows["n_layers"]
+    assert "[model.kwargs] keys the class has no place for: colour" in text
+    assert "tinylm 0.3.1" in text
