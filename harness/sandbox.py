@@ -63,12 +63,20 @@ MAX_HEADER = 1 << 20  # a reply's JSON; anything longer is not ours
 MAX_VOCAB = 1 << 21  # outputs per position a logits reply may claim
 
 
-def _write_frame(fd: int, header: dict[str, Any], payload: bytes = b"") -> None:
+def _write_frame(fd: int, header: dict[str, Any], payload: bytes = b"", deadline: float | None = None) -> None:
+    """One frame; with a `deadline` (the parent writing to a child that may stop reading: its fd is
+    non-blocking), `TimeoutError` when the child has not taken it all by then."""
     data = json.dumps(header).encode()
-    os.write(fd, _HEADER.pack(len(data), len(payload)))
-    view = memoryview(data + payload)
+    view = memoryview(_HEADER.pack(len(data), len(payload)) + data + payload)
     while view:
-        n = os.write(fd, view)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                raise TimeoutError
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            continue
         view = view[n:]
 
 
@@ -163,6 +171,7 @@ class SandboxedModel:
         os.close(to_child_r)
         os.close(from_child_w)
         self._w, self._r = to_child_w, from_child_r
+        os.set_blocking(self._w, False)  # a child that stops reading cannot stall the grader's writes
 
         from safetensors.torch import save as st_save
 
@@ -226,8 +235,9 @@ class SandboxedModel:
     def _call(self, header: dict[str, Any], payload: bytes, seconds: float, doing: str,
               max_payload: int = 1 << 20) -> tuple[dict, bytes]:
         try:
-            _write_frame(self._w, header, payload)
-            reply, data = _read_frame(self._r, time.monotonic() + seconds, max_payload)
+            deadline = time.monotonic() + seconds
+            _write_frame(self._w, header, payload, deadline)
+            reply, data = _read_frame(self._r, deadline, max_payload)
         except TimeoutError:
             self.close()
             raise HarnessError("model-code-failed", f"the model code took longer than {seconds:g} s {doing}") from None

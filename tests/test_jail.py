@@ -365,3 +365,36 @@ def test_a_hostile_neighbour_changes_no_other_grade(tmp_path):
     # the cache the next run reads is what the grader wrote: a rerun gives the same files
     again = grade(tmp_path / "hostile" / "class", out, course, GradeOptions(workers=1, timeout_s=300, reports=False))
     assert sorted(again.cached) == ["alice", "bob", "mallory"] and again.results == results
+
+
+@pytest.mark.slow  # a tiny class graded twice
+def test_grading_without_a_boundary_refuses_the_code_alone_and_records_the_opt_in(tmp_path, monkeypatch):
+    """No boundary (HARNESS_SANDBOX=off plays a machine without bubblewrap): the custom-code student gets the
+    one-line `sandbox-unavailable` finding, not cached; the neighbour is graded. With the grader's opt-in the
+    code runs, and results.json says it ran unsandboxed."""
+    from harness.grade import GradeOptions, grade
+
+    course = _tiny_course(tmp_path)
+    klass, out = tmp_path / "class", tmp_path / "OUT"
+    _neighbour(klass / "alice", "Alice", 1)
+    _hostile(klass / "mallory", tmp_path / "elsewhere", tmp_path / "nowhere", "1")  # its tampering finds nothing
+    monkeypatch.setenv("HARNESS_SANDBOX", "off")
+    import harness.jail as jail
+
+    monkeypatch.setattr(jail, "_BOUNDARY", None)
+    refused = grade(klass, out, course, GradeOptions(workers=1, timeout_s=300, reports=False)).results
+    subs = {s["id"]: s for s in refused["submissions"]}
+    assert subs["alice"]["status"] == "graded"
+    assert subs["mallory"]["error"]["code"] == "sandbox-unavailable"
+    assert "\n" not in subs["mallory"]["error"]["message"] and "--allow-unsandboxed-code" in subs["mallory"]["error"]["message"]
+    assert [f["code"] for f in subs["mallory"]["findings"]][0] == "sandbox-unavailable"
+    assert not list((out / ".cache").glob("mallory.*"))  # graded again once the machine has a sandbox
+    assert refused["custom_code_sandbox"] == {"boundary": "none (turned off by HARNESS_SANDBOX=off)",
+                                              "allow_unsandboxed_code": False, "unsandboxed": []}
+
+    allowed = grade(klass, out, course, GradeOptions(workers=1, timeout_s=300, reports=False,
+                                                     allow_unsandboxed_code=True)).results
+    mallory = next(s for s in allowed["submissions"] if s["id"] == "mallory")
+    assert mallory["status"] == "graded" and mallory["model"]["sandbox"].startswith("none: run unsandboxed")
+    assert allowed["custom_code_sandbox"]["allow_unsandboxed_code"] is True
+    assert allowed["custom_code_sandbox"]["unsandboxed"] == ["mallory"]
