@@ -14,7 +14,8 @@ It runs as an unprivileged uid: as root, bubblewrap sets up the namespaces and t
 uid of its own (`setpriv`: no capabilities, no bounding set, no new privileges), one uid per sandbox so
 that process limits are counted per sandbox; as an ordinary user, a user namespace maps the grader's own
 uid, and further user namespaces are refused (`--disable-userns`). Either way no new privileges
-(bubblewrap sets `no_new_privs`) and a new session (no terminal to inject into).
+(bubblewrap sets `no_new_privs`), a new session (no terminal to inject into), and on x86_64 a seccomp
+filter (`seccomp_program`) that refuses the system calls a model has no use for.
 
 Limits (rlimits, set before any student code runs, hard limits it cannot raise): address space, CPU
 seconds, open files, file size, processes (`prlimit` inside the namespaces, so they count the sandbox's
@@ -143,13 +144,62 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+# x86_64 system calls a model has no use for, refused with EPERM (the kernel's attack surface, other processes'
+# memory, namespaces, mounts, keys, modules, clocks); the kinds Flatpak's and Docker's default policies refuse
+DENIED_X86_64 = {
+    "ptrace": 101, "syslog": 103, "vhangup": 153, "pivot_root": 155, "adjtimex": 159, "chroot": 161, "acct": 163,
+    "settimeofday": 164, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169,
+    "sethostname": 170, "setdomainname": 171, "iopl": 172, "ioperm": 173, "init_module": 175,
+    "delete_module": 176, "quotactl": 179, "nfsservctl": 180, "lookup_dcookie": 212, "clock_settime": 227,
+    "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "perf_event_open": 298,
+    "name_to_handle_at": 303, "open_by_handle_at": 304, "clock_adjtime": 305, "setns": 308,
+    "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "finit_module": 313, "kexec_file_load": 320,
+    "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+    "pidfd_getfd": 438, "process_madvise": 440, "mount_setattr": 442,
+}
+CLONE_X86_64, CLONE3_X86_64 = 56, 435
+CLONE_NEW_FLAGS = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+
+
+def seccomp_program() -> bytes | None:
+    """A classic BPF seccomp filter for bubblewrap's `--seccomp` (x86_64; elsewhere None: no filter): the
+    calls above refused with EPERM, clone with a new-namespace flag too, clone3 answered ENOSYS (so that
+    libc falls back to clone, whose flags can be read), x32 and foreign-architecture calls refused."""
+    import platform
+    import struct
+
+    if platform.machine() != "x86_64":
+        return None
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys, kill = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38, 0x80000000
+    prog: list[tuple[int, object, object, int]] = [  # (code, jump if true, jump if false, k); jumps name labels
+        (ld, 0, 0, 4), (jeq, 0, "kill", 0xC000003E),  # arch: AUDIT_ARCH_X86_64
+        (ld, 0, 0, 0), (jge, "deny", 0, 0x40000000),  # x32 calls
+        (jeq, "enosys", 0, CLONE3_X86_64), (jeq, "clone", 0, CLONE_X86_64),
+        *[(jeq, "deny", 0, nr) for nr in sorted(DENIED_X86_64.values())],
+        (ret, 0, 0, allow),
+    ]
+    labels = {}
+    for name, insn in (("clone", [(ld, 0, 0, 16), (jset, "deny", 0, CLONE_NEW_FLAGS), (ret, 0, 0, allow)]),
+                       ("deny", [(ret, 0, 0, eperm)]), ("enosys", [(ret, 0, 0, enosys)]), ("kill", [(ret, 0, 0, kill)])):
+        labels[name] = len(prog)
+        prog += insn
+    out = b""
+    for i, (code, jt, jf, k) in enumerate(prog):
+        jt, jf = (labels[j] - i - 1 if isinstance(j, str) else j for j in (jt, jf))
+        out += struct.pack("<HBBI", code, jt, jf, k)
+    return out
+
+
 def _sandbox_uid() -> int:
     global _COUNTER
     _COUNTER += 1
     return UID_BASE + (os.getpid() << 4) + (_COUNTER & 15)
 
 
-def bwrap_command(argv: list[str], view: Path, limits: JailLimits, info_fd: int | None = None) -> list[str]:
+def bwrap_command(argv: list[str], view: Path, limits: JailLimits, info_fd: int | None = None,
+                  seccomp_fd: int | None = None) -> list[str]:
     """The full command line that runs `argv` (an absolute program and its arguments) inside the boundary."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -164,6 +214,8 @@ def bwrap_command(argv: list[str], view: Path, limits: JailLimits, info_fd: int 
             "--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp", "--chdir", SUBMISSION]
     if info_fd is not None:
         cmd += ["--info-fd", str(info_fd)]
+    if seccomp_fd is not None:
+        cmd += ["--seccomp", str(seccomp_fd)]
     cmd.append("--")
     if root:
         # uid 0 is exempt from the process limit and keeps capabilities: drop to a uid of this sandbox's own
@@ -193,18 +245,25 @@ def _probe() -> Boundary:
             return Boundary("none", f"{tool} (util-linux) is missing")
     view = Path(os.path.realpath("/"))  # any readable folder will do for the probe
     lim = JailLimits(memory_mb=1024, cpu_seconds=10, open_files=64, processes=16, file_mb=1, tmp_mb=1, output_mb=1)
+    seccomp_fd = None
     try:
+        seccomp_fd = _program_fd()
         cmd = bwrap_command([sys.executable, "-S", "-c", "import os; os.listdir('/submission')"],
-                            view, lim)
-        done = subprocess.run(cmd, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+                            view, lim, seccomp_fd=seccomp_fd)
+        done = subprocess.run(cmd, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+                              pass_fds=(seccomp_fd,) if seccomp_fd is not None else ())
     except (OSError, subprocess.TimeoutExpired) as e:
         return Boundary("none", f"bubblewrap could not be started ({type(e).__name__})")
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
     if done.returncode != 0:
         why = (done.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         return Boundary("none", f"bubblewrap cannot make its namespaces here: {why[:200]}")
     version = subprocess.run([shutil.which("bwrap") or "bwrap", "--version"], capture_output=True, text=True)
     return Boundary("bubblewrap", (version.stdout.strip() or "bubblewrap") +
-                    (", a uid of its own per sandbox" if os.geteuid() == 0 else ", a user namespace"))
+                    (", a uid of its own per sandbox" if os.geteuid() == 0 else ", a user namespace") +
+                    (", seccomp" if seccomp_program() is not None else ""))
 
 
 class Jail:
@@ -220,11 +279,12 @@ class Jail:
         self._lock = threading.Lock()
         self._pidfd: int | None = None
         out_r, out_w = os.pipe()
-        info_r = info_w = None
+        info_r = info_w = seccomp_fd = None
         if sandboxed:
             info_r, info_w = os.pipe()
-            cmd = bwrap_command(argv, view, limits, info_fd=info_w)
-            fds = (*pass_fds, info_w)
+            seccomp_fd = _program_fd()
+            cmd = bwrap_command(argv, view, limits, info_fd=info_w, seccomp_fd=seccomp_fd)
+            fds = (*pass_fds, info_w) + ((seccomp_fd,) if seccomp_fd is not None else ())
         else:
             cmd, fds = _unsandboxed_command(argv), pass_fds
         lim = limits
@@ -249,6 +309,8 @@ class Jail:
                 os.close(info_w)
         self._drain = threading.Thread(target=self._read_output, args=(out_r,), daemon=True)
         self._drain.start()
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
         if info_r is not None:
             self._pidfd = _namespace_init(info_r)
 
@@ -296,6 +358,17 @@ class Jail:
             os.close(self._pidfd)
             self._pidfd = None
         self._drain.join(timeout=5)
+
+
+def _program_fd() -> int | None:
+    """The seccomp program in a memory file, for bubblewrap to read (None: no filter on this architecture)."""
+    program = seccomp_program()
+    if program is None:
+        return None
+    fd = os.memfd_create("harness-seccomp")
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _namespace_init(info_r: int) -> int | None:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.jail import boundary
+from harness.jail import boundary, seccomp_program
 from harness.sandbox import SandboxedModel, SandboxLimits
 
 needs_boundary = pytest.mark.skipif(not boundary().available, reason=f"no sandbox here: {boundary().detail}")
@@ -81,6 +81,12 @@ def fill():
         write(f"/tmp/fill{i}", "x" * (3 << 20))
 R["fill"] = attempt(fill)
 R["alloc"] = attempt(lambda: len(bytearray(64 << 30)))
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+def syscall(nr, *args):
+    return "ok" if libc.syscall(nr, *args) >= 0 else errno.errorcode[ctypes.get_errno()]
+R["ptrace"] = syscall(101, 16, 1, 0, 0)  # x86_64 ptrace(PTRACE_ATTACH, its namespace's init)
+R["userns"] = syscall(272, 0x10000000)  # unshare(CLONE_NEWUSER)
 if os.fork() == 0:  # a daemon: double-forked, its own session, deaf to SIGTERM
     os.setsid()
     if os.fork() == 0:
@@ -181,6 +187,10 @@ def test_a_hostile_file_sees_nothing_but_itself_and_leaves_nothing_behind(tmp_pa
     assert r["big"] == "OSError:27"  # EFBIG
     assert r["fill"] == "OSError:28"  # ENOSPC
     assert r["alloc"] == "NoMemory:"
+    # seccomp (x86_64): no tracing of other processes, no new namespaces
+    if seccomp_program() is not None:
+        assert (r["ptrace"], r["userns"]) == ("EPERM", "EPERM"), r
+    assert r["userns"] != "ok"
     n, errno = map(int, r["fork"].split(":"))
     assert errno == 11 and n < LIMITS.processes  # EAGAIN: the fork bomb stopped at the process limit
     # the daemon and the bomb's children ended with the sandbox, before close() returned
