@@ -243,10 +243,13 @@ def _probe() -> Boundary:
     for tool in ("/usr/bin/prlimit",) + (("/usr/bin/setpriv",) if os.geteuid() == 0 else ()):
         if not os.access(tool, os.X_OK):
             return Boundary("none", f"{tool} (util-linux) is missing")
-    view = Path(os.path.realpath("/"))  # any readable folder will do for the probe
+    import tempfile
+
     lim = JailLimits(memory_mb=1024, cpu_seconds=10, open_files=64, processes=16, file_mb=1, tmp_mb=1, output_mb=1)
-    seccomp_fd = None
+    seccomp_fd = view = None
     try:
+        view = Path(tempfile.mkdtemp(prefix="harness-probe-"))  # an empty submission
+        view.chmod(0o755)
         seccomp_fd = _program_fd()
         cmd = bwrap_command([sys.executable, "-S", "-c", "import os; os.listdir('/submission')"],
                             view, lim, seccomp_fd=seccomp_fd)
@@ -257,6 +260,8 @@ def _probe() -> Boundary:
     finally:
         if seccomp_fd is not None:
             os.close(seccomp_fd)
+        if view is not None:
+            shutil.rmtree(view, ignore_errors=True)
     if done.returncode != 0:
         why = (done.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         return Boundary("none", f"bubblewrap cannot make its namespaces here: {why[:200]}")
@@ -277,6 +282,7 @@ class Jail:
         self.flooded = False
         self._tail = bytearray()
         self._lock = threading.Lock()
+        self._kill_lock = threading.Lock()  # the drain thread may kill while the caller closes
         self._pidfd: int | None = None
         out_r, out_w = os.pipe()
         info_r = info_w = seccomp_fd = None
@@ -337,11 +343,12 @@ class Jail:
 
     def kill(self) -> None:
         """End the child and everything it started; returns once they are gone (sandboxed)."""
-        if self._pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            except (ProcessLookupError, OSError):
-                pass
+        with self._kill_lock:
+            if self._pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                except (ProcessLookupError, OSError):
+                    pass
         if self.proc.poll() is None:
             try:
                 if self.sandboxed:
@@ -354,9 +361,10 @@ class Jail:
 
     def close(self) -> None:
         self.kill()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        with self._kill_lock:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
         self._drain.join(timeout=5)
 
 
