@@ -211,7 +211,10 @@ def bwrap_command(argv: list[str], view: Path, limits: JailLimits, info_fd: int 
         cmd += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
     cmd += _mounts()
     cmd += ["--ro-bind", str(view), SUBMISSION, "--dev", "/dev", "--proc", "/proc",
-            "--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp", "--chdir", SUBMISSION]
+            "--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp",
+            # the root and /dev are tmpfs that bubblewrap made (owned by the sandbox's uid in a user
+            # namespace): read-only, so that /tmp is the only place to write, and its size the bound
+            "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SUBMISSION]
     if info_fd is not None:
         cmd += ["--info-fd", str(info_fd)]
     if seccomp_fd is not None:

@@ -107,6 +107,23 @@ def _read_frame(fd: int, deadline: float | None, max_payload: int | None = None)
     return header, _read_exact(fd, n_payload, deadline) if n_payload else b""
 
 
+def _not_copied(root: Path):
+    """What the sandbox's copy of a submission leaves out: weights (the harness sends them itself), and links
+    that lead out of the submission (a link to a neighbour's file would otherwise be copied as a file)."""
+    weights = shutil.ignore_patterns("*.pt", "*.pth", "*.bin", "*.safetensors", "*.zip")
+    top = os.path.realpath(root)
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        out = set(weights(folder, names))
+        for n in names:
+            p = os.path.join(folder, n)
+            if os.path.islink(p) and not (os.path.realpath(p) + "/").startswith(top + "/"):
+                out.add(n)
+        return out
+
+    return ignore
+
+
 class SandboxedModel:
     """A student's model class, constructed and run in a sandboxed child; a `LogitsModel` for the evaluator."""
 
@@ -131,8 +148,7 @@ class SandboxedModel:
         self._w = self._r = None
         self._tmp = Path(tempfile.mkdtemp(prefix="harness-sandbox-"))
         view = self._tmp / "submission"
-        shutil.copytree(submission_root, view, symlinks=False,
-                        ignore=shutil.ignore_patterns("*.pt", "*.pth", "*.bin", "*.safetensors", "*.zip"))
+        shutil.copytree(submission_root, view, symlinks=True, ignore=_not_copied(submission_root))
         for p in sorted(view.rglob("*"), reverse=True):
             p.chmod(0o555 if p.is_dir() else 0o444)
         view.chmod(0o555)

@@ -49,14 +49,15 @@ LIMITS = SandboxLimits(start_seconds=90, call_seconds=30, processes=32, file_mb=
 
 # What a hostile file tries at import, each attempt reported as "ok:<what it got>" or "<Error>:<errno>".
 ESCAPE = '''
-import json, os, signal, subprocess, time
+import errno, json, os, signal, subprocess, time
 P = json.loads(PATHS)
 
 def attempt(fn):
     try:
         return "ok:" + str(fn())[:60]
-    except BaseException as e:  # (MemoryError spelled otherwise: the harness rewords a message holding it)
-        return f"{type(e).__name__.replace('MemoryError', 'NoMemory')}:{getattr(e, 'errno', '')}"
+    except BaseException as e:  # errno's name, short: the message has room for 500 characters
+        # (MemoryError spelled otherwise: the harness rewords a message holding it)
+        return errno.errorcode.get(getattr(e, "errno", None) or -1, type(e).__name__.replace("MemoryError", "NoMemory"))
 
 def write(path, text="tampered"):
     with open(path, "w") as f:
@@ -65,12 +66,16 @@ def write(path, text="tampered"):
 
 R = {}
 R["neighbour"] = attempt(lambda: open(P["neighbour"]).read())
+R["link"] = attempt(lambda: open("alice.toml").read())
 R["class"] = attempt(lambda: os.listdir(P["class"]))
 R["cache"] = attempt(lambda: open(P["cache"]).read())
 R["results"] = attempt(lambda: write(P["results"]))
 R["newcache"] = attempt(lambda: write(P["cache_dir"] + "/poison.json"))
 R["gradertmp"] = attempt(lambda: write("/tmp/" + P["marker"]))
 R["own"] = attempt(lambda: write("model.py"))
+R["shm"] = attempt(lambda: write("/dev/shm/fill"))  # a tmpfs beside /tmp would lift its bound
+R["root"] = attempt(lambda: write("/fill"))
+R["null"] = attempt(lambda: write("/dev/null"))
 R["home"] = attempt(lambda: sorted(os.listdir(P["home"])))
 R["procs"] = len([p for p in os.listdir("/proc") if p.isdigit()])
 R["uid"] = os.getuid()
@@ -81,7 +86,7 @@ def fill():
         write(f"/tmp/fill{i}", "x" * (3 << 20))
 R["fill"] = attempt(fill)
 R["alloc"] = attempt(lambda: len(bytearray(64 << 30)))
-import ctypes, errno
+import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 def syscall(nr, *args):
     return "ok" if libc.syscall(nr, *args) >= 0 else errno.errorcode[ctypes.get_errno()]
@@ -155,6 +160,7 @@ def test_a_hostile_file_sees_nothing_but_itself_and_leaves_nothing_behind(tmp_pa
              "cache_dir": str(cache.parent), "marker": f"harness-escape-{tag}", "home": str(Path.home()),
              "daemon": daemon, "bomb": bomb}
     sd = _submission(klass / "mallory", f"PATHS = {json.dumps(json.dumps(paths))}\n" + ESCAPE)
+    (klass / "mallory" / "alice.toml").symlink_to(neighbour)  # a link out of its own folder: never followed
     before = _host_state(neighbour, cache, results, klass / "mallory" / "model.py")
 
     with pytest.raises(HarnessError) as e:
@@ -164,10 +170,11 @@ def test_a_hostile_file_sees_nothing_but_itself_and_leaves_nothing_behind(tmp_pa
     r = _report(e.value.message)
 
     # the class folder, the neighbour and OUT/ (results, cache) are not there at all
-    for key in ("neighbour", "class", "cache", "results", "newcache"):
-        assert r[key] == "FileNotFoundError:2", (key, r)
+    for key in ("neighbour", "link", "class", "cache", "results", "newcache"):
+        assert r[key] == "ENOENT", (key, r)
     assert f"SECRET{tag}" not in e.value.message and f"CACHED{tag}" not in e.value.message
-    assert r["own"] == "OSError:30"  # its own submission: read-only
+    assert r["own"] == "EROFS"  # its own submission: read-only
+    assert r["shm"] == r["root"] == "EROFS" and r["null"] == "ok:written"  # nowhere to write but /tmp
     assert r["gradertmp"] == "ok:written"  # a private /tmp ...
     assert not Path(f"/tmp/harness-escape-{tag}").exists()  # ... not the grader's
     assert not list(out.rglob("poison*"))
@@ -179,14 +186,14 @@ def test_a_hostile_file_sees_nothing_but_itself_and_leaves_nothing_behind(tmp_pa
         shown = {p[len(home) + 1:].split("/")[0] for p in prefixes if p.startswith(home + "/")}
         assert set(json.loads(r["home"][3:].replace("'", '"'))) <= shown, r["home"]
     else:
-        assert r["home"] == "FileNotFoundError:2", r
+        assert r["home"] == "ENOENT", r
     # not root, and its own processes only
     assert r["uid"] != 0 and r["id"] == f"ok:{r['uid']}"
     assert r["procs"] < 10
     # resources: a file past file_mb, /tmp past tmp_mb, memory past memory_mb all refused
-    assert r["big"] == "OSError:27"  # EFBIG
-    assert r["fill"] == "OSError:28"  # ENOSPC
-    assert r["alloc"] == "NoMemory:"
+    assert r["big"] == "EFBIG"  # EFBIG
+    assert r["fill"] == "ENOSPC"  # ENOSPC
+    assert r["alloc"] == "NoMemory"
     # seccomp (x86_64): no tracing of other processes, no new namespaces
     if seccomp_program() is not None:
         assert (r["ptrace"], r["userns"]) == ("EPERM", "EPERM"), r
