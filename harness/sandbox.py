@@ -117,7 +117,9 @@ def _not_copied(root: Path):
         out = set(weights(folder, names))
         for n in names:
             p = os.path.join(folder, n)
-            if os.path.islink(p) and not (os.path.realpath(p) + "/").startswith(top + "/"):
+            # kept: a relative link that stays inside (it resolves inside the copy); not an absolute one
+            if os.path.islink(p) and (os.path.isabs(os.readlink(p))
+                                      or not (os.path.realpath(p) + "/").startswith(top + "/")):
                 out.add(n)
         return out
 
@@ -150,7 +152,8 @@ class SandboxedModel:
         view = self._tmp / "submission"
         shutil.copytree(submission_root, view, symlinks=True, ignore=_not_copied(submission_root))
         for p in sorted(view.rglob("*"), reverse=True):
-            p.chmod(0o555 if p.is_dir() else 0o444)
+            if not p.is_symlink():  # chmod follows links: only the copy's own files
+                p.chmod(0o555 if p.is_dir() else 0o444)
         view.chmod(0o555)
         home = self._tmp / "home"
         home.mkdir()
@@ -326,7 +329,8 @@ class SandboxedModel:
         if getattr(self, "_tmp", None) is not None and self._tmp.exists():
             for p in self._tmp.rglob("*"):
                 try:
-                    p.chmod(0o755 if p.is_dir() else 0o644)
+                    if not p.is_symlink():
+                        p.chmod(0o755 if p.is_dir() else 0o644)
                 except OSError:
                     pass
             shutil.rmtree(self._tmp, ignore_errors=True)

@@ -161,6 +161,8 @@ def test_a_hostile_file_sees_nothing_but_itself_and_leaves_nothing_behind(tmp_pa
              "daemon": daemon, "bomb": bomb}
     sd = _submission(klass / "mallory", f"PATHS = {json.dumps(json.dumps(paths))}\n" + ESCAPE)
     (klass / "mallory" / "alice.toml").symlink_to(neighbour)  # a link out of its own folder: never followed
+    (klass / "mallory" / "again.py").symlink_to(klass / "mallory" / "model.py")  # absolute: left out, not chmod-ed
+    mode = (klass / "mallory" / "model.py").stat().st_mode
     before = _host_state(neighbour, cache, results, klass / "mallory" / "model.py")
 
     with pytest.raises(HarnessError) as e:
@@ -179,6 +181,7 @@ def test_a_hostile_file_sees_nothing_but_itself_and_leaves_nothing_behind(tmp_pa
     assert not Path(f"/tmp/harness-escape-{tag}").exists()  # ... not the grader's
     assert not list(out.rglob("poison*"))
     assert _host_state(neighbour, cache, results, klass / "mallory" / "model.py") == before
+    assert (klass / "mallory" / "model.py").stat().st_mode == mode
     # the grader's home: absent, or only the folders that lead to the Python environment
     if r["home"].startswith("ok:"):
         prefixes = {sys.prefix, sys.base_prefix, os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
