@@ -182,7 +182,8 @@ def seccomp_program() -> bytes | None:
     ]
     labels = {}
     for name, insn in (("clone", [(ld, 0, 0, 16), (jset, "deny", 0, CLONE_NEW_FLAGS), (ret, 0, 0, allow)]),
-                       ("deny", [(ret, 0, 0, eperm)]), ("enosys", [(ret, 0, 0, enosys)]), ("kill", [(ret, 0, 0, kill)])):
+                       ("deny", [(ret, 0, 0, eperm)]), ("enosys", [(ret, 0, 0, enosys)]),
+                       ("kill", [(ret, 0, 0, kill)])):
         labels[name] = len(prog)
         prog += insn
     out = b""

@@ -5,8 +5,8 @@ submission, the read-only Python environment, a private /tmp and its pipes; an u
 memory, CPU time, processes, open files, file size and output; everything it started ends with it), with a
 scrubbed environment and a `socket` module that refuses sockets on top of having no network. Where the
 boundary cannot be made, custom code is refused (`sandbox-unavailable`) unless the grader opted in
-(`allow_unsandboxed`, the CLI's `--allow-unsandboxed-code`). The parent reads the weights itself (safely, see checkpoint.py)
-and sends them as safetensors bytes; then it sends token windows and gets logits back as raw float32
+(`allow_unsandboxed`, the CLI's `--allow-unsandboxed-code`). The parent reads the weights itself (safely, see
+checkpoint.py) and sends them as safetensors bytes; then it sends token windows and gets logits back as raw float32
 bytes. Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them;
 every reply is bounded and checked (size, shape, finite values) before it is used.
 
@@ -273,7 +273,8 @@ class SandboxedModel:
             error = str(reply.get("error"))[:500]
             if "MemoryError:" in error:
                 error = f"it ran out of memory (the sandbox allows {self.limits.memory_mb} MB)"
-            raise HarnessError("model-code-failed", f"the model code failed while {doing}: {error}{self._blocked(error)}")
+            raise HarnessError("model-code-failed",
+                               f"the model code failed while {doing}: {error}{self._blocked(error)}")
         return reply, data
 
     def _blocked(self, error: str) -> str:

@@ -263,7 +263,8 @@ def test_the_hostile_case_holds_for_an_unprivileged_grader_too(tmp_path):
         pytest.skip("already an ordinary user")
     setpriv = shutil.which("setpriv")
     probe = [setpriv or "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-             "import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', 'import torch, harness']).returncode)"]
+             "import subprocess, sys; "
+             "sys.exit(subprocess.run([sys.executable, '-c', 'import torch, harness']).returncode)"]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     if not setpriv or subprocess.run(probe, capture_output=True, env=env).returncode != 0:
@@ -340,8 +341,8 @@ def _neighbour(folder: Path, name: str, seed: int) -> None:
 def _hostile(folder: Path, out: Path, klass: Path, daemon: str) -> None:
     kwargs = {"vocab_size": len(VOCAB), "d": 16, "block_size": CONTEXT}
     folder.mkdir(parents=True)
-    (folder / "model.py").write_text(TINY + f"import json\nPATHS = {json.dumps(json.dumps([str(out), str(klass), daemon]))}\n"
-                                     + TAMPER)
+    paths = json.dumps(json.dumps([str(out), str(klass), daemon]))
+    (folder / "model.py").write_text(TINY + f"import json\nPATHS = {paths}\n" + TAMPER)
     ns: dict = {}
     exec(TINY, ns)
     torch.manual_seed(3)
@@ -406,7 +407,8 @@ def test_grading_without_a_boundary_refuses_the_code_alone_and_records_the_opt_i
     subs = {s["id"]: s for s in refused["submissions"]}
     assert subs["alice"]["status"] == "graded"
     assert subs["mallory"]["error"]["code"] == "sandbox-unavailable"
-    assert "\n" not in subs["mallory"]["error"]["message"] and "--allow-unsandboxed-code" in subs["mallory"]["error"]["message"]
+    message = subs["mallory"]["error"]["message"]
+    assert "\n" not in message and "--allow-unsandboxed-code" in message
     assert [f["code"] for f in subs["mallory"]["findings"]][0] == "sandbox-unavailable"
     assert not list((out / ".cache").glob("mallory.*"))  # graded again once the machine has a sandbox
     assert refused["custom_code_sandbox"] == {"boundary": "none (turned off by HARNESS_SANDBOX=off)",
