@@ -18,6 +18,7 @@ with the layout fallback, is `custom_code.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -48,7 +49,7 @@ class SandboxLimits:
     start_seconds: float = 120.0  # import, construct, load weights
     call_seconds: float = 120.0  # one batch of logits
     open_files: int = 256
-    processes: int = 64  # processes and threads of the sandbox together: no fork bomb
+    processes: int = 64  # processes and threads it may start besides its OMP_NUM_THREADS compute threads
     file_mb: int = 64  # the largest file it may write (in its /tmp)
     tmp_mb: int = 256  # all of its /tmp together
     output_mb: int = 16  # what it may print; past it, it is ended
@@ -179,9 +180,13 @@ class SandboxedModel:
                                               *child_python_path()]),
                "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         self._finite_weights = all(bool(torch.isfinite(v).all()) for v in state_dict.values() if v.is_floating_point())
+        # the process limit counts threads: torch's compute threads (two pools of OMP_NUM_THREADS: 160 tasks
+        # at 80, seen) come on top of what the code may start
+        threads = int(env["OMP_NUM_THREADS"]) if env["OMP_NUM_THREADS"].isdigit() else 1
+        jail_limits = dataclasses.replace(limits.jail(), processes=limits.processes + 2 * max(1, threads))
         try:
             self._jail = Jail(cmd, view=view, env=env, pass_fds=(to_child_r, from_child_w),
-                              limits=limits.jail(), sandboxed=sandboxed)
+                              limits=jail_limits, sandboxed=sandboxed)
         except BaseException:
             for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
                 os.close(fd)

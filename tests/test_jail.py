@@ -202,7 +202,8 @@ def test_a_hostile_file_sees_nothing_but_itself_and_leaves_nothing_behind(tmp_pa
         assert (r["ptrace"], r["userns"]) == ("EPERM", "EPERM"), r
     assert r["userns"] != "ok"
     n, errno = map(int, r["fork"].split(":"))
-    assert errno == 11 and n < LIMITS.processes  # EAGAIN: the fork bomb stopped at the process limit
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    assert errno == 11 and n < LIMITS.processes + 2 * threads  # EAGAIN: the fork bomb stopped at the process limit
     # the daemon and the bomb's children ended with the sandbox, before close() returned
     assert _alive(daemon, bomb) == []
 
@@ -420,3 +421,15 @@ def test_grading_without_a_boundary_refuses_the_code_alone_and_records_the_opt_i
     assert mallory["status"] == "graded" and mallory["model"]["sandbox"].startswith("none: run unsandboxed")
     assert allowed["custom_code_sandbox"]["allow_unsandboxed_code"] is True
     assert allowed["custom_code_sandbox"]["unsandboxed"] == ["mallory"]
+
+
+@needs_boundary
+def test_honest_code_may_use_all_its_compute_threads(tmp_path, monkeypatch):
+    """The process limit counts threads: a grader with many cores (OMP_NUM_THREADS=24 here) must not make
+    torch's thread pools fail inside the sandbox (libgomp: "Thread creation failed", a crash)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "24")
+    sd = _submission(tmp_path, "class Wide(TinyLM):\n    def forward(self, idx):\n"
+                               "        y = torch.randn(1024, 1024)\n"
+                               "        return super().forward(idx) + (y @ y).mean() * 0\n")
+    with SandboxedModel(tmp_path, "model.py:Wide", sd, kwargs=KWARGS, limits=LIMITS) as sm:
+        assert sm.logits(torch.zeros(2, 4, dtype=torch.long)).shape == (2, 4, 50)
