@@ -86,6 +86,7 @@ def fill():
         write(f"/tmp/fill{i}", "x" * (3 << 20))
 R["fill"] = attempt(fill)
 R["alloc"] = attempt(lambda: len(bytearray(64 << 30)))
+R["files"] = attempt(lambda: [open("/dev/null") for _ in range(100_000)])
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 def syscall(nr, *args):
@@ -196,7 +197,7 @@ def test_a_hostile_file_sees_nothing_but_itself_and_leaves_nothing_behind(tmp_pa
     # resources: a file past file_mb, /tmp past tmp_mb, memory past memory_mb all refused
     assert r["big"] == "EFBIG"  # EFBIG
     assert r["fill"] == "ENOSPC"  # ENOSPC
-    assert r["alloc"] == "NoMemory"
+    assert r["alloc"] == "NoMemory" and r["files"] == "EMFILE"
     # seccomp (x86_64): no tracing of other processes, no new namespaces
     if seccomp_program() is not None:
         assert (r["ptrace"], r["userns"]) == ("EPERM", "EPERM"), r
