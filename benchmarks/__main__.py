@@ -9,7 +9,8 @@ What is measured (the scripts beside this file, each also runnable alone):
 - train (train.py): tokens/s of the harness's training step against a plain PyTorch loop, same model, batches
   and optimizer (the reference GPT; the full run adds the reference MLM);
 - grade (grade.py): a test-scale example class graded from scratch, 2 workers against 1 (submissions per
-  minute), and the cached rerun's time against the first run's;
+  minute), and the cached rerun's time against the first run's; (sandbox.py) an honest custom-code
+  submission graded inside the sandbox's boundary against the same without it;
 - report (report.py): seconds per student PDF, warm, wall and CPU time, against the 2 s aim;
 - scaling (scaling.py): how our evaluation's time grows with the targets scored (1x, 2x, 4x) and with the
   model (2, 4, 8 layers at d_model 128: 1x, 2x, 4x the non-embedding FLOPs, vocabulary fixed), against
@@ -56,21 +57,22 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "eval": dict(tokens=8192, rounds=5, strides=(64, 32)),
         "train": dict(families=("gpt", "mlm"), steps=6, repeat=2, overrides=()),
-        "grade": dict(tiny=False, keep=None, max_tokens=4096, timeout_s=300),
+        "grade": dict(tiny=False, keep=None, max_tokens=4096, timeout_s=300, sandbox_rounds=3, sandbox_tokens=4096),
         "report": dict(repeat=2, students=None, class_report=True),
         "scaling": dict(tokens=2048, rounds=5),
     },
     "quick": {
         "eval": dict(tokens=2048, rounds=3, strides=(64,)),
         "train": dict(families=("gpt",), steps=2, repeat=2, overrides=()),
-        "grade": dict(tiny=False, keep=QUICK_GRADE_IDS, max_tokens=1024, timeout_s=120),
+        "grade": dict(tiny=False, keep=QUICK_GRADE_IDS, max_tokens=1024, timeout_s=120, sandbox_rounds=2,
+                      sandbox_tokens=1024),
         "report": dict(repeat=1, students=3, class_report=False),
         "scaling": dict(tokens=1024, rounds=4),
     },
     "tiny": {
         "eval": dict(tokens=128, rounds=1, strides=(64,)),
         "train": dict(families=("gpt",), steps=1, repeat=1, overrides=TINY_TRAIN),
-        "grade": dict(tiny=True, keep=None, max_tokens=256, timeout_s=120),
+        "grade": dict(tiny=True, keep=None, max_tokens=256, timeout_s=120, sandbox_rounds=1, sandbox_tokens=256),
         "report": dict(repeat=1, students=1, class_report=False),
         "scaling": dict(tokens=64, rounds=1),
     },
@@ -152,7 +154,21 @@ def run_grade(size: dict, device: str, log: Callable[[str], None]) -> list[dict]
             "baseline: the first run; the rerun evaluates nothing (checked); one run each"),
         row("grade", "cached rerun, 2 workers", r2["cached_s"], r2["first_s"], "s", r2["ratio"],
             "baseline: the first run"),
+        *_sandbox_rows(size, log),
     ]
+
+
+def _sandbox_rows(size: dict, log: Callable[[str], None]) -> list[dict]:
+    from benchmarks import sandbox as bench
+    from harness.jail import boundary
+
+    if not boundary().available:
+        log(f"sandbox row left out: {boundary().detail}")
+        return []
+    r = bench.measure(rounds=size["sandbox_rounds"], max_tokens=size["sandbox_tokens"])
+    return [row("grade", "honest custom code, sandboxed vs unsandboxed", r["sandboxed_s"], r["unsandboxed_s"], "s",
+                r["ratio"], f"one custom-code submission (2-layer d64 transformer) measured end to end, "
+                f"max_tokens {r['max_tokens']}, best of {r['rounds']}; {r['boundary']}; same loss both ways")]
 
 
 def run_report(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:

@@ -425,11 +425,17 @@ def eval_(
 
 
 def _grade_options(workers: int, timeout: float, reports: bool, progress, grader: bool = False, overrides=None,
-                   backend: str = "local", address: str | None = None):
+                   backend: str = "local", address: str | None = None, unsandboxed: bool = False):
     from harness.grade import GradeOptions
 
     return GradeOptions(workers=workers, timeout_s=timeout, reports=reports, progress=progress,
-                        grader_reports=grader, overrides=overrides, backend=backend, ray_address=address)
+                        grader_reports=grader, overrides=overrides, backend=backend, ray_address=address,
+                        allow_unsandboxed_code=unsandboxed)
+
+
+UnsandboxedOpt = Annotated[bool, typer.Option(
+    "--allow-unsandboxed-code", help="Run custom model code even where no sandbox can be made (bubblewrap "
+    "missing): it then sees this machine's files. Recorded in results.json. Default: such code is refused.")]
 
 
 def _class_table(results: dict) -> Table:
@@ -455,6 +461,7 @@ def check(
     reports: Annotated[bool, typer.Option("--reports/--no-reports", help="Write the PDF report.")] = True,
     gradescope: Annotated[Optional[Path], typer.Option("--gradescope", help="Also write Gradescope's results.json "
                                                        "here (e.g. /autograder/results/results.json).")] = None,
+    unsandboxed: UnsandboxedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """A student's self-check: the grader's verdict for one submission."""
@@ -463,7 +470,8 @@ def check(
     from harness.progress import progress_bar
 
     with progress_bar("grading", enabled=not as_json) as update:
-        outcome = run_check(submission, out_dir, course, _grade_options(1, timeout, reports, update))
+        outcome = run_check(submission, out_dir, course, _grade_options(1, timeout, reports, update,
+                                                                        unsandboxed=unsandboxed))
     s = outcome.results["submissions"][0]
     if gradescope is not None:  # before the exit code: a submission that is not gradable still gets its score
         from harness.exports import write_gradescope
@@ -483,6 +491,10 @@ def check(
         for c in s["score"]["criteria"]:
             table.add_row(c["name"], f"{c['points']:g}/{c['max']:g}", c["why"])
         out.print(table)
+        if (s.get("model") or {}).get("sandbox"):
+            out.print(f"your model code ran in the sandbox: {s['model']['sandbox']} (it may read only its own "
+                      "submission and the Python environment, write only in a private /tmp, no network)",
+                      markup=False)
         for f in s["findings"]:
             if f.get("grader_only"):
                 continue
@@ -517,6 +529,7 @@ def grade(
                                          "node).")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="With --backend ray: the cluster to join "
                                                    "(auto, host:port); default: a Ray on this machine.")] = None,
+    unsandboxed: UnsandboxedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Grade a class: results.json, grades.csv, PDFs; a Canvas gradebook CSV and Gradescope results on request."""
@@ -533,7 +546,7 @@ def grade(
     with progress_bar("grading (submissions)", enabled=not as_json) as update:
         outcome = run_grade(directory, out_dir, course,
                             _grade_options(workers, timeout, reports, update, overrides=overrides, backend=backend,
-                                           address=address))
+                                           address=address, unsandboxed=unsandboxed))
     lines = []
     if template_text is not None:
         path, export = exports.write_canvas_csv(outcome.results, template_text, canvas_column, out_dir,

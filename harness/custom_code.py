@@ -61,7 +61,7 @@ def load_custom(job, sub, root: Path, raw, window: int) -> CustomModel | str:
     try:
         model = SandboxedModel(root, sub.code, raw.tensors, kwargs=sub.model.get("kwargs") or {},
                                stored=_stored(raw.config), model_table=sub.model, max_positions=context,
-                               limits=_limits(job))
+                               limits=_limits(job), allow_unsandboxed=job.allow_unsandboxed_code)
         length = max(2, min(window, model.max_positions or window))
         # what evaluation will ask, asked now: a forward that fails only on real windows is caught here
         model.logits(torch.arange(2 * length).remainder(model.n_outputs).reshape(2, length))
@@ -84,7 +84,9 @@ def load_custom(job, sub, root: Path, raw, window: int) -> CustomModel | str:
             **{f: arch[f]["value"] for f in FIELDS},
             "sources": {"params": "the built module's parameters", **{f: arch[f]["source"] for f in FIELDS}},
             "unverified": sorted(f for f in FIELDS if arch[f]["value"] is None),
-            "built": model.built}
+            "built": model.built,
+            "sandbox": model.boundary.describe() if model.sandboxed else
+            f"none: run unsandboxed (--allow-unsandboxed-code; {model.boundary.detail})"}
     info["vocab_size"] = model.n_outputs
     return CustomModel(model, family, info)
 

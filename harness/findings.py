@@ -31,7 +31,13 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "The weights' names match no layout the harness knows. Submit a nanoGPT/minGPT/Hugging Face layout, "
         "or name your model code in submission.toml ([model] code = \"model.py:ClassName\")."),
     "model-code-failed": (ERROR, "Model code failed",
-        "Your model code crashed, timed out or returned logits of the wrong shape when the harness ran it."),
+        "Your model code crashed, timed out, returned logits of the wrong shape or NaN, or did what the sandbox "
+        "refuses (write outside its /tmp, read files outside your submission, the network, more than 64 "
+        "processes, unbounded memory or output) when the harness ran it."),
+    "sandbox-unavailable": (ERROR, "Model code not run: no sandbox on the grading machine",
+        "The machine that graded this cannot isolate model code (bubblewrap is missing or namespaces are "
+        "refused), so your code was not run; this is not your submission's fault. The grader installs "
+        "bubblewrap (apt-get install bubblewrap) and grades again."),
     "model-code-fallback": (WARNING, "Model code could not be used",
         "The model code named in submission.toml could not run (see why), but the harness recognises the "
         "weights' layout, so they were graded through it. Fix the code so that `harness check` runs it."),

@@ -52,6 +52,7 @@ class GradeOptions:
     on_result: Callable[[dict[str, Any]], None] | None = None
     backend: str = "local"  # local: processes on this machine; ray: a Ray task per submission
     ray_address: str | None = None  # for ray.init: None starts a Ray on this machine (or joins RAY_ADDRESS); "auto"
+    allow_unsandboxed_code: bool = False  # custom code runs even where no sandbox can be made (recorded)
 
 
 @dataclass
@@ -62,16 +63,19 @@ class GradeOutcome:
     cached: list[str] = field(default_factory=list)
 
 
-def _cache_key(ref: SubmissionRef, course: Course) -> str:
-    return fingerprint({"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.key_paths or ref.paths)),
-                        "course": course.fingerprint, "harness": __version__})[:24]
+def _cache_key(ref: SubmissionRef, course: Course, unsandboxed: bool = False) -> str:
+    key = {"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.key_paths or ref.paths)),
+           "course": course.fingerprint, "harness": __version__}
+    if unsandboxed:  # what was measured without the sandbox is never mistaken for what was measured in it
+        key["unsandboxed"] = True
+    return fingerprint(key)[:24]
 
 
 def _store(m: Measured, cache_dir: Path, sid: str, key: str) -> dict[str, Any]:
     """A measurement into the cache (the signature first, then the result that names it); a crash is not
     cached: a dead worker may be the machine's doing (memory taken by others) or ours."""
-    if not m.cacheable:
-        return {**m.result, "cache_key": key}
+    if not m.cacheable or (m.result.get("error") or {}).get("code") == "sandbox-unavailable":
+        return {**m.result, "cache_key": key}  # the machine's doing: graded again once it has a sandbox
     if m.signature is not None:
         write_atomic(cache_dir / f"{sid}.{key}.npy", m.signature)
     result = {**m.result, "cache_key": key}
@@ -267,7 +271,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     todo = []
     outcome = GradeOutcome(out, {})
     for ref in refs:
-        key = _cache_key(ref, course)
+        key = _cache_key(ref, course, opts.allow_unsandboxed_code)
         cached = cache_dir / f"{ref.id}.{key}.json"
         if cached.is_file():
             try:
@@ -284,7 +288,8 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))  # the same on every backend
     jobs = [Job(id=ref.id, paths=[str(p.resolve()) for p in ref.paths],
                 course_path=str(course_path.resolve()) if course_path else None, threads=threads,
-                memory_mb=opts.memory_mb, timeout_s=opts.timeout_s) for ref, _ in todo]
+                memory_mb=opts.memory_mb, timeout_s=opts.timeout_s,
+                allow_unsandboxed_code=opts.allow_unsandboxed_code) for ref, _ in todo]
     keys = {ref.id: key for ref, key in todo}
     for job, result in run(jobs, lambda job, m: _store(m, cache_dir, job.id, keys[job.id])):
         measured[job.id] = result
@@ -298,6 +303,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     keep = {f"{m['id']}.{m.get('cache_key')}" for m in measured.values()}
     reference = _reference(course, measured)
     results = assemble(course, list(measured.values()), reference, cache_dir, overrides)
+    results["custom_code_sandbox"] = _sandbox_record(measured.values(), opts.allow_unsandboxed_code)
     write_atomic(out / "results.json", pretty_json(results))
     write_atomic(out / "grades.csv", grades_csv(results))
     outcome.results = results
@@ -305,6 +311,15 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     if opts.reports:
         write_reports(results, out, grader=opts.grader_reports, class_report=len(results["submissions"]) > 1)
     return outcome
+
+
+def _sandbox_record(measured, allowed: bool) -> dict[str, Any]:
+    """Which boundary custom code ran in on this machine, and whether the grader allowed running it without."""
+    from harness.jail import boundary
+
+    return {"boundary": boundary().describe(), "allow_unsandboxed_code": allowed,
+            "unsandboxed": sorted(m["id"] for m in measured
+                                  if str(((m.get("model") or {}).get("sandbox") or "")).startswith("none"))}
 
 
 def _prune_cache(cache_dir: Path, keep: set[str]) -> None:

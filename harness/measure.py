@@ -47,6 +47,7 @@ class Job:
     threads: int = 0
     memory_mb: int = 0  # address-space limit of the worker itself; 0: none
     timeout_s: float = 0  # the worker ends itself after this long, even if its parent died; 0: never
+    allow_unsandboxed_code: bool = False  # run custom code even where no sandbox boundary can be made
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:

@@ -1,11 +1,14 @@
 """Students' own model code, run only in a sandboxed child process.
 
-The child gets a read-only copy of the submission in its own temporary folder, a scrubbed environment,
-limits on memory, CPU time and open files, and no network: a fresh network namespace where the OS
-allows one (`unshare --net`), and in any case a `socket` module that refuses to create sockets, set up
-before any student code is imported. The parent reads the weights itself (safely, see checkpoint.py)
-and sends them as safetensors bytes; then it sends token windows and gets logits back as raw float32
-bytes. Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them.
+The child runs inside the boundary of `jail.py` (bubblewrap: it sees a read-only copy of its own
+submission, the read-only Python environment, a private /tmp and its pipes; an unprivileged uid; limits on
+memory, CPU time, processes, open files, file size and output; everything it started ends with it), with a
+scrubbed environment and a `socket` module that refuses sockets on top of having no network. Where the
+boundary cannot be made, custom code is refused (`sandbox-unavailable`) unless the grader opted in
+(`allow_unsandboxed`, the CLI's `--allow-unsandboxed-code`). The parent reads the weights itself (safely, see
+checkpoint.py) and sends them as safetensors bytes; then it sends token windows and gets logits back as raw float32
+bytes. Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them;
+every reply is bounded and checked (size, shape, finite values) before it is used.
 
 `SandboxedModel` answers the evaluator like any other model (`n_outputs`, `max_positions`, `logits`).
 What the child does with the student's class (import it, construct it the way its signature asks, call
@@ -15,9 +18,9 @@ with the layout fallback, is `custom_code.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import resource
 import select
 import shutil
 import signal
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.processes import die_with_parent
+from harness.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
 
 _HEADER = struct.Struct("<II")  # JSON length, payload length
 
@@ -46,27 +49,35 @@ class SandboxLimits:
     start_seconds: float = 120.0  # import, construct, load weights
     call_seconds: float = 120.0  # one batch of logits
     open_files: int = 256
+    processes: int = 64  # processes and threads it may start besides its OMP_NUM_THREADS compute threads
+    file_mb: int = 64  # the largest file it may write (in its /tmp)
+    tmp_mb: int = 256  # all of its /tmp together
+    output_mb: int = 16  # what it may print; past it, it is ended
+
+    def jail(self) -> JailLimits:
+        return JailLimits(memory_mb=self.memory_mb, cpu_seconds=self.cpu_seconds, open_files=self.open_files,
+                          processes=self.processes, file_mb=self.file_mb, tmp_mb=self.tmp_mb,
+                          output_mb=self.output_mb)
 
 
-def _network_namespace_works() -> bool:
-    unshare = shutil.which("unshare")
-    if not unshare:
-        return False
-    try:
-        return subprocess.run([unshare, "--net", "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+MAX_HEADER = 1 << 20  # a reply's JSON; anything longer is not ours
+MAX_VOCAB = 1 << 21  # outputs per position a logits reply may claim
 
 
-_NETNS: bool | None = None
-
-
-def _write_frame(fd: int, header: dict[str, Any], payload: bytes = b"") -> None:
+def _write_frame(fd: int, header: dict[str, Any], payload: bytes = b"", deadline: float | None = None) -> None:
+    """One frame; with a `deadline` (the parent writing to a child that may stop reading: its fd is
+    non-blocking), `TimeoutError` when the child has not taken it all by then."""
     data = json.dumps(header).encode()
-    os.write(fd, _HEADER.pack(len(data), len(payload)))
-    view = memoryview(data + payload)
+    view = memoryview(_HEADER.pack(len(data), len(payload)) + data + payload)
     while view:
-        n = os.write(fd, view)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                raise TimeoutError
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            continue
         view = view[n:]
 
 
@@ -85,10 +96,35 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
-def _read_frame(fd: int, deadline: float | None) -> tuple[dict[str, Any], bytes]:
+def _read_frame(fd: int, deadline: float | None, max_payload: int | None = None) -> tuple[dict[str, Any], bytes]:
+    """One frame; with `max_payload` (the parent reading the child), a frame larger than it, or a header that
+    is not a small JSON object, is refused before it is read: `ValueError`."""
     n_json, n_payload = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
+    if max_payload is not None and (n_json > MAX_HEADER or n_payload > max_payload):
+        raise ValueError(f"a reply of {n_json + n_payload:,} bytes")
     header = json.loads(_read_exact(fd, n_json, deadline))
+    if max_payload is not None and not isinstance(header, dict):
+        raise ValueError("a reply that is not a JSON object")
     return header, _read_exact(fd, n_payload, deadline) if n_payload else b""
+
+
+def _not_copied(root: Path):
+    """What the sandbox's copy of a submission leaves out: weights (the harness sends them itself), and links
+    that lead out of the submission (a link to a neighbour's file would otherwise be copied as a file)."""
+    weights = shutil.ignore_patterns("*.pt", "*.pth", "*.bin", "*.safetensors", "*.zip")
+    top = os.path.realpath(root)
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        out = set(weights(folder, names))
+        for n in names:
+            p = os.path.join(folder, n)
+            # kept: a relative link that stays inside (it resolves inside the copy); not an absolute one
+            if os.path.islink(p) and (os.path.isabs(os.readlink(p))
+                                      or not (os.path.realpath(p) + "/").startswith(top + "/")):
+                out.add(n)
+        return out
+
+    return ignore
 
 
 class SandboxedModel:
@@ -97,11 +133,10 @@ class SandboxedModel:
     def __init__(self, submission_root: Path, code: str, state_dict: dict[str, torch.Tensor], *,
                  kwargs: dict[str, Any] | None = None, stored: dict[str, Any] | None = None,
                  model_table: dict[str, Any] | None = None, max_positions: int | None = None,
-                 limits: SandboxLimits = SandboxLimits()):
+                 limits: SandboxLimits = SandboxLimits(), allow_unsandboxed: bool = False):
         """`kwargs`: [model.kwargs]; `model_table`: the rest of [model]; `stored`: the checkpoint's config.
         After construction: `n_outputs`, `built` (how the class was constructed, from which values),
         `architecture` ({field: {value, source}}), and `notes` (grows as calls find out how forward works)."""
-        global _NETNS
         from harness.student_class import resolve_code
 
         try:
@@ -112,51 +147,55 @@ class SandboxedModel:
         self.max_positions = max_positions
         self._n_outputs: int | None = None
         self.notes: list[str] = []
+        self._jail: Jail | None = None
+        self._w = self._r = None
         self._tmp = Path(tempfile.mkdtemp(prefix="harness-sandbox-"))
         view = self._tmp / "submission"
-        shutil.copytree(submission_root, view, symlinks=False,
-                        ignore=shutil.ignore_patterns("*.pt", "*.pth", "*.bin", "*.safetensors", "*.zip"))
+        shutil.copytree(submission_root, view, symlinks=True, ignore=_not_copied(submission_root))
         for p in sorted(view.rglob("*"), reverse=True):
-            p.chmod(0o555 if p.is_dir() else 0o444)
+            if not p.is_symlink():  # chmod follows links: only the copy's own files
+                p.chmod(0o555 if p.is_dir() else 0o444)
         view.chmod(0o555)
         home = self._tmp / "home"
         home.mkdir()
 
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        if _NETNS is None:
-            _NETNS = _network_namespace_works()
+        self.boundary = boundary()
+        sandboxed = self.boundary.available
+        if not sandboxed and not allow_unsandboxed:
+            for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
+                os.close(fd)
+            self.close()
+            raise HarnessError("sandbox-unavailable", f"the model code was not run: this machine cannot isolate it "
+                               f"({self.boundary.detail}); the grader can install bubblewrap or grade with "
+                               "--allow-unsandboxed-code")
+        self.sandboxed = sandboxed
         cmd = [sys.executable, "-s", "-m", "harness._sandbox_child", str(to_child_r), str(from_child_w)]
-        setpriv = shutil.which("setpriv")
-        if os.geteuid() == 0 and setpriv:
-            # Root ignores file modes through its capabilities: drop them all (uid 0 without CAP_DAC_OVERRIDE
-            # obeys modes), so the read-only view is read-only and nothing can be regained.
-            cmd = [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--no-new-privs", *cmd]
-        if _NETNS:
-            cmd = [shutil.which("unshare") or "unshare", "--net", *cmd]
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home), "LANG": "C.UTF-8",
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp" if sandboxed else str(home),
+               "TMPDIR": "/tmp" if sandboxed else str(home), "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-               "PYTHONPATH": str(Path(__file__).resolve().parents[1]),  # the same harness as the parent's
+               # the same harness as the parent's (in the sandbox, its package alone), and the same packages
+               "PYTHONPATH": os.pathsep.join([HARNESS_MOUNT if sandboxed else str(Path(__file__).resolve().parents[1]),
+                                              *child_python_path()]),
                "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        lim = limits
-
-        def preexec() -> None:
-            # Same process group as the grading worker, so killing the worker's group ends this too; and
-            # killed with its parent, so a batch killed with -9 leaves nothing of a student's running.
-            die_with_parent()
-            mem = lim.memory_mb * 2**20
-            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-            resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_seconds, lim.cpu_seconds + 5))
-            resource.setrlimit(resource.RLIMIT_NOFILE, (lim.open_files, lim.open_files))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 2**20, 64 * 2**20))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-        self._stderr = open(self._tmp / "stderr.txt", "w+b")
-        self._proc = subprocess.Popen(cmd, cwd=view, env=env, stdin=subprocess.DEVNULL, stdout=self._stderr,
-                                      stderr=self._stderr, pass_fds=(to_child_r, from_child_w), preexec_fn=preexec)
+        self._finite_weights = all(bool(torch.isfinite(v).all()) for v in state_dict.values() if v.is_floating_point())
+        # the process limit counts threads: torch's compute threads (two pools of OMP_NUM_THREADS: 160 tasks
+        # at 80, seen) come on top of what the code may start
+        threads = int(env["OMP_NUM_THREADS"]) if env["OMP_NUM_THREADS"].isdigit() else 1
+        jail_limits = dataclasses.replace(limits.jail(), processes=limits.processes + 2 * max(1, threads))
+        try:
+            self._jail = Jail(cmd, view=view, env=env, pass_fds=(to_child_r, from_child_w),
+                              limits=jail_limits, sandboxed=sandboxed)
+        except BaseException:
+            for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
+                os.close(fd)
+            self.close()
+            raise
         os.close(to_child_r)
         os.close(from_child_w)
         self._w, self._r = to_child_w, from_child_r
+        os.set_blocking(self._w, False)  # a child that stops reading cannot stall the grader's writes
 
         from safetensors.torch import save as st_save
 
@@ -168,13 +207,20 @@ class SandboxedModel:
         plain = {k: v for k, v in (model_table or {}).items() if k not in ("code", "kwargs")}
         reply, _ = self._call({"op": "load", "code": code, "kwargs": kwargs or {}, "model": plain,
                                "stored": stored or {}}, st_save(tensors), limits.start_seconds, "loading the model")
-        self.notes += list(reply.get("notes") or ())
+        self.notes += [str(n)[:500] for n in reply.get("notes") or ()][:20]
         reply, _ = self._call({"op": "describe"}, b"", limits.call_seconds, "computing logits")
-        self._n_outputs = int(reply["n_outputs"])
-        self.built: dict[str, Any] = reply.get("built") or {}
-        self.architecture: dict[str, dict[str, Any]] = reply.get("architecture") or {}
-        self.params: int | None = reply.get("params")
-        self.notes += list(reply.get("notes") or ())
+        n_outputs, built, arch, params = (reply.get("n_outputs"), reply.get("built") or {},
+                                          reply.get("architecture") or {}, reply.get("params"))
+        if not (type(n_outputs) is int and 0 < n_outputs <= MAX_VOCAB and isinstance(built, dict)
+                and isinstance(arch, dict) and all(isinstance(v, dict) for v in arch.values())
+                and (params is None or type(params) is int)):
+            self.close()
+            raise HarnessError("model-code-failed", "the model code sent a malformed description of itself")
+        self._n_outputs = n_outputs
+        self.built: dict[str, Any] = built
+        self.architecture: dict[str, dict[str, Any]] = arch
+        self.params: int | None = params
+        self.notes += [str(n)[:500] for n in reply.get("notes") or ()][:20]
         if self.max_positions is None:
             self.max_positions = (self.architecture.get("context") or {}).get("value")
 
@@ -188,57 +234,97 @@ class SandboxedModel:
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         ids = np.ascontiguousarray(input_ids.cpu().numpy().astype(np.int64))
+        vocab = self._n_outputs or MAX_VOCAB
         header, payload = self._call({"op": "logits", "shape": list(ids.shape)}, ids.tobytes(),
-                                     self.limits.call_seconds, "computing logits")
-        self.notes += list(header.get("notes") or ())
-        shape = tuple(header["shape"])
-        if len(shape) != 3 or shape[:2] != ids.shape or len(payload) != 4 * int(np.prod(shape)):
-            raise HarnessError("model-code-failed", f"the model returned logits of shape {shape} for input "
-                               f"{ids.shape}; it must return [B, T, V]")
-        return torch.from_numpy(np.frombuffer(payload, dtype=np.float32).reshape(shape).copy())
+                                     self.limits.call_seconds, "computing logits", max_payload=4 * ids.size * vocab)
+        self.notes += [str(n)[:500] for n in header.get("notes") or ()][:20]
+        shape = header.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and n > 0 for n in shape)
+                and tuple(shape[:2]) == ids.shape and shape[2] <= vocab
+                and len(payload) == 4 * int(np.prod(shape, dtype=np.int64))):
+            self.close()
+            raise HarnessError("model-code-failed", f"the model returned logits of shape {shape!s:.80} for input "
+                               f"{ids.shape}; it must return [B, T, V] (V: {vocab} here)"
+                               if self._n_outputs else f"the model returned logits of shape {shape!s:.80} for "
+                               f"input {ids.shape}; it must return [B, T, V]")
+        logits = torch.from_numpy(np.frombuffer(payload, dtype="<f4").reshape(shape).copy())
+        # NaN weights give NaN logits: the weights' finding; from finite weights, the code's failure
+        if self._finite_weights and (torch.isnan(logits).any() or torch.isposinf(logits).any()):
+            self.close()
+            raise HarnessError("model-code-failed", "the model returned NaN or +inf logits from finite weights")
+        return logits
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _call(self, header: dict[str, Any], payload: bytes, seconds: float, doing: str) -> tuple[dict, bytes]:
+    def _call(self, header: dict[str, Any], payload: bytes, seconds: float, doing: str,
+              max_payload: int = 1 << 20) -> tuple[dict, bytes]:
         try:
-            _write_frame(self._w, header, payload)
-            reply, data = _read_frame(self._r, time.monotonic() + seconds)
+            deadline = time.monotonic() + seconds
+            _write_frame(self._w, header, payload, deadline)
+            reply, data = _read_frame(self._r, deadline, max_payload)
         except TimeoutError:
             self.close()
             raise HarnessError("model-code-failed", f"the model code took longer than {seconds:g} s {doing}") from None
         except (EOFError, BrokenPipeError, OSError):
+            why = self._death()
             self.close()
-            raise HarnessError("model-code-failed", f"the model code died while {doing}: {self._death()}") from None
+            raise HarnessError("model-code-failed", f"the model code died while {doing}: {why}") from None
+        except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+            self.close()
+            raise HarnessError("model-code-failed", f"the model code sent a malformed reply while {doing} (its "
+                               "answer pipe is the harness's alone)") from None
         if not reply.get("ok"):
             self.close()
-            error = str(reply.get("error"))
+            error = str(reply.get("error"))[:500]
             if "MemoryError:" in error:
                 error = f"it ran out of memory (the sandbox allows {self.limits.memory_mb} MB)"
-            raise HarnessError("model-code-failed", f"the model code failed while {doing}: {error}")
+            raise HarnessError("model-code-failed",
+                               f"the model code failed while {doing}: {error}{self._blocked(error)}")
         return reply, data
 
+    def _blocked(self, error: str) -> str:
+        """What the sandbox refused, said where the student's error is the sandbox's doing."""
+        if not getattr(self, "sandboxed", False):
+            return ""
+        if any(s in error for s in ("Read-only file system", "Permission denied", "Operation not permitted",
+                                    "No such file or directory: '/", "network access is disabled",
+                                    "Resource temporarily unavailable", "No space left on device",
+                                    "File too large")):
+            return (" (blocked by the sandbox: model code may read only its own submission and the Python "
+                    f"environment, write only in its private /tmp ({self.limits.tmp_mb} MB, files up to "
+                    f"{self.limits.file_mb} MB), start at most {self.limits.processes} processes, and has no network)")
+        return ""
+
     def _death(self) -> str:
+        jail = self._jail
+        if jail is None:
+            return "it never started"
         try:
-            code = self._proc.wait(timeout=5)
+            code = jail.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             return "it stopped answering"
+        if jail.flooded:
+            return f"it printed more than {self.limits.output_mb} MB (output is limited)"
+        if code > 128 and self.sandboxed:  # bubblewrap reports its command's death by a signal as 128 + n
+            code = -(code - 128)
         if code < 0:
-            sig = signal.Signals(-code).name
-            return {"SIGKILL": "killed (out of memory or CPU time)", "SIGXCPU": "out of CPU time",
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:
+                sig = f"signal {-code}"
+            return {"SIGKILL": "killed (out of memory or CPU time)", "SIGXCPU": "out of CPU time "
+                    f"(limit {self.limits.cpu_seconds} s)", "SIGXFSZ": f"it wrote a file past {self.limits.file_mb} MB",
                     "SIGSEGV": "it crashed (segmentation fault)"}.get(sig, f"killed by {sig}")
-        self._stderr.flush()
-        self._stderr.seek(0)
-        tail = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+        tail = jail.output_tail().strip().splitlines()
         last = tail[-1] if tail else ""
         if "MemoryError" in last or "Cannot allocate memory" in last:
             return f"out of memory (limit {self.limits.memory_mb} MB)"
         return f"exit code {code}" + (f" ({last[:200]})" if last else "")
 
     def close(self) -> None:
-        proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        jail = getattr(self, "_jail", None)
+        if jail is not None:
+            jail.close()  # the child and everything it started: gone before this returns
         for fd in ("_w", "_r"):
             if getattr(self, fd, None) is not None:
                 try:
@@ -249,7 +335,8 @@ class SandboxedModel:
         if getattr(self, "_tmp", None) is not None and self._tmp.exists():
             for p in self._tmp.rglob("*"):
                 try:
-                    p.chmod(0o755 if p.is_dir() else 0o644)
+                    if not p.is_symlink():
+                        p.chmod(0o755 if p.is_dir() else 0o644)
                 except OSError:
                     pass
             shutil.rmtree(self._tmp, ignore_errors=True)

@@ -8,6 +8,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Students' model code runs only inside bubblewrap (harness/jail.py). As root with apt-get, install it when
+# it is missing; otherwise say so and go on: the harness then refuses custom code with a finding (or runs it
+# unsandboxed with --allow-unsandboxed-code, recorded in results.json).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing bubblewrap (the sandbox for students' model code) with apt-get"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } ||
+      echo "setup: could not install bubblewrap: custom model code will be refused (see README, Sandbox)"
+  else
+    echo "setup: bubblewrap (bwrap) is not installed: custom model code will be refused until it is" \
+         "(apt-get install bubblewrap; see README, Sandbox)"
+  fi
+fi
+
 PY=${PYTHON:-python3}
 EXTRAS=""
 [ "${1:-}" = "--test" ] && EXTRAS="[test]"
@@ -40,3 +55,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 "$VPY" -c "import torch, harness; print(f'setup: harness {harness.__version__}, torch {torch.__version__}')"
+"$VPY" -c "from harness.jail import boundary; print('setup: sandbox for model code:', boundary().describe())"

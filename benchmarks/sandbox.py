@@ -1,0 +1,112 @@
+"""What the sandbox's boundary costs: an honest custom-code submission graded inside bubblewrap against the
+same submission graded without it (`--allow-unsandboxed-code` on a machine without a boundary).
+
+Both sides run `harness.measure.measure` in this process (the worker's own function: start the child, load
+the weights, evaluate, check causality, end the child), alternating over rounds, best of each.
+Usage: python benchmarks/sandbox.py [--rounds 3] [--max-tokens 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = '''
+import torch, torch.nn as nn
+
+class CharGPT(nn.Module):
+    """A small causal transformer, written the way a student would."""
+
+    def __init__(self, vocab_size, d_model=64, n_layers=2, n_heads=4, block_size=64):
+        super().__init__()
+        self.block_size = block_size
+        self.tok = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Embedding(block_size, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.ln = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        mask = torch.triu(torch.full((T, T), float("-inf")), diagonal=1)
+        x = self.tok(idx) + self.pos(torch.arange(T))
+        return self.head(self.ln(self.blocks(x, mask=mask, is_causal=True)))
+'''
+TEXT = ("An honest student's model, graded with and without the sandbox around it: the same numbers, and the "
+        "boundary's cost in seconds. The quick brown fox jumps over the lazy dog; 0123456789.\n") * 60
+
+
+def write_case(root: Path, max_tokens: int) -> tuple[Path, Path]:
+    """A course on a character tokenizer and one custom-code submission; returns (course, submission)."""
+    import torch
+
+    from harness.course import capped_course_text
+
+    vocab = sorted(set(TEXT))
+    (root / "data.txt").write_text(TEXT, encoding="utf-8")
+    (root / "vocab.txt").write_text("".join(vocab), encoding="utf-8")
+    course = capped_course_text(max_tokens, calibration_tokens=256)
+    for old, new in (('source = "wiki-vital"', f'source = "{root / "data.txt"}"'),
+                     ('tokenizer = "gpt2"', f'tokenizer = "char:{root / "vocab.txt"}"')):
+        assert old in course, old
+        course = course.replace(old, new, 1)
+    (root / "course.toml").write_text(course)
+    sub = root / "student"
+    sub.mkdir()
+    (sub / "model.py").write_text(MODEL)
+    ns: dict = {}
+    exec(MODEL, ns)
+    torch.manual_seed(0)
+    torch.save(ns["CharGPT"](len(vocab)).state_dict(), sub / "ckpt.pt")
+    (sub / "submission.toml").write_text(f'[submission]\nfamily = "gpt"\ncheckpoint = "ckpt.pt"\n\n[model]\n'
+                                         f'code = "model.py:CharGPT"\n\n[model.kwargs]\nvocab_size = {len(vocab)}\n')
+    return root / "course.toml", sub
+
+
+def measure(*, rounds: int = 3, max_tokens: int = 2048) -> dict:
+    """Best seconds of grading the submission inside the boundary and without it, and the two losses."""
+    import harness.jail as jail
+    from harness.measure import Job
+    from harness.measure import measure as grade_one
+
+    real = jail.boundary()
+    if not real.available:
+        raise RuntimeError(f"no sandbox on this machine to measure: {real.detail}")
+    best = {"sandboxed": float("inf"), "unsandboxed": float("inf")}
+    losses = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        course, sub = write_case(Path(tmp), max_tokens)
+        job = Job(id="student", paths=[str(sub)], course_path=str(course), allow_unsandboxed_code=True)
+        try:
+            for _ in range(rounds):
+                for side, boundary in (("sandboxed", real), ("unsandboxed", jail.Boundary("none", "benchmark"))):
+                    jail._BOUNDARY = boundary
+                    t0 = time.perf_counter()
+                    result = grade_one(job)
+                    best[side] = min(best[side], time.perf_counter() - t0)
+                    assert result["status"] == "graded", result["error"]
+                    assert result["model"]["sandbox"].startswith("bubblewrap" if side == "sandboxed" else "none")
+                    losses[side] = result["metrics"]["loss"]
+        finally:
+            jail._BOUNDARY = real
+    assert losses["sandboxed"] == losses["unsandboxed"], losses
+    return {**{f"{k}_s": v for k, v in best.items()}, "ratio": best["unsandboxed"] / best["sandboxed"],
+            "loss": losses["sandboxed"], "rounds": rounds, "max_tokens": max_tokens, "boundary": real.describe()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=2048)
+    a = p.parse_args()
+    r = measure(rounds=a.rounds, max_tokens=a.max_tokens)
+    print(f"sandboxed {r['sandboxed_s']:.2f} s, unsandboxed {r['unsandboxed_s']:.2f} s, ratio {r['ratio']:.3f} "
+          f"({r['boundary']}; same loss {r['loss']:.6f})")
+
+
+if __name__ == "__main__":
+    main()
