@@ -8,20 +8,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Students' model code runs only inside bubblewrap (harness/jail.py). As root with apt-get, install it when
-# it is missing; otherwise say so and go on: the harness then refuses custom code with a finding (or runs it
-# unsandboxed with --allow-unsandboxed-code, recorded in results.json).
-if ! command -v bwrap >/dev/null 2>&1; then
+# System tools, installed with apt-get as root where they are missing; otherwise the set-up says so and goes on.
+# bubblewrap: students' model code runs only inside it (harness/jail.py); without it the harness refuses custom
+# code with a finding (or runs it unsandboxed with --allow-unsandboxed-code, recorded in results.json).
+# poppler-utils (--test only): pdftoppm, with which the tests look at report pages as PNG (they skip without it).
+apt_install() {  # COMMAND PACKAGE WHAT-IS-LOST-WITHOUT-IT
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing bubblewrap (the sandbox for students' model code) with apt-get"
-    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 ||
-      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } ||
-      echo "setup: could not install bubblewrap: custom model code will be refused (see README, Sandbox)"
+    echo "setup: installing $2 with apt-get"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1; }; } ||
+      echo "setup: could not install $2: $3"
   else
-    echo "setup: bubblewrap (bwrap) is not installed: custom model code will be refused until it is" \
-         "(apt-get install bubblewrap; see README, Sandbox)"
+    echo "setup: $2 ($1) is not installed: $3 (apt-get install $2)"
   fi
-fi
+}
+apt_install bwrap bubblewrap "custom model code will be refused (see README, The sandbox)"
+[ "${1:-}" = "--test" ] && apt_install pdftoppm poppler-utils "the tests that look at report pages as PNG will skip"
 
 PY=${PYTHON:-python3}
 EXTRAS=""
