@@ -69,13 +69,26 @@ def wants(raw) -> bool:
     model_type = _model_type(raw)
     if model_type is None:
         return False
+    if "auto_map" in raw.config:
+        # the folder says its maths is the student's own modelling code: keys that happen to match a layout
+        # would be graded by a guess, so it is refused (with how to run that code in the sandbox)
+        return True
     if model_type in LAYOUT_MODEL_TYPES:  # unless it uses options the canonical model cannot compute
         found = recognising(raw.tensors, dict(raw.config))
-        return ("auto_map" not in raw.config and len(found) == 1 and hasattr(found[0], "unsupported")
-                and bool(found[0].unsupported(dict(raw.config))))
-    if "auto_map" not in raw.config and _known(model_type):
+        return len(found) == 1 and hasattr(found[0], "unsupported") and bool(found[0].unsupported(dict(raw.config)))
+    if _known(model_type):
         return True
     return not recognising(raw.tensors, dict(raw.config))
+
+
+def unknown_type_note(raw) -> str | None:
+    """The warning for an HF folder whose model_type transformers does not know but whose weights a layout
+    reads: the layout's maths is then the harness's reading of the key names, not the student's class."""
+    model_type = _model_type(raw)
+    if model_type is None or model_type in LAYOUT_MODEL_TYPES or _known(model_type):
+        return None
+    return (f"config.json says model_type {model_type!r}, which the installed transformers "
+            f"{_transformers().__version__} does not know; the weights were read by the layout their names match")
 
 
 def _refuse_unbuildable(config: Mapping, model_type: str) -> None:

@@ -590,7 +590,7 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
         return hf_models.build_hf_model(raw, family=family)
     tensors: Mapping[str, torch.Tensor] = raw.tensors
     config: dict = dict(getattr(raw, "config", None) or {})
-    warnings: list[str] = []
+    warnings: list[str] = [note] if (note := hf_models.unknown_type_note(raw)) else []
     layout = pick_layout(tensors, config, family)
     if family is not None and family != layout.FAMILY:
         warnings.append(f"submission.toml says family {family!r} but the weights are a {layout.FAMILY} model "

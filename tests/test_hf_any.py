@@ -234,14 +234,23 @@ def test_auto_map_is_refused_without_running_anything(tmp_path):
 
 def test_unknown_model_type_gets_one_clear_line(tmp_path):
     folder = tmp_path / "mine"
-    tiny("llama").save_pretrained(folder)
-    _edit_config(folder, model_type="my_own_llama")
+    tiny("opt").save_pretrained(folder)  # key names no harness layout reads
+    _edit_config(folder, model_type="my_own_opt")
     raw = read_checkpoint(folder)
     for call in (lambda: build_model(raw), lambda: checkpoint_family(raw)):
         with pytest.raises(HarnessError) as e:
             call()
         assert e.value.code == "layout-unknown" and "\n" not in e.value.message
-        assert "'my_own_llama'" in e.value.message and transformers.__version__ in e.value.message
+        assert "'my_own_opt'" in e.value.message and transformers.__version__ in e.value.message
+
+
+def test_unknown_model_type_with_weights_a_layout_reads_is_graded_by_it_with_a_warning(tmp_path):
+    folder = tmp_path / "mine"
+    tiny("llama").save_pretrained(folder)
+    _edit_config(folder, model_type="my_own_llama")
+    loaded = build_model(read_checkpoint(folder))
+    assert loaded.layout == "hf-llama"
+    assert any("'my_own_llama'" in w and "does not know" in w for w in loaded.warnings)
 
 
 def test_a_missing_extra_or_misshapen_weight_is_refused(tmp_path):
