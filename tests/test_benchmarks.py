@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT, assert_one_line_error
 
-BENCHMARKS = {"eval", "train", "grade", "report", "scaling"}
+BENCHMARKS = {"eval", "train", "grade", "arch", "report", "scaling"}
 
 
 def suite(*args, timeout=300):
