@@ -168,12 +168,15 @@ def run_arch(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
     for r in bench.measure(log=log, **size):
         llama = (f"HF LlamaForCausalLM folder (GQA: {r['kv_heads']} kv of {r['n_heads']} heads; tied) vs GPT2LMHeadModel folder"
                  if r["path"] == "hf" else "CS336 model.pt + model_config.json (untied) vs nanoGPT ckpt.pt")
-        verdict = "met" if r["ratio"] <= bench.AIM else "NOT met"
+        wall_ok, cpu_ok = r["ratio"] <= bench.AIM, r["cpu_ratio"] <= bench.AIM
+        verdict = ("met" if wall_ok and cpu_ok else "NOT met" if not (wall_ok or cpu_ok)
+                   else f"met by {'wall' if wall_ok else 'CPU'} time only")
         rounds = f"median of {r['rounds']} alternating rounds" + (" after a warm-up" if size["warmup"] else
                                                                    ", no warm-up (imports included)")
         rows.append(row("arch", f"s per submission, Llama vs GPT-2 style, {r['path']}", r["llama_s"], r["gpt2_s"],
                         "s", r["gpt2_s"] / r["llama_s"],
-                        f"Llama / GPT-2 = {r['ratio']:.2f}x, aim <= {bench.AIM}x: {verdict}; {llama}; layouts "
+                        f"Llama / GPT-2 = {r['ratio']:.2f}x, aim <= {bench.AIM}x: {verdict}; CPU time "
+                        f"{r['llama_cpu_s']:.2f} s vs {r['gpt2_cpu_s']:.2f} s: {r['cpu_ratio']:.2f}x; {llama}; layouts "
                         f"{r['llama_layout']} / {r['gpt2_layout']}; {r['n_layers']}L d{r['d_model']} "
                         f"{r['n_heads']} heads, SwiGLU d_ff {r['d_ff']}: block params {r['llama_blocks']:,} vs "
                         f"{r['gpt2_blocks']:,}, total {r['llama_params']:,} vs {r['gpt2_params']:,}; "
