@@ -180,7 +180,7 @@ def run_arch(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
                         f"{r['llama_layout']} / {r['gpt2_layout']}; {r['n_layers']}L d{r['d_model']} "
                         f"{r['n_heads']} heads, SwiGLU d_ff {r['d_ff']}: block params {r['llama_blocks']:,} vs "
                         f"{r['gpt2_blocks']:,}, total {r['llama_params']:,} vs {r['gpt2_params']:,}; "
-                        f"harness.measure.measure, max_tokens {r['max_tokens']}, {rounds}"))
+                        f"harness.measure.measure, 1 torch thread, max_tokens {r['max_tokens']}, {rounds}"))
     return rows
 
 

@@ -18,7 +18,9 @@ with the packaged course capped at `max_tokens` targets. A first, untimed round 
 the frozen data, the tokenizer), so only the per-submission work is timed: reading the checkpoint, building
 the model, the clm-v1 evaluation and the causality check. The rounds alternate the sides; the median of
 each is kept, of the wall-clock time and of the CPU time (this process's and the checkpoint reader's: on a
-shared machine the fairer clock). `measure()` returns the rows that `main()` prints and `python -m benchmarks` tabulates.
+shared machine the fairer clock). One torch thread by default, as each of two workers on two cores gets:
+on this machine shared with other work, two threads' waiting for each other cost more than the
+evaluation itself (CPU time 1.5-4.6 s for what one thread does in 0.3 s) and swamped the ratio. `measure()` returns the rows that `main()` prints and `python -m benchmarks` tabulates.
 """
 
 from __future__ import annotations
@@ -139,11 +141,26 @@ def _secs(values: list[float]) -> str:
 
 
 def measure(*, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, rounds: int = 3, max_tokens: int = 1024,
-            warmup: bool = True, paths: tuple[str, ...] = ("hf", "pt"),
+            warmup: bool = True, threads: int = 1, paths: tuple[str, ...] = ("hf", "pt"),
             log: Callable[[str], None] | None = None) -> list[dict]:
     """One row per path: the median seconds of each side over `rounds` alternating rounds (after an untimed
     warm-up round unless `warmup` is False: then the first round also pays for imports and the data), their
-    ratio Llama / GPT-2, the layouts the grader chose, and the parameter counts."""
+    ratio Llama / GPT-2, the layouts the grader chose, and the parameter counts. Torch runs on `threads`
+    threads meanwhile (0: as it is)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(d_model=d_model, n_layers=n_layers, n_heads=n_heads, rounds=rounds, max_tokens=max_tokens,
+                        warmup=warmup, paths=paths, log=log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(*, d_model: int, n_layers: int, n_heads: int, rounds: int, max_tokens: int, warmup: bool,
+             paths: tuple[str, ...], log: Callable[[str], None] | None) -> list[dict]:
     from harness.course import capped_course_text
     from harness.measure import Job
     from harness.measure import measure as grade_one
@@ -198,10 +215,11 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads while measuring (0: as it is)")
     p.add_argument("--max-tokens", type=int, default=1024, help="evaluation cap of the benchmark's course")
     a = p.parse_args()
     for r in measure(d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, rounds=a.rounds,
-                     max_tokens=a.max_tokens, log=lambda s: print(s, flush=True)):
+                     max_tokens=a.max_tokens, threads=a.threads, log=lambda s: print(s, flush=True)):
         print(json.dumps({k: v for k, v in r.items()}, default=str))
 
 
