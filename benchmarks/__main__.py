@@ -166,8 +166,9 @@ def run_arch(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
 
     rows = []
     for r in bench.measure(log=log, **size):
-        llama = (f"HF LlamaForCausalLM folder (GQA: {r['kv_heads']} kv of {r['n_heads']} heads; tied) vs GPT2LMHeadModel folder"
-                 if r["path"] == "hf" else "CS336 model.pt + model_config.json (untied) vs nanoGPT ckpt.pt")
+        llama = (f"HF LlamaForCausalLM folder (GQA: {r['kv_heads']} kv of {r['n_heads']} heads; tied) vs "
+                 "GPT2LMHeadModel folder" if r["path"] == "hf"
+                 else "CS336 model.pt + model_config.json (untied) vs nanoGPT ckpt.pt")
         wall_ok, cpu_ok = r["ratio"] <= bench.AIM, r["cpu_ratio"] <= bench.AIM
         verdict = ("met" if wall_ok and cpu_ok else "NOT met" if not (wall_ok or cpu_ok)
                    else f"met by {'wall' if wall_ok else 'CPU'} time only")

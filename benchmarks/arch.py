@@ -20,7 +20,8 @@ the model, the clm-v1 evaluation and the causality check. The rounds alternate t
 each is kept, of the wall-clock time and of the CPU time (this process's and the checkpoint reader's: on a
 shared machine the fairer clock). One torch thread by default, as each of two workers on two cores gets:
 on this machine shared with other work, two threads' waiting for each other cost more than the
-evaluation itself (CPU time 1.5-4.6 s for what one thread does in 0.3 s) and swamped the ratio. `measure()` returns the rows that `main()` prints and `python -m benchmarks` tabulates.
+evaluation itself (CPU time 1.5-4.6 s for what one thread does in 0.3 s) and swamped the ratio.
+`measure()` returns the rows that `main()` prints and `python -m benchmarks` tabulates.
 """
 
 from __future__ import annotations
