@@ -1,6 +1,6 @@
 """Every benchmark in one run, side by side, each against a baseline measured in the same run.
 
-    python -m benchmarks [--quick | --tiny] [--only eval,train,grade,report,scaling]
+    python -m benchmarks [--quick | --tiny] [--only eval,train,grade,arch,report,scaling]
                          [--append BENCHMARKS.md | --no-append] [--device cpu|cuda] [--json]
 
 What is measured (the scripts beside this file, each also runnable alone):
@@ -11,6 +11,9 @@ What is measured (the scripts beside this file, each also runnable alone):
 - grade (grade.py): a test-scale example class graded from scratch, 2 workers against 1 (submissions per
   minute), and the cached rerun's time against the first run's; (sandbox.py) an honest custom-code
   submission graded inside the sandbox's boundary against the same without it;
+- arch (arch.py): seconds per submission of a Llama-style model (RMSNorm, RoPE, SwiGLU) against the
+  GPT-2-style one of the same non-embedding size, each graded by the grading worker's own function, warm:
+  Hugging Face `save_pretrained` folders and CS336 / nanoGPT state dicts, against the aim of at most 1.5x;
 - report (report.py): seconds per student PDF, warm, wall and CPU time, against the 2 s aim;
 - scaling (scaling.py): how our evaluation's time grows with the targets scored (1x, 2x, 4x) and with the
   model (2, 4, 8 layers at d_model 128: 1x, 2x, 4x the non-embedding FLOPs, vocabulary fixed), against
@@ -46,7 +49,7 @@ from typing import Any, Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("eval", "train", "grade", "report", "scaling")
+BENCHMARKS = ("eval", "train", "grade", "arch", "report", "scaling")
 REPORT_AIM_S = 2.0  # seconds per student PDF
 # the test class's custom_loop never returns: the suite leaves it out rather than wait for its timeout
 GRADE_DROP = ("custom_loop",)
@@ -58,6 +61,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "eval": dict(tokens=8192, rounds=5, strides=(64, 32)),
         "train": dict(families=("gpt", "mlm"), steps=6, repeat=2, overrides=()),
         "grade": dict(tiny=False, keep=None, max_tokens=4096, timeout_s=300, sandbox_rounds=3, sandbox_tokens=4096),
+        "arch": dict(d_model=256, n_layers=6, n_heads=8, rounds=5, max_tokens=4096, warmup=True),
         "report": dict(repeat=2, students=None, class_report=True),
         "scaling": dict(tokens=2048, rounds=5),
     },
@@ -66,6 +70,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(families=("gpt",), steps=2, repeat=2, overrides=()),
         "grade": dict(tiny=False, keep=QUICK_GRADE_IDS, max_tokens=1024, timeout_s=120, sandbox_rounds=2,
                       sandbox_tokens=1024),
+        "arch": dict(d_model=128, n_layers=4, n_heads=4, rounds=3, max_tokens=1024, warmup=True),
         "report": dict(repeat=1, students=3, class_report=False),
         "scaling": dict(tokens=1024, rounds=4),
     },
@@ -73,6 +78,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "eval": dict(tokens=128, rounds=1, strides=(64,)),
         "train": dict(families=("gpt",), steps=1, repeat=1, overrides=TINY_TRAIN),
         "grade": dict(tiny=True, keep=None, max_tokens=256, timeout_s=120, sandbox_rounds=1, sandbox_tokens=256),
+        "arch": dict(d_model=32, n_layers=1, n_heads=2, rounds=1, max_tokens=256, warmup=False),
         "report": dict(repeat=1, students=1, class_report=False),
         "scaling": dict(tokens=64, rounds=1),
     },
@@ -171,6 +177,30 @@ def _sandbox_rows(size: dict, log: Callable[[str], None]) -> list[dict]:
                 f"max_tokens {r['max_tokens']}, best of {r['rounds']}; {r['boundary']}; same loss both ways")]
 
 
+def run_arch(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
+    from benchmarks import arch as bench
+
+    rows = []
+    for r in bench.measure(log=log, **size):
+        llama = (f"HF LlamaForCausalLM folder (GQA: {r['kv_heads']} kv of {r['n_heads']} heads; tied) vs "
+                 "GPT2LMHeadModel folder" if r["path"] == "hf"
+                 else "CS336 model.pt + model_config.json (untied) vs nanoGPT ckpt.pt")
+        wall_ok, cpu_ok = r["ratio"] <= bench.AIM, r["cpu_ratio"] <= bench.AIM
+        verdict = ("met" if wall_ok and cpu_ok else "NOT met" if not (wall_ok or cpu_ok)
+                   else f"met by {'wall' if wall_ok else 'CPU'} time only")
+        rounds = f"median of {r['rounds']} alternating rounds" + (" after a warm-up" if size["warmup"] else
+                                                                   ", no warm-up (imports included)")
+        rows.append(row("arch", f"s per submission, Llama vs GPT-2 style, {r['path']}", r["llama_s"], r["gpt2_s"],
+                        "s", r["gpt2_s"] / r["llama_s"],
+                        f"Llama / GPT-2 = {r['ratio']:.2f}x, aim <= {bench.AIM}x: {verdict}; CPU time "
+                        f"{r['llama_cpu_s']:.2f} s vs {r['gpt2_cpu_s']:.2f} s: {r['cpu_ratio']:.2f}x; {llama}; layouts "
+                        f"{r['llama_layout']} / {r['gpt2_layout']}; {r['n_layers']}L d{r['d_model']} "
+                        f"{r['n_heads']} heads, SwiGLU d_ff {r['d_ff']}: block params {r['llama_blocks']:,} vs "
+                        f"{r['gpt2_blocks']:,}, total {r['llama_params']:,} vs {r['gpt2_params']:,}; "
+                        f"harness.measure.measure, 1 torch thread, max_tokens {r['max_tokens']}, {rounds}"))
+    return rows
+
+
 def run_report(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
     from benchmarks import report as bench
 
@@ -220,7 +250,8 @@ def failure_note(e: BaseException) -> str:
     return f"{type(e).__name__}{': ' + first if first else ''}{where}"
 
 
-RUNNERS = {"eval": run_eval, "train": run_train, "grade": run_grade, "report": run_report, "scaling": run_scaling}
+RUNNERS = {"eval": run_eval, "train": run_train, "grade": run_grade, "arch": run_arch, "report": run_report,
+           "scaling": run_scaling}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT, assert_one_line_error
 
-BENCHMARKS = {"eval", "train", "grade", "report", "scaling"}
+BENCHMARKS = {"eval", "train", "grade", "arch", "report", "scaling"}
 
 
 def suite(*args, timeout=300):
@@ -38,6 +38,11 @@ def test_tiny_suite_gives_well_formed_rows_for_every_benchmark(tmp_path, main_en
     # the scaling axes: 2x and 4x targets, 2x and 4x the model, each with its linear ideal in the notes
     scaling = [r for r in rows if r["benchmark"] == "scaling"]
     assert len(scaling) == 4 and all("vs linear" in r["notes"] for r in scaling)
+    # arch: per path, the Llama-style submission read by the layout students' files need, against the aim
+    arch = {r["measure"].rsplit(", ", 1)[1]: r["notes"] for r in rows if r["benchmark"] == "arch"}
+    assert set(arch) == {"hf", "pt"}
+    assert "layouts transformers-llama / hf-gpt2" in arch["hf"] and "layouts cs336 / nanogpt" in arch["pt"]
+    assert all("Llama / GPT-2 = " in n and "aim <= 1.5x" in n for n in arch.values())
 
     # appended: one dated section named after the machine, a table of every row
     text = target.read_text()
