@@ -962,3 +962,42 @@ def test_every_layout_declares_its_names():
     for layout in LAYOUTS:
         assert layout.FAMILY in ("gpt", "mlm") and layout.NAME and layout.DESCRIPTION
         assert callable(layout.recognise) and callable(layout.convert) and callable(layout.cannot_tell)
+
+
+class _WrappedMhaMiniGPT(nn.Module):
+    """A student MiniGPT as found in public repositories (read 2026-12: a `model.py` with `GPTConfig` and
+    `MiniGPT`): a CausalSelfAttention that wraps `nn.MultiheadAttention` under `attention.attention`,
+    `attention_norm`/`mlp_norm`, `token_embedding`/`position_embedding`, `final_norm`, and an
+    `output_head` tied to the token embedding. Our own re-implementation with those names."""
+
+    def __init__(self):
+        super().__init__()
+        self.token_embedding = nn.Embedding(V, D)
+        self.position_embedding = nn.Embedding(T, D)
+        blocks = []
+        for _ in range(L):
+            b = nn.Module()
+            b.attention_norm, b.mlp_norm = nn.LayerNorm(D), nn.LayerNorm(D)
+            b.attention = nn.Module()
+            b.attention.attention = nn.MultiheadAttention(D, H, batch_first=True)
+            b.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
+            blocks.append(b)
+        self.blocks = nn.ModuleList(blocks)
+        self.final_norm = nn.LayerNorm(D)
+        self.output_head = nn.Linear(D, V, bias=False)
+        self.output_head.weight = self.token_embedding.weight
+
+    def forward(self, idx):
+        n = idx.shape[1]
+        x = self.token_embedding(idx) + self.position_embedding(torch.arange(n))
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+        for b in self.blocks:
+            h = b.attention_norm(x)
+            x = x + b.attention.attention(h, h, h, attn_mask=mask, need_weights=False)[0]
+            x = x + b.mlp(b.mlp_norm(x))
+        return self.output_head(self.final_norm(x))
+
+
+def test_minigpt_with_nn_multihead_attention_inside_a_wrapper(batch, tmp_path):
+    own = randomize(_WrappedMhaMiniGPT())
+    check(own, saved(own, tmp_path), batch, "minigpt", hints={"n_heads": H, "causal": True})

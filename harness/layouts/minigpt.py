@@ -29,7 +29,9 @@ DESCRIPTION = "hand-written MiniGPT (blocks.{i}.ln1/attn.qkv/attn.proj/ln2/ffn, 
 
 _BLOCK = re.compile(r"^(?P<stack>(?:\w+\.)*?(?:blocks|layers|layer|h|block|transformer_blocks|decoder_blocks|"
                     r"decoder_layers|encoder_layers))\.(?P<i>\d+)\.(?P<rest>.+)$")
-_ATTN = r"(?:attn|attention|self_attn|sa|mha|self_attention|att|multihead_attn|mhsa|attn_layer)"
+_ATTN1 = r"(?:attn|attention|self_attn|sa|mha|self_attention|att|multihead_attn|mhsa|attn_layer)"
+# one wrapper may hold the projections itself or an inner module (a CausalSelfAttention around nn.MultiheadAttention)
+_ATTN = rf"{_ATTN1}(?:\.{_ATTN1})?"
 _FFN = r"(?:ffn|mlp|ff|ffwd|feed_forward|feedforward|ffn_layer|fnn|pwff|ffw)"
 _SLOTS = [(re.compile(p, re.I), slot) for p, slot in (
     (r"(?:ln1|ln_1|norm1|norm_1|ln_attn|attn_norm|attention_norm|layernorm1|layer_norm1|layer_norm_1|"
@@ -54,7 +56,7 @@ _EMBED = ("token_emb", "tok_emb", "tok_embeddings", "token_embedding", "token_em
           "input_embedding", "token_embed", "tok_embed", "wte")
 _NORM = ("ln_f", "norm", "final_norm", "ln_final", "norm_f", "final_ln", "layer_norm", "ln", "layernorm",
          "final_layernorm", "norm_out")
-_HEAD = ("head", "lm_head", "output", "out", "fc_out", "to_logits", "logits", "output_layer", "unembed", "linear",
+_HEAD = ("head", "lm_head", "output", "output_head", "out", "fc_out", "to_logits", "logits", "output_layer", "unembed", "linear",
          "decoder", "classifier", "proj", "generator", "fc")
 _MASK = re.compile(r"(^|\.)(\w*mask\w*|tril|bias)$")
 
