@@ -797,6 +797,40 @@ def test_lecture_gpt(base, batch, tmp_path, scale_by_embd):
     assert loaded.config.activation == "relu" and loaded.config.head_bias
 
 
+class _RenamedLectureGPT(nn.Module):
+    """A student MiniGPT found in a public repository (read 2026-12: `model.py` with `SelfAttentionHead`,
+    `MultiHeadAttention`, `FeedForward`, `TransformerBlock`, `MiniGPT(vocab_size, block_size, emb_dim,
+    n_layers, n_heads)`): the lecture's per-head modules under `token_embedding`, `blocks.{i}.attn.heads.{h}`,
+    `attn.proj`, `ff.net.0/2`, scores scaled by the head size. Our own re-implementation with its names."""
+
+    def __init__(self):
+        super().__init__()
+        self.token_embedding = nn.Embedding(V, D)
+        self.position_embedding = nn.Embedding(T, D)
+        blocks = []
+        for _ in range(L):
+            b = LectureBlock(False)
+            b.attn, b.ff = b.sa, b.ffwd
+            del b.sa, b.ffwd
+            blocks.append(b)
+        self.blocks = nn.Sequential(*blocks)
+        self.ln_f = nn.LayerNorm(D)
+        self.lm_head = nn.Linear(D, V)
+
+    def forward(self, idx):
+        x = self.token_embedding(idx) + self.position_embedding(torch.arange(idx.shape[1]))
+        for b in self.blocks:
+            x = x + b.attn.proj(torch.cat([h(b.ln1(x)) for h in b.attn.heads], dim=-1))
+            x = x + b.ff.net(b.ln2(x))
+        return self.lm_head(self.ln_f(x))
+
+
+def test_lecture_gpt_under_a_students_names(batch, tmp_path):
+    own = randomize(_RenamedLectureGPT())
+    loaded = check(own, saved(own, tmp_path), batch, "ng-video-lecture", hints={"activation": "relu"})
+    assert loaded.config.n_heads == H and loaded.config.head_bias
+
+
 # --------------------------------------------------------------------------------------------------
 # The harness's own checkpoints
 # --------------------------------------------------------------------------------------------------
