@@ -297,7 +297,9 @@ def test_mingpt_2020_is_a_minigpt(base, batch, tmp_path):
     fill(own, sd)
     loaded = check(own, saved(own, tmp_path), batch, "minigpt", hints={"n_heads": H, "causal": True})
     assert "qkv_order" not in loaded.sources  # three separate projections: nothing to guess
-    assert loaded.sources["norm"] == UNVERIFIED and loaded.config.norm == "pre"
+    # minGPT's own code fixes these: calibration on a weak model once chose post-LN for it
+    assert loaded.sources["norm"] == loaded.sources["activation"] == LAYOUT
+    assert loaded.config.norm == "pre" and loaded.config.activation == "gelu"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -201,13 +201,25 @@ def convert(tensors, hints):
     return fields, sd, {"params": count_params(tensors, skip), "notes": notes}
 
 
+# minGPT 2020's exact names (karpathy/minGPT mingpt/model.py before the 2022 rewrite): its code fixes pre-LN,
+# exact GELU and the causal mask, which calibration on a weak model must not be left to guess.
+_MINGPT_2020 = ("tok_emb.weight", "pos_emb", "head.weight", "ln_f.weight", "blocks.0.ln1.weight",
+                "blocks.0.attn.query.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.0.weight",
+                "blocks.0.mlp.2.weight")
+
+
+def _is_mingpt_2020(tensors) -> bool:
+    return all(k in tensors for k in _MINGPT_2020) and tensors["pos_emb"].dim() == 3
+
+
 def cannot_tell(tensors, fields):
+    mingpt_2020 = _is_mingpt_2020(tensors)
     out = {
         "n_heads": head_candidates(fields["d_model"]),
-        "norm": ["pre", "post"],
-        "activation": ["gelu", "relu"],
+        "norm": ["pre"] if mingpt_2020 else ["pre", "post"],
+        "activation": ["gelu"] if mingpt_2020 else ["gelu", "relu"],
         "ln_eps": [1e-5],
-        "causal": [True, False],
+        "causal": [True] if mingpt_2020 else [True, False],
         "embed_scale": [1.0],
     }
     if _fused(tensors):
