@@ -198,11 +198,19 @@ def _unverified(ev: Evaluation) -> list[Finding]:
                          f"{c['margin']:.2g} ± {c['stderr']:.2g} nats apart)")
         else:
             parts.append(f"{name} (the layout's default; calibration did not run)")
-    hint = "; ".join(f"{n} = {json.dumps(calibration[n]['chosen'])}" if n in calibration else f"{n} = ..."
-                     for n in names)
+    def hint(n: str) -> str:
+        # every candidate, not only the default kept: the default is not known to be the right one
+        c = calibration.get(n)
+        if not c or not c.get("candidates"):
+            return f"{n} = ..."
+        text = f"{n} = " + " or ".join(json.dumps(v) for v in c["candidates"])
+        if c.get("best") is not None and c["best"] != c["chosen"]:
+            text += f", the lowest loss here: {json.dumps(c['best'])}"
+        return text
+
     return [finding("calibration-unverified", f"Not told by the weights, the checkpoint's config or submission.toml, "
-                    f"and not settled by calibration: {'; '.join(parts)}. State it under [model] in submission.toml "
-                    f"({hint}).")]
+                    f"and not settled by calibration: {'; '.join(parts)}. State the right one under [model] in "
+                    f"submission.toml ({'; '.join(hint(n) for n in names)}).")]
 
 
 def _claims(ev: Evaluation, course: Course) -> list[Finding]:

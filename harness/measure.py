@@ -140,14 +140,16 @@ def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[
 
     folder = root if root.is_dir() else None
     if sub is not None and sub.tokenizer:
-        inside = folder / sub.tokenizer if folder is not None else None
-        named = Path(sub.tokenizer)
+        # `char:FILE` names a file of the submission just as a bare path does (the lecture's input.txt)
+        prefix, name = ("char:", sub.tokenizer[5:]) if sub.tokenizer.startswith("char:") else ("", sub.tokenizer)
+        inside = folder / name if folder is not None else None
+        named = Path(name)
         if named.is_absolute() or ".." in named.parts or inside is not None and inside.exists() \
                 and not inside.resolve().is_relative_to(folder.resolve()):
             raise HarnessError("submission-invalid", f"submission.toml names tokenizer {sub.tokenizer!r}, outside "
                                "the submission; name a file or folder inside it, or a tokenizer's name")
         if inside is not None and inside.exists():
-            return get_tokenizer(str(inside)), True
+            return get_tokenizer(prefix + str(inside)), True
         return get_tokenizer(sub.tokenizer), True
     spec = course.eval_settings(family).tokenizer
     try:

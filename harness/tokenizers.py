@@ -264,7 +264,12 @@ def _char_vocabulary(path: Path) -> list[str]:
         if isinstance(value, dict):  # {char: id}, as in nanoGPT's meta.pkl stoi
             return [c for c, _ in sorted(value.items(), key=lambda kv: kv[1])]
         return list(value)
-    return list(text)
+    chars = list(text)
+    if len(set(chars)) != len(chars):
+        # A corpus, not a list: the character-level courses (ng-video-lecture's gpt.py, nanoGPT's
+        # shakespeare_char/prepare.py) number `sorted(set(text))` of their input.txt.
+        return sorted(set(chars))
+    return chars
 
 
 def _read_text(path: Path) -> str:

@@ -297,7 +297,9 @@ def test_mingpt_2020_is_a_minigpt(base, batch, tmp_path):
     fill(own, sd)
     loaded = check(own, saved(own, tmp_path), batch, "minigpt", hints={"n_heads": H, "causal": True})
     assert "qkv_order" not in loaded.sources  # three separate projections: nothing to guess
-    assert loaded.sources["norm"] == UNVERIFIED and loaded.config.norm == "pre"
+    # minGPT's own code fixes these: calibration on a weak model once chose post-LN for it
+    assert loaded.sources["norm"] == loaded.sources["activation"] == LAYOUT
+    assert loaded.config.norm == "pre" and loaded.config.activation == "gelu"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -797,6 +799,40 @@ def test_lecture_gpt(base, batch, tmp_path, scale_by_embd):
     assert loaded.config.activation == "relu" and loaded.config.head_bias
 
 
+class _RenamedLectureGPT(nn.Module):
+    """A student MiniGPT found in a public repository (read 2026-12: `model.py` with `SelfAttentionHead`,
+    `MultiHeadAttention`, `FeedForward`, `TransformerBlock`, `MiniGPT(vocab_size, block_size, emb_dim,
+    n_layers, n_heads)`): the lecture's per-head modules under `token_embedding`, `blocks.{i}.attn.heads.{h}`,
+    `attn.proj`, `ff.net.0/2`, scores scaled by the head size. Our own re-implementation with its names."""
+
+    def __init__(self):
+        super().__init__()
+        self.token_embedding = nn.Embedding(V, D)
+        self.position_embedding = nn.Embedding(T, D)
+        blocks = []
+        for _ in range(L):
+            b = LectureBlock(False)
+            b.attn, b.ff = b.sa, b.ffwd
+            del b.sa, b.ffwd
+            blocks.append(b)
+        self.blocks = nn.Sequential(*blocks)
+        self.ln_f = nn.LayerNorm(D)
+        self.lm_head = nn.Linear(D, V)
+
+    def forward(self, idx):
+        x = self.token_embedding(idx) + self.position_embedding(torch.arange(idx.shape[1]))
+        for b in self.blocks:
+            x = x + b.attn.proj(torch.cat([h(b.ln1(x)) for h in b.attn.heads], dim=-1))
+            x = x + b.ff.net(b.ln2(x))
+        return self.lm_head(self.ln_f(x))
+
+
+def test_lecture_gpt_under_a_students_names(batch, tmp_path):
+    own = randomize(_RenamedLectureGPT())
+    loaded = check(own, saved(own, tmp_path), batch, "ng-video-lecture", hints={"activation": "relu"})
+    assert loaded.config.n_heads == H and loaded.config.head_bias
+
+
 # --------------------------------------------------------------------------------------------------
 # The harness's own checkpoints
 # --------------------------------------------------------------------------------------------------
@@ -962,3 +998,42 @@ def test_every_layout_declares_its_names():
     for layout in LAYOUTS:
         assert layout.FAMILY in ("gpt", "mlm") and layout.NAME and layout.DESCRIPTION
         assert callable(layout.recognise) and callable(layout.convert) and callable(layout.cannot_tell)
+
+
+class _WrappedMhaMiniGPT(nn.Module):
+    """A student MiniGPT as found in public repositories (read 2026-12: a `model.py` with `GPTConfig` and
+    `MiniGPT`): a CausalSelfAttention that wraps `nn.MultiheadAttention` under `attention.attention`,
+    `attention_norm`/`mlp_norm`, `token_embedding`/`position_embedding`, `final_norm`, and an
+    `output_head` tied to the token embedding. Our own re-implementation with those names."""
+
+    def __init__(self):
+        super().__init__()
+        self.token_embedding = nn.Embedding(V, D)
+        self.position_embedding = nn.Embedding(T, D)
+        blocks = []
+        for _ in range(L):
+            b = nn.Module()
+            b.attention_norm, b.mlp_norm = nn.LayerNorm(D), nn.LayerNorm(D)
+            b.attention = nn.Module()
+            b.attention.attention = nn.MultiheadAttention(D, H, batch_first=True)
+            b.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
+            blocks.append(b)
+        self.blocks = nn.ModuleList(blocks)
+        self.final_norm = nn.LayerNorm(D)
+        self.output_head = nn.Linear(D, V, bias=False)
+        self.output_head.weight = self.token_embedding.weight
+
+    def forward(self, idx):
+        n = idx.shape[1]
+        x = self.token_embedding(idx) + self.position_embedding(torch.arange(n))
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+        for b in self.blocks:
+            h = b.attention_norm(x)
+            x = x + b.attention.attention(h, h, h, attn_mask=mask, need_weights=False)[0]
+            x = x + b.mlp(b.mlp_norm(x))
+        return self.output_head(self.final_norm(x))
+
+
+def test_minigpt_with_nn_multihead_attention_inside_a_wrapper(batch, tmp_path):
+    own = randomize(_WrappedMhaMiniGPT())
+    check(own, saved(own, tmp_path), batch, "minigpt", hints={"n_heads": H, "causal": True})

@@ -400,6 +400,27 @@ def test_cs336_2024_edition_learned_positions_and_gelu(ids, tmp_path):
     assert loaded.config.positions == "learned" and loaded.config.activation == "gelu" and not loaded.config.gated
 
 
+def test_cs336_a_students_own_names_and_fused_qkv(ids, tmp_path):
+    """A public CS336 solution (Suyq8/assignment1-basics cs336_basics/model.py @ac2b227) keeps the handout's
+    maths under its own names: `Linear.W`, `Embedding.embeddings`, `RMSNorm.g`, one `attention.linear_qkv`
+    viewed as (3, heads, head_dim), `attention.linear_o`, `ffn.linear1/2/3`, `norm1/2`, `norm`, `linear_o`."""
+    own = cs336_model(seed=8, rope_theta=10000.0)
+    sd = own.state_dict()
+    theirs = {"token_embedding.embeddings": sd["token_embeddings.weight"], "norm.g": sd["ln_final.weight"],
+              "linear_o.W": sd["lm_head.weight"]}
+    for i in range(L):
+        a, b = f"layers.{i}.", f"layers.{i}."
+        theirs[b + "attention.linear_qkv.W"] = torch.cat([sd[f"{a}attn.{p}_proj.weight"] for p in "qkv"])
+        for mine, their in (("attn.output_proj.weight", "attention.linear_o.W"), ("ffn.w1.weight", "ffn.linear1.W"),
+                            ("ffn.w2.weight", "ffn.linear2.W"), ("ffn.w3.weight", "ffn.linear3.W"),
+                            ("ln1.weight", "norm1.g"), ("ln2.weight", "norm2.g")):
+            theirs[b + their] = sd[a + mine]
+    torch.save({"model": theirs, "iteration": 5}, tmp_path / "checkpoint.pt")
+    _, loaded = graded(tmp_path / "checkpoint.pt", own, ids, "cs336", hints={"n_heads": 2})
+    assert loaded.config.rope_pairs == "interleaved" and loaded.config.gated
+    assert any("own names" in f for f in loaded.facts)
+
+
 # --------------------------------------------------------------------------------------------------
 # LLMs-from-scratch Llama 2 / Llama 3 (rasbt/LLMs-from-scratch ch05/07_gpt_to_llama and
 # pkg/llms_from_scratch/llama3.py @0e3ef0e): RMSNorm eps 1e-5, SwiGLU fc1/fc2/fc3, RoPE on halves

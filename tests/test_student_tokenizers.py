@@ -423,3 +423,20 @@ def test_a_tokenizer_named_outside_the_submission_is_refused(tmp_path):
         with pytest.raises(HarnessError) as e:
             _tokenizer_for("gpt", read_submission("sub", sub), course, sub)
         assert e.value.code == "submission-invalid" and "outside the submission" in e.value.message, named
+
+
+def test_char_corpus_named_inside_the_submission(tmp_path):
+    """ng-video-lecture's gpt.py (karpathy/ng-video-lecture) numbers `sorted(set(text))` of its input.txt; a
+    student names it `tokenizer = "char:input.txt"`, a file of the submission, as a bare path would be."""
+    course = _course(tmp_path)
+    corpus = "\n".join(_lines(40))
+    stoi = {c: i for i, c in enumerate(sorted(set(corpus)))}
+    model = _tiny_gpt(len(stoi))
+    sub = _submission(tmp_path, model, "gpt", "char:input.txt")
+    (sub / "input.txt").write_text(corpus, encoding="utf-8")
+    result = _measure(sub, course)
+    want, n = _direct_clm(model, [[stoi[c] for c in d] for d in DOCS], None)
+    assert result["metrics"]["tokens"] == n and result["metrics"]["loss"] == pytest.approx(want, rel=1e-6)
+    (sub / "submission.toml").write_text((sub / "submission.toml").read_text().replace("char:input.txt", "char:../x"))
+    refused = measure(Job(id="sub", paths=[str(sub)], course_path=str(course)))
+    assert refused["status"] != "graded" and "outside the submission" in json.dumps(refused)

@@ -84,6 +84,16 @@ def test_character_vocabularies(tmp_path):
         CharTokenizer("dup", ["a", "a"])
 
 
+def test_a_character_corpus_names_its_sorted_characters(tmp_path):
+    """ng-video-lecture's gpt.py (karpathy/ng-video-lecture, gpt.py) and nanoGPT's shakespeare_char/prepare.py
+    number the characters of input.txt as `sorted(set(text))`: `char:input.txt` must give those ids."""
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
+    (tmp_path / "input.txt").write_text(text)
+    tok = get_tokenizer(f"char:{tmp_path / 'input.txt'}")
+    stoi = {ch: i for i, ch in enumerate(sorted(set(text)))}
+    assert tok.encode(text) == [stoi[c] for c in text] and tok.vocab_size == len(stoi)
+
+
 def test_unknown_tokenizer_is_one_clear_error_and_fast():
     start = time.monotonic()
     with pytest.raises(HarnessError) as e:

@@ -29,7 +29,9 @@ DESCRIPTION = "hand-written MiniGPT (blocks.{i}.ln1/attn.qkv/attn.proj/ln2/ffn, 
 
 _BLOCK = re.compile(r"^(?P<stack>(?:\w+\.)*?(?:blocks|layers|layer|h|block|transformer_blocks|decoder_blocks|"
                     r"decoder_layers|encoder_layers))\.(?P<i>\d+)\.(?P<rest>.+)$")
-_ATTN = r"(?:attn|attention|self_attn|sa|mha|self_attention|att|multihead_attn|mhsa|attn_layer)"
+_ATTN1 = r"(?:attn|attention|self_attn|sa|mha|self_attention|att|multihead_attn|mhsa|attn_layer)"
+# one wrapper may hold the projections itself or an inner module (a CausalSelfAttention around nn.MultiheadAttention)
+_ATTN = rf"{_ATTN1}(?:\.{_ATTN1})?"
 _FFN = r"(?:ffn|mlp|ff|ffwd|feed_forward|feedforward|ffn_layer|fnn|pwff|ffw)"
 _SLOTS = [(re.compile(p, re.I), slot) for p, slot in (
     (r"(?:ln1|ln_1|norm1|norm_1|ln_attn|attn_norm|attention_norm|layernorm1|layer_norm1|layer_norm_1|"
@@ -54,7 +56,7 @@ _EMBED = ("token_emb", "tok_emb", "tok_embeddings", "token_embedding", "token_em
           "input_embedding", "token_embed", "tok_embed", "wte")
 _NORM = ("ln_f", "norm", "final_norm", "ln_final", "norm_f", "final_ln", "layer_norm", "ln", "layernorm",
          "final_layernorm", "norm_out")
-_HEAD = ("head", "lm_head", "output", "out", "fc_out", "to_logits", "logits", "output_layer", "unembed", "linear",
+_HEAD = ("head", "lm_head", "output", "output_head", "out", "fc_out", "to_logits", "logits", "output_layer", "unembed", "linear",
          "decoder", "classifier", "proj", "generator", "fc")
 _MASK = re.compile(r"(^|\.)(\w*mask\w*|tril|bias)$")
 
@@ -199,13 +201,25 @@ def convert(tensors, hints):
     return fields, sd, {"params": count_params(tensors, skip), "notes": notes}
 
 
+# minGPT 2020's exact names (karpathy/minGPT mingpt/model.py before the 2022 rewrite): its code fixes pre-LN,
+# exact GELU and the causal mask, which calibration on a weak model must not be left to guess.
+_MINGPT_2020 = ("tok_emb.weight", "pos_emb", "head.weight", "ln_f.weight", "blocks.0.ln1.weight",
+                "blocks.0.attn.query.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.0.weight",
+                "blocks.0.mlp.2.weight")
+
+
+def _is_mingpt_2020(tensors) -> bool:
+    return all(k in tensors for k in _MINGPT_2020) and tensors["pos_emb"].dim() == 3
+
+
 def cannot_tell(tensors, fields):
+    mingpt_2020 = _is_mingpt_2020(tensors)
     out = {
         "n_heads": head_candidates(fields["d_model"]),
-        "norm": ["pre", "post"],
-        "activation": ["gelu", "relu"],
+        "norm": ["pre"] if mingpt_2020 else ["pre", "post"],
+        "activation": ["gelu"] if mingpt_2020 else ["gelu", "relu"],
         "ln_eps": [1e-5],
-        "causal": [True, False],
+        "causal": [True] if mingpt_2020 else [True, False],
         "embed_scale": [1.0],
     }
     if _fused(tensors):

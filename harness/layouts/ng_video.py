@@ -9,6 +9,10 @@ scores by `C**-0.5` (C = n_embd); the final gpt.py by `k.shape[-1]**-0.5`, the h
 cannot tell which: the head size, what students copy today, is the default, and calibration takes n_embd
 only where it scores clearly better (else the default stays, marked unverified). A d_model scale is
 folded into the query weights.
+
+Students rename it (a MiniGPT with `token_embedding`, `blocks.{i}.attn.heads.{h}.key`, `ff.net.0`, `lm_head`):
+the same structure under the common names of each slot is read as the lecture's (`_lecture_names`);
+then the activation is not the lecture's code and GELU is a candidate beside ReLU.
 """
 
 from __future__ import annotations
@@ -26,9 +30,51 @@ DESCRIPTION = "the lecture GPT (token_embedding_table, blocks.*.sa.heads.*.query
 
 _HEAD_Q = re.compile(r"^blocks\.(\d+)\.sa\.heads\.(\d+)\.query\.weight$")
 
+# the lecture's name of each slot <- the names students give it
+_TOP = {"token_embedding_table": ("token_embedding", "tok_emb", "token_emb", "tok_embedding", "embedding", "wte"),
+        "position_embedding_table": ("position_embedding", "pos_emb", "pos_embedding", "position_emb", "wpe"),
+        "ln_f": ("final_norm", "norm_f", "ln_final", "final_ln", "norm"),
+        "lm_head": ("head", "output", "output_head", "out_head", "fc_out")}
+_IN_BLOCK = [(re.compile(p), new) for p, new in (
+    (r"(?:sa|attn|attention|mha|self_attn|multihead|multi_head_attention)\.heads\.(\d+)\.(query|key|value)\.weight",
+     r"sa.heads.\1.\2.weight"),
+    (r"(?:sa|attn|attention|mha|self_attn|multihead|multi_head_attention)\.heads\.(\d+)\.(tril|mask)", r"sa.heads.\1.tril"),
+    (r"(?:sa|attn|attention|mha|self_attn|multihead|multi_head_attention)\.(?:proj|out_proj|c_proj|out)\.(weight|bias)",
+     r"sa.proj.\1"),
+    (r"(?:ffwd|ff|mlp|ffn|feed_forward|feedforward)\.(?:net\.)?0\.(weight|bias)", r"ffwd.net.0.\1"),
+    (r"(?:ffwd|ff|mlp|ffn|feed_forward|feedforward)\.(?:net\.)?2\.(weight|bias)", r"ffwd.net.2.\1"),
+    (r"(?:ln1|ln_1|norm1|norm_1)\.(weight|bias)", r"ln1.\1"),
+    (r"(?:ln2|ln_2|norm2|norm_2)\.(weight|bias)", r"ln2.\1"),
+)]
+_BLOCK_KEY = re.compile(r"^(?:blocks|layers|h)\.(\d+)\.(.+)$")
+
+
+def _lecture_names(tensors) -> dict | None:
+    """The tensors under the lecture's names, or None where a key has no lecture slot."""
+    if "token_embedding_table.weight" in tensors:
+        return dict(tensors)
+    alias = {old: new for new, olds in _TOP.items() for old in olds}
+    out = {}
+    for k, t in tensors.items():
+        if m := _BLOCK_KEY.match(k):
+            for rx, new in _IN_BLOCK:
+                if rx.fullmatch(m.group(2)):
+                    out[f"blocks.{m.group(1)}." + rx.sub(new, m.group(2))] = t
+                    break
+            else:
+                return None
+        else:
+            top, _, part = k.rpartition(".")
+            if top in _TOP or top not in alias:
+                out[k] = t
+            else:
+                out[f"{alias[top]}.{part}"] = t
+    return out if len(out) == len(tensors) else None
+
 
 def recognise(tensors) -> bool:
-    return "token_embedding_table.weight" in tensors and any(_HEAD_Q.match(k) for k in tensors)
+    named = _lecture_names(tensors)
+    return named is not None and "token_embedding_table.weight" in named and any(_HEAD_Q.match(k) for k in named)
 
 
 def _n_heads(tensors) -> int:
@@ -37,6 +83,9 @@ def _n_heads(tensors) -> int:
 
 def convert(tensors, hints):
     notes: list[str] = []
+    if "token_embedding_table.weight" not in tensors:
+        notes.append("the lecture GPT under a student's own names")
+    tensors = _lecture_names(tensors)
     n_layers = layer_indices(tensors, r"^blocks\.(\d+)\.")
     n_heads = _n_heads(tensors)
     wte = tensors["token_embedding_table.weight"]
@@ -81,7 +130,7 @@ def convert(tensors, hints):
 def cannot_tell(tensors, fields):
     return {
         "norm": ["pre"],
-        "activation": ["relu"],
+        "activation": ["relu"] if "token_embedding_table.weight" in tensors else ["relu", "gelu"],
         "ln_eps": [1e-5],
         "causal": [True],
         "embed_scale": [1.0],
