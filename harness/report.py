@@ -115,6 +115,9 @@ def fmt_value(x: Any) -> str:
 
 
 def short(h: Any, n: int = 12) -> str:
+    """A hash's first `n` characters; several (a class whose GPT and MLM data differ) each so, joined."""
+    if isinstance(h, (list, tuple)):
+        return " + ".join(short(x, n) for x in dict.fromkeys(h) if x) or DASH
     return str(h)[:n] if h else DASH
 
 

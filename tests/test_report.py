@@ -354,3 +354,10 @@ def test_the_perplexity_curve_smooths_the_loss_not_the_perplexity():
     assert max(smooth) == pytest.approx(math.exp(8.0)) and smooth[0] == pytest.approx(math.exp(7.0))
     assert max(_smooth(ppl)) > 3 * max(smooth)  # the arithmetic mean of perplexities it replaces
     assert _smooth([1.0, 3.0, 2.0])[1] == pytest.approx(2.0)
+
+
+def test_the_footer_names_several_data_manifests_by_their_hashes_not_as_a_python_list():
+    from harness.report import _fingerprints
+
+    text = _fingerprints({"course": {"fingerprint": "c" * 64}, "data": {"manifest_sha256": ["a" * 64, "b" * 64, "a" * 64]}})
+    assert f"data {'a' * 12} + {'b' * 12}" in text and "[" not in text and "'" not in text
