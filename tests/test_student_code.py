@@ -1299,3 +1299,41 @@ def test_harness_inspect_shows_how_the_code_was_built(tmp_path, run_cli):
     assert "module structure (cells: 2 blocks)" in rows["n_layers"]
     assert "[model.kwargs] keys the class has no place for: colour" in text
     assert "tinylm 0.3.1" in text
+
+
+def test_code_that_imports_einops_and_jaxtyping_runs_in_the_sandbox(tmp_path):
+    """CS336's assignment-1 code imports einops and jaxtyping; the sandbox runs student code with the
+    harness's own environment, so both are dependencies. Logits through the sandbox equal the class's own."""
+    from harness.sandbox import SandboxedModel
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "model.py").write_text(textwrap.dedent("""
+        import torch
+        import torch.nn as nn
+        from einops import einsum, rearrange
+        from jaxtyping import Float, Int
+
+        class Model(nn.Module):
+            def __init__(self, vocab_size: int = 50, d_model: int = 8):
+                super().__init__()
+                self.token_embeddings = nn.Parameter(torch.randn(vocab_size, d_model))
+                self.lm_head = nn.Parameter(torch.randn(vocab_size, d_model))
+
+            def forward(self, ids: Int[torch.Tensor, "b t"]) -> Float[torch.Tensor, "b t v"]:
+                x = self.token_embeddings[ids]
+                x = rearrange(rearrange(x, "b t d -> (b t) d"), "(b t) d -> b t d", b=ids.shape[0])
+                return einsum(x, self.lm_head, "b t d, v d -> b t v")
+    """).lstrip())
+    sys.path.insert(0, str(sub))
+    try:
+        import model as student  # the same file, imported here for its own forward
+    finally:
+        sys.path.remove(str(sub))
+        sys.modules.pop("model", None)
+    torch.manual_seed(0)
+    own = student.Model()
+    ids = torch.randint(0, 50, (2, 5))
+    with SandboxedModel(sub, "model.py:Model", {k: v.detach().clone() for k, v in own.state_dict().items()}) as sm:
+        got = sm.logits(ids)
+    assert torch.allclose(got, own(ids).detach(), atol=1e-6, rtol=0)
