@@ -69,7 +69,7 @@ class LogitsModel(Protocol):
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
-def _first_logits(out: Any) -> torch.Tensor:
+def first_logits(out: Any) -> torch.Tensor:
     """Logits from whatever a forward returned: a tensor, a model output, a dict, or a tuple."""
     if isinstance(out, torch.Tensor):
         return out
@@ -78,9 +78,9 @@ def _first_logits(out: Any) -> torch.Tensor:
         return logits
     if isinstance(out, dict) and out:
         value = out["logits"] if "logits" in out else next(iter(out.values()))
-        return _first_logits(value)
+        return first_logits(value)
     if isinstance(out, (tuple, list)) and out:
-        return _first_logits(out[0])
+        return first_logits(out[0])
     raise HarnessError("model-output-invalid", f"the model's forward returned {type(out).__name__}, not logits; "
                        "it must return a [B, T, V] tensor, or a tuple, dict or model output whose first item is one")
 
@@ -134,7 +134,7 @@ class TorchLogitsModel:
             kwargs["attention_mask"] = attention_mask.to(self.device)
         with torch.inference_mode():
             out = self.module(input_ids.to(self.device), **kwargs)
-        logits = _first_logits(out)
+        logits = first_logits(out)
         if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(input_ids.shape):
             raise HarnessError(
                 "model-output-invalid",

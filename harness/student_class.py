@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from harness.evaluate import first_logits
+
 CONFIG_NAMES = re.compile(r"^(\w+_)?(config|cfg|conf|args|hp|hparams|hyperparameters|settings|opts?)$", re.I)
 NEVER_PASSED = {"device", "dtype", "compile", "init_from", "backend", "out_dir", "wandb_log", "wandb_project",
                 "wandb_run_name", "ddp", "master_process", "seed_offset", "code", "kwargs"}
@@ -337,20 +339,6 @@ def _is_mask(t: torch.Tensor) -> bool:
 # --- calls -----------------------------------------------------------------------------------------
 
 
-def _logits_of(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(out, dict) and out:
-        return _logits_of(out["logits"] if "logits" in out else next(iter(out.values())))
-    if isinstance(out, (tuple, list)) and out:
-        return _logits_of(out[0])
-    raise TypeError(f"forward returned {type(out).__name__}; it must return logits [B, T, V], or a tuple, dict or "
-                    "model output whose first item or `logits` they are")
-
-
 class Caller:
     """Calls the student's forward the way it works: found out on the first windows, kept for the run."""
 
@@ -376,7 +364,7 @@ class Caller:
                 out = self.model(ids, **{self.target_name: torch.zeros_like(ids)})
             else:
                 out = self.model(ids)
-            logits = _logits_of(out)
+            logits = first_logits(out)
             if T > 1 and not self.with_targets and self.target_name and logits.dim() == 3 \
                     and tuple(logits.shape[:2]) == (B, 1):
                 self.with_targets = True
