@@ -27,6 +27,7 @@ Every loss must equal the loss through the model's own forward in this process t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import textwrap
@@ -1325,12 +1326,9 @@ def test_code_that_imports_einops_and_jaxtyping_runs_in_the_sandbox(tmp_path):
                 x = rearrange(rearrange(x, "b t d -> (b t) d"), "(b t) d -> b t d", b=ids.shape[0])
                 return einsum(x, self.lm_head, "b t d, v d -> b t v")
     """).lstrip())
-    sys.path.insert(0, str(sub))
-    try:
-        import model as student  # the same file, imported here for its own forward
-    finally:
-        sys.path.remove(str(sub))
-        sys.modules.pop("model", None)
+    spec = importlib.util.spec_from_file_location("einops_student_model", sub / "model.py")
+    student = importlib.util.module_from_spec(spec)  # the same file, imported here for its own forward
+    spec.loader.exec_module(student)
     torch.manual_seed(0)
     own = student.Model()
     ids = torch.randint(0, 50, (2, 5))
