@@ -14,57 +14,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from harness.model import (CALIBRATION, CALIBRATION_FLOOR_NATS, HINTS, UNDECIDED, build_model)
+from test_layouts import D, T, LectureBlock  # the lecture's blocks, d_model 32, 4 heads, context 16
 
-V, D, H, T = 50257, 32, 4, 16  # the GPT-2 vocabulary, so that the course's tokenizer scores it
-HS = D // H
-
-
-class Head(nn.Module):
-    def __init__(self, scale_by_embd: bool):
-        super().__init__()
-        self.key, self.query, self.value = (nn.Linear(D, HS, bias=False) for _ in range(3))
-        self.register_buffer("tril", torch.tril(torch.ones(T, T)))
-        self.scale_by_embd = scale_by_embd
-
-    def forward(self, x):
-        B, t, C = x.shape
-        k, q = self.key(x), self.query(x)
-        wei = q @ k.transpose(-2, -1) * (C if self.scale_by_embd else k.shape[-1]) ** -0.5
-        wei = F.softmax(wei.masked_fill(self.tril[:t, :t] == 0, float("-inf")), dim=-1)
-        return wei @ self.value(x)
-
-
-class MultiHeadAttention(nn.Module):
-    def __init__(self, scale_by_embd: bool):
-        super().__init__()
-        self.heads = nn.ModuleList([Head(scale_by_embd) for _ in range(H)])
-        self.proj = nn.Linear(D, D)
-
-    def forward(self, x):
-        return self.proj(torch.cat([h(x) for h in self.heads], dim=-1))
-
-
-class FeedForward(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(D, 4 * D), nn.ReLU(), nn.Linear(4 * D, D), nn.Dropout(0.2))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class Block(nn.Module):
-    def __init__(self, scale_by_embd: bool):
-        super().__init__()
-        self.sa, self.ffwd = MultiHeadAttention(scale_by_embd), FeedForward()
-        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
-
-    def forward(self, x):
-        x = x + self.sa(self.ln1(x))
-        return x + self.ffwd(self.ln2(x))
+V = 50257  # the GPT-2 vocabulary, so that the course's tokenizer scores it
 
 
 class LectureGPT(nn.Module):
@@ -72,7 +26,7 @@ class LectureGPT(nn.Module):
         super().__init__()
         self.token_embedding_table = nn.Embedding(V, D)
         self.position_embedding_table = nn.Embedding(T, D)
-        self.blocks = nn.Sequential(*[Block(scale_by_embd) for _ in range(n_layer)])
+        self.blocks = nn.Sequential(*[LectureBlock(scale_by_embd) for _ in range(n_layer)])
         self.ln_f = nn.LayerNorm(D)
         self.lm_head = nn.Linear(D, V)
 
