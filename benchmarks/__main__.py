@@ -166,7 +166,7 @@ def run_grade(size: dict, device: str, log: Callable[[str], None]) -> list[dict]
 
 def _sandbox_rows(size: dict, log: Callable[[str], None]) -> list[dict]:
     from benchmarks import sandbox as bench
-    from harness.jail import boundary
+    from harness.sandbox.jail import boundary
 
     if not boundary().available:
         log(f"sandbox row left out: {boundary().detail}")
@@ -197,7 +197,7 @@ def run_arch(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:
                         f"{r['llama_layout']} / {r['gpt2_layout']}; {r['n_layers']}L d{r['d_model']} "
                         f"{r['n_heads']} heads, SwiGLU d_ff {r['d_ff']}: block params {r['llama_blocks']:,} vs "
                         f"{r['gpt2_blocks']:,}, total {r['llama_params']:,} vs {r['gpt2_params']:,}; "
-                        f"harness.measure.measure, 1 torch thread, max_tokens {r['max_tokens']}, {rounds}"))
+                        f"harness.grading.measure.measure, 1 torch thread, max_tokens {r['max_tokens']}, {rounds}"))
     return rows
 
 
@@ -209,7 +209,7 @@ def run_report(size: dict, device: str, log: Callable[[str], None]) -> list[dict
                           out=Path(tmp))[0]
     wall, cpu = statistics.mean(r["renders_s"]), statistics.mean(r["cpu_s"])
     n = len(r["per_student_s"])
-    renders = f"{len(r['renders_s'])} warm renders of {n} student{'s' * (n > 1)} (harness.example_results)"
+    renders = f"{len(r['renders_s'])} warm renders of {n} student{'s' * (n > 1)} (harness.demo.example_results)"
     stages = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in r["stages_s"].items())
     class_s = f"; class report {r['class_report_s']:.1f} s" if r["class_report_s"] is not None else ""
     log(f"student PDF: mean {wall:.2f} s wall, {cpu:.2f} s CPU; cold {r['cold_s']:.2f} s{class_s}")

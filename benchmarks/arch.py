@@ -6,14 +6,14 @@ Two paths, each a pair of submissions of (nearly) the same non-embedding paramet
 students save them:
 - hf: a `GPT2LMHeadModel.save_pretrained` folder (the hf-gpt2 layout, onto the canonical GPT) against a
   `LlamaForCausalLM.save_pretrained` folder (RMSNorm, RoPE, SwiGLU, grouped-query attention with half the
-  heads, tied head like GPT-2's; built with transformers' own class, `harness.hf_models`);
+  heads, tied head like GPT-2's; built with transformers' own class, `harness.models.hf`);
 - pt: a nanoGPT checkpoint (`ckpt.pt` with `model_args`) against CS336's staff save (`model.pt` beside
   `model_config.json`: RMSNorm, RoPE on pairs (2k, 2k+1), SwiGLU, untied head), both onto the canonical GPT.
 The Llama-style SwiGLU width d_ff is chosen so that its non-embedding parameters match the GPT-2-style
 model's (attention, MLP and norms; token and position embeddings and the head left out: they cost the same
 per token whichever the block); total counts are in the notes.
 
-Each submission is graded by `harness.measure.measure` — what every grading worker runs per submission —
+Each submission is graded by `harness.grading.measure.measure` — what every grading worker runs per submission —
 with the packaged course capped at `max_tokens` targets. A first, untimed round warms the caches (imports,
 the frozen data, the tokenizer), so only the per-submission work is timed: reading the checkpoint, building
 the model, the clm-v1 evaluation and the causality check. The rounds alternate the sides; the median of
@@ -162,9 +162,9 @@ def measure(*, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, rounds: 
 
 def _measure(*, d_model: int, n_layers: int, n_heads: int, rounds: int, max_tokens: int, warmup: bool,
              paths: tuple[str, ...], log: Callable[[str], None] | None) -> list[dict]:
-    from harness.course import capped_course_text
-    from harness.measure import Job
-    from harness.measure import measure as grade_one
+    from harness.course.config import capped_course_text
+    from harness.grading.measure import Job
+    from harness.grading.measure import measure as grade_one
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="harness-arch-bench-") as tmp:

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.data import TokenizedSplit  # noqa: E402
-from harness.evaluate import clm_stream, clm_windows, evaluate_clm  # noqa: E402
-from harness.tokenizers import get_tokenizer  # noqa: E402
+from harness.course.data import TokenizedSplit  # noqa: E402
+from harness.metrics.evaluate import clm_stream, clm_windows, evaluate_clm  # noqa: E402
+from harness.course.tokenizers import get_tokenizer  # noqa: E402
 
 CONTEXT = 64
 
@@ -50,7 +50,7 @@ CONTEXT = 64
 def load_text(tokenizer, max_tokens: int, log: Callable[[str], None] | None = print) -> TokenizedSplit:
     """Validation documents of the embedded corpus, enough for `max_tokens` stream tokens."""
     try:
-        from harness.data import load_wiki_vital
+        from harness.course.data import load_wiki_vital
 
         docs = [d.text for d in load_wiki_vital().split("validation")]
         origin = "wiki-vital validation"

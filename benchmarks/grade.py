@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from harness.course import capped_course_text
-from harness.example_class import write_example_class
-from harness.grade import GradeOptions, grade
+from harness.course.config import capped_course_text
+from harness.demo.example_class import write_example_class
+from harness.grading.batch import GradeOptions, grade
 
 
 
@@ -29,8 +29,8 @@ def cached_class() -> tuple[Path, float | None]:
     same call writes the same files. Returns the folder and the seconds spent writing it (None: reused)."""
     import torch
 
-    from harness import example_class
-    from harness.data import cache_root
+    from harness.demo.run import example_class
+    from harness.course.data import cache_root
 
     key = hashlib.sha256(Path(example_class.__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:16]
     base = cache_root() / "bench"

@@ -3,7 +3,7 @@ report and a comparison, with each student report split into its stages.
 
     python benchmarks/report.py [--repeat 5] [--out DIR]
 
-Results: the example results the report tests render too (`harness.example_results`: six submissions modelled on
+Results: the example results the report tests render too (`harness.demo.example_results`: six submissions modelled on
 the seeds — a GPT with an epoch curve, one with training claims only, an error, a step curve, an MLM, a look-ahead
 copy).
 Stages of one student report: context (numbers formatted, matplotlib figures drawn to SVG), HTML (Jinja),
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.example_results import make_results  # noqa: E402
+from harness.demo.example_results import make_results  # noqa: E402
 
 
 def measure(*, repeat: int = 3, out: Path | None = None, students: int | None = None,
@@ -38,7 +38,7 @@ def measure(*, repeat: int = 3, out: Path | None = None, students: int | None = 
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    from harness import report  # noqa: PLC0415
+    from harness.reporting import report  # noqa: PLC0415
 
     weasyprint = report._weasyprint()
 
@@ -99,7 +99,7 @@ def main() -> None:
           f"weasyprint {r['weasyprint']} · PDFs in {r['out']}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{os.cpu_count()} CPUs, load average {load:.1f} (above the CPU count, wall times stretch)")
-    print(f"import harness.report + weasyprint: {r['import_s']:6.2f} s")
+    print(f"import harness.reporting.report + weasyprint: {r['import_s']:6.2f} s")
     print(f"first student PDF (cold):          {r['cold_s']:6.2f} s")
     print(f"student PDF, warm, {len(all_times)} renders:     mean {statistics.mean(all_times):.2f} s · "
           f"median {statistics.median(all_times):.2f} s · max {max(all_times):.2f} s  (aim < 2 s)")

@@ -1,7 +1,7 @@
 """What the sandbox's boundary costs: an honest custom-code submission graded inside bubblewrap against the
 same submission graded without it (`--allow-unsandboxed-code` on a machine without a boundary).
 
-Both sides run `harness.measure.measure` in this process (the worker's own function: start the child, load
+Both sides run `harness.grading.measure.measure` in this process (the worker's own function: start the child, load
 the weights, evaluate, check causality, end the child), alternating over rounds, best of each.
 Usage: python benchmarks/sandbox.py [--rounds 3] [--max-tokens 2048]
 """
@@ -44,7 +44,7 @@ def write_case(root: Path, max_tokens: int) -> tuple[Path, Path]:
     """A course on a character tokenizer and one custom-code submission; returns (course, submission)."""
     import torch
 
-    from harness.course import capped_course_text
+    from harness.course.config import capped_course_text
 
     vocab = sorted(set(TEXT))
     (root / "data.txt").write_text(TEXT, encoding="utf-8")
@@ -69,9 +69,9 @@ def write_case(root: Path, max_tokens: int) -> tuple[Path, Path]:
 
 def measure(*, rounds: int = 3, max_tokens: int = 2048) -> dict:
     """Best seconds of grading the submission inside the boundary and without it, and the two losses."""
-    import harness.jail as jail
-    from harness.measure import Job
-    from harness.measure import measure as grade_one
+    import harness.sandbox.jail as jail
+    from harness.grading.measure import Job
+    from harness.grading.measure import measure as grade_one
 
     real = jail.boundary()
     if not real.available:

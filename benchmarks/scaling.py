@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.eval import (  # noqa: E402
     CONTEXT, build_gpt, flops_per_token, load_text, make_clock, non_embedding_params)
-from harness.evaluate import evaluate_clm  # noqa: E402
-from harness.tokenizers import get_tokenizer  # noqa: E402
+from harness.metrics.evaluate import evaluate_clm  # noqa: E402
+from harness.course.tokenizers import get_tokenizer  # noqa: E402
 
 SCALES = (1, 2, 4)
 LAYERS = (2, 4, 8)  # at d_model 128: 1x, 2x, 4x the non-embedding parameters and FLOPs

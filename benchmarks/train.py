@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from harness.course import load_course  # noqa: E402
+from harness.course.config import load_course  # noqa: E402
 from harness.train import load_config, train_reference  # noqa: E402
 from harness.train.data import Batches, prepare_data  # noqa: E402
 from harness.train.objective import build_model  # noqa: E402

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from benchmarks.eval import flops_per_token, make_clock, matmul_peak  # noqa: E402
 from benchmarks.train import harness_loop, plain_loop  # noqa: E402
-from harness.course import load_course  # noqa: E402
+from harness.course.config import load_course  # noqa: E402
 from harness.train import load_config, train_reference  # noqa: E402
 from harness.train.data import prepare_data  # noqa: E402
 from harness.train.objective import build_model  # noqa: E402

@@ -75,8 +75,8 @@ def _print_json(value) -> None:
 
 
 def _freeze(course: Optional[Path], data: Optional[str], tokenizer: Optional[str], out_dir: Optional[Path], quiet: bool):
-    from harness.course import load_course
-    from harness.data import freeze, load_source
+    from harness.course.config import load_course
+    from harness.course.data import freeze, load_source
     from harness.progress import progress_bar
 
     c = load_course(course)
@@ -86,7 +86,7 @@ def _freeze(course: Optional[Path], data: Optional[str], tokenizer: Optional[str
 
 
 def _data_table(frozen) -> Table:
-    from harness.data import split_summary
+    from harness.course.data import split_summary
 
     m = frozen.manifest
     table = Table(title=f"{m['source']['name']} · {m['tokenizer']['name']}", title_justify="left")
@@ -148,7 +148,7 @@ def data_show(
 
 
 def _split_rows(frozen):
-    from harness.data import split_summary
+    from harness.course.data import split_summary
 
     return split_summary(frozen)
 
@@ -162,7 +162,7 @@ def course_init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write an editable copy of the default course."""
-    from harness.course import default_course_text
+    from harness.course.config import default_course_text
     from harness.files import write_atomic
 
     if path.exists() and not force:
@@ -174,7 +174,7 @@ def course_init(
 @course_app.command("show")
 def course_show(course: CourseOpt = None, as_json: JsonOpt = False) -> None:
     """The course as parsed, and its fingerprint."""
-    from harness.course import load_course
+    from harness.course.config import load_course
 
     c = load_course(course)
     if as_json:
@@ -203,7 +203,7 @@ def demo(
     """The whole job offline on the embedded default: data, reference, example class, grading, PDFs."""
     if scale not in ("demo", "test"):
         raise HarnessError("demo-scale", f"--scale {scale!r} is not demo or test")
-    from harness.demo import run_demo
+    from harness.demo.run import run_demo
     from harness.progress import progress_bar
 
     r = run_demo(out_dir, submissions=submissions, course_path=course, workers=workers,
@@ -315,7 +315,7 @@ def inspect(
 ) -> None:
     """What was recognised: format, layout, family, architecture, parameters; what the weights cannot tell is
     calibrated on the course's training text, as grading does."""
-    from harness.measure import inspect_checkpoint
+    from harness.grading.measure import inspect_checkpoint
 
     info = inspect_checkpoint(checkpoint, course_path=course)
     if as_json:
@@ -385,7 +385,7 @@ def eval_(
     as_json: JsonOpt = False,
 ) -> None:
     """Recomputed metrics of one checkpoint on the fixed data."""
-    from harness.measure import eval_checkpoint
+    from harness.grading.measure import eval_checkpoint
     from harness.progress import progress_bar
 
     with progress_bar("evaluating (targets)", enabled=not as_json) as update:
@@ -426,7 +426,7 @@ def eval_(
 
 def _grade_options(workers: int, timeout: float, reports: bool, progress, grader: bool = False, overrides=None,
                    backend: str = "local", address: str | None = None, unsandboxed: bool = False):
-    from harness.grade import GradeOptions
+    from harness.grading.batch import GradeOptions
 
     return GradeOptions(workers=workers, timeout_s=timeout, reports=reports, progress=progress,
                         grader_reports=grader, overrides=overrides, backend=backend, ray_address=address,
@@ -465,8 +465,8 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """A student's self-check: the grader's verdict for one submission."""
-    from harness.findings import CATALOGUE
-    from harness.grade import check as run_check
+    from harness.grading.findings import CATALOGUE
+    from harness.grading.batch import check as run_check
     from harness.progress import progress_bar
 
     with progress_bar("grading", enabled=not as_json) as update:
@@ -474,7 +474,7 @@ def check(
                                                                         unsandboxed=unsandboxed))
     s = outcome.results["submissions"][0]
     if gradescope is not None:  # before the exit code: a submission that is not gradable still gets its score
-        from harness.exports import write_gradescope
+        from harness.reporting.exports import write_gradescope
 
         write_gradescope(outcome.results, s["id"], gradescope)
     if as_json:
@@ -533,8 +533,8 @@ def grade(
     as_json: JsonOpt = False,
 ) -> None:
     """Grade a class: results.json, grades.csv, PDFs; a Canvas gradebook CSV and Gradescope results on request."""
-    from harness import exports
-    from harness.grade import grade as run_grade
+    from harness.reporting import exports
+    from harness.grading.batch import grade as run_grade
     from harness.progress import progress_bar
 
     if canvas_column is not None and canvas_template is None:
@@ -579,7 +579,7 @@ def report_compare(
     title: Annotated[str, typer.Option("--title")] = "Run comparison",
 ) -> None:
     """Side-by-side comparison PDF of runs or submissions."""
-    from harness.report import load_runs, render_comparison
+    from harness.reporting.report import load_runs, render_comparison
 
     loaded = [run for path in runs for run in load_runs(str(path))]
     if not loaded:

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System tools, installed with apt-get as root where they are missing; otherwise the set-up says so and goes on.
-# bubblewrap: students' model code runs only inside it (harness/jail.py); without it the harness refuses custom
+# bubblewrap: students' model code runs only inside it (harness/sandbox/jail.py); without it the harness refuses custom
 # code with a finding (or runs it unsandboxed with --allow-unsandboxed-code, recorded in results.json).
 # poppler-utils (--test only): pdftoppm, with which the tests look at report pages as PNG (they skip without it).
 apt_install() {  # COMMAND PACKAGE WHAT-IS-LOST-WITHOUT-IT
@@ -58,4 +58,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 "$VPY" -c "import torch, harness; print(f'setup: harness {harness.__version__}, torch {torch.__version__}')"
-"$VPY" -c "from harness.jail import boundary; print('setup: sandbox for model code:', boundary().describe())"
+"$VPY" -c "from harness.sandbox.jail import boundary; print('setup: sandbox for model code:', boundary().describe())"

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.model import (CALIBRATION, CALIBRATION_FLOOR_NATS, HINTS, UNDECIDED, build_model)
+from harness.models.build import (CALIBRATION, CALIBRATION_FLOOR_NATS, HINTS, UNDECIDED, build_model)
 from test_layouts import D, T, LectureBlock  # the lecture's blocks, d_model 32, 4 heads, context 16
 
 V = 50257  # the GPT-2 vocabulary, so that the course's tokenizer scores it
@@ -89,12 +89,12 @@ def test_lecture_gpt_graded_inspected_and_reported_alike(tmp_path):
     """The final gpt.py's head-size scaling on random weights: the two scales differ by about 1e-4 nats,
     which calibration cannot separate, so the default (the head size) is kept, marked unverified with a
     finding, and the graded loss is the student's own forward's. `inspect` agrees on all of it."""
-    from harness.course import capped_course_text, load_course
-    from harness.data import freeze, load_source
-    from harness.evaluate import TorchLogitsModel, evaluate_clm
-    from harness.grade import GradeOptions, check
-    from harness.measure import inspect_checkpoint
-    from harness.report import student_context
+    from harness.course.config import capped_course_text, load_course
+    from harness.course.data import freeze, load_source
+    from harness.metrics.evaluate import TorchLogitsModel, evaluate_clm
+    from harness.grading.batch import GradeOptions, check
+    from harness.grading.measure import inspect_checkpoint
+    from harness.reporting.report import student_context
 
     torch.manual_seed(0)
     own = LectureGPT().eval()
@@ -122,7 +122,7 @@ def test_lecture_gpt_graded_inspected_and_reported_alike(tmp_path):
     course = load_course(course_path)
     settings = course.eval_settings("gpt")
     split = freeze(load_source(course.data_source), "gpt2").split(course.data_split)
-    from harness.tokenizers import get_tokenizer
+    from harness.course.tokenizers import get_tokenizer
 
     mine = evaluate_clm(TorchLogitsModel(own, max_positions=T), split, get_tokenizer("gpt2"),
                         context=settings.context, max_tokens=settings.max_tokens)

@@ -1,6 +1,6 @@
 import torch
 
-from harness.causality import check_causal
+from harness.metrics.causality import check_causal
 from harness.models import GPT, GPTConfig
 
 

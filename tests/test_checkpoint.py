@@ -26,7 +26,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import hostile
-from harness.checkpoint import (
+from harness.checkpoint.read import (
     CheckpointError,
     Limits,
     RawCheckpoint,

@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import assert_one_line_error
-from harness.course import default_course_text, load_course, parse_course
+from harness.course.config import default_course_text, load_course, parse_course
 from harness.errors import HarnessError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error
-from harness.data import (
+from harness.course.data import (
     freeze,
     load_local,
     load_source,
@@ -19,7 +19,7 @@ from harness.data import (
 )
 from harness.errors import HarnessError
 from harness.files import sha256_file
-from harness.tokenizers import get_tokenizer
+from harness.course.tokenizers import get_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -358,7 +358,7 @@ def test_canonical_checkpoint_round_trips_every_field(axis, tmp_path):
 
     from safetensors.torch import load_file
 
-    from harness.model import WEIGHTS, build_model
+    from harness.models.build import WEIGHTS, build_model
     from harness.models import load_canonical, save_canonical
 
     model = make(**AXES[axis]).float()
@@ -395,7 +395,7 @@ def test_grouped_query_split_needs_the_heads(tmp_path):
 
 
 def test_stored_config_spellings_of_the_new_fields():
-    from harness.model import SPELLINGS, read_values
+    from harness.models.build import SPELLINGS, read_values
 
     hf_llama = {"num_key_value_heads": 2, "rope_theta": 500000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu",
                 "partial_rotary_factor": 0.5, "use_parallel_residual": True, "final_logit_softcapping": 30.0,
@@ -524,8 +524,8 @@ def nc_loss(logits, x):
 
 
 def test_nanochat_layout_equals_nanochat(tmp_path):
-    from harness.checkpoint import read_checkpoint
-    from harness.model import CONFIG, LAYOUT, build_model
+    from harness.checkpoint.read import read_checkpoint
+    from harness.models.build import CONFIG, LAYOUT, build_model
 
     model, _, _ = nanochat_checkpoint(tmp_path)
     loaded = build_model(read_checkpoint(tmp_path))  # the folder: model_000100.pt and meta_000100.json beside it
@@ -551,7 +551,7 @@ def test_nanochat_rotation_direction_matters(tmp_path):
     from harness.models import GPT as Canonical
 
     model, tensors, meta = nanochat_checkpoint(tmp_path)
-    from harness.model import build_model
+    from harness.models.build import build_model
 
     loaded = build_model(Raw(tensors, meta))
     sd = dict(loaded.model.state_dict())
@@ -565,7 +565,7 @@ def test_nanochat_rotation_direction_matters(tmp_path):
 
 def test_nanochat_newer_features_are_named(tmp_path):
     from harness.errors import HarnessError
-    from harness.model import build_model
+    from harness.models.build import build_model
 
     neutral = {"resid_lambdas": torch.ones(NC_L), "x0_lambdas": torch.zeros(NC_L)}
     model, tensors, meta = nanochat_checkpoint(tmp_path, neutral)
@@ -590,7 +590,7 @@ def test_grouped_query_heads_from_a_hint_complete_the_split(tmp_path):
 
     from safetensors.torch import load_file
 
-    from harness.model import HINTS, WEIGHTS, build_model
+    from harness.models.build import HINTS, WEIGHTS, build_model
     from harness.models import save_canonical
 
     model = make(**AXES["llama"]).float()

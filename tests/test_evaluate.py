@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import TokenizedSplit
+from harness.course.data import TokenizedSplit
 from harness.errors import HarnessError
-from harness.evaluate import (
+from harness.metrics.evaluate import (
     ClmWindow,
     TorchLogitsModel,
     clm_stream,
@@ -29,7 +29,7 @@ from harness.evaluate import (
     mlm_masks,
     mlm_stream,
 )
-from harness.tokenizers import get_tokenizer
+from harness.course.tokenizers import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

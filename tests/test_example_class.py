@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness import example_class as ec
-
+from harness.demo.run import example_class as ec
 pytestmark = pytest.mark.slow
 
 FILES = {

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from conftest import assert_one_line_error
-from harness.course import capped_course_text
+from harness.course.config import capped_course_text
 from harness.errors import HarnessError
-from harness.exports import canvas_csv, gradescope_results, read_canvas_template
+from harness.reporting.exports import canvas_csv, gradescope_results, read_canvas_template
 
 # --- a Canvas gradebook export, as Canvas writes it --------------------------------------------
 

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from harness.course import load_course
-from harness.findings import Evaluation, find, vocab_finding
-from harness.rubric import read_overrides, score
-from harness.submission import Claims
+from harness.course.config import load_course
+from harness.grading.findings import Evaluation, find, vocab_finding
+from harness.grading.rubric import read_overrides, score
+from harness.intake.submission import Claims
 
 COURSE = load_course()
 GPT_ARCH = {"n_layers": 2, "d_model": 128, "n_heads": 4, "context": 64, "vocab_size": 50257, "params": 6_900_000}

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.course import capped_course_text, load_course
-from harness.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
+from harness.course.config import capped_course_text, load_course
+from harness.metrics.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
 from harness.models import load_canonical
 from harness.train import train_reference
 from harness.train.config import load_config
@@ -134,7 +134,7 @@ def test_a_cuda_run_stopped_and_continued_follows_the_uninterrupted_curve(eager_
 
 
 def test_grading_on_gpu_workers_gives_the_cpu_numbers(tmp_path):
-    from harness.example_class import write_example_class
+    from harness.demo.example_class import write_example_class
 
     class_dir = tmp_path / "submissions"
     write_example_class(class_dir, scale="test")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.course import capped_course_text
+from harness.course.config import capped_course_text
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def _course(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    from harness.example_class import write_example_class
+    from harness.demo.example_class import write_example_class
 
     root = tmp_path_factory.mktemp("class")
     class_dir = root / "submissions"
@@ -49,7 +49,7 @@ def _codes(results):
 
 
 def test_the_class_is_graded_and_the_bad_ones_fail_alone(graded):
-    from harness.example_class import EXPECTED
+    from harness.demo.example_class import EXPECTED
 
     subs = {s["id"]: s for s in graded["results"]["submissions"]}
     assert len(subs) >= 10 and set(EXPECTED) <= set(subs)
@@ -63,7 +63,7 @@ def test_the_class_is_graded_and_the_bad_ones_fail_alone(graded):
 
 
 def _check_flaws(graded, flaws):
-    from harness.example_class import EXPECTED
+    from harness.demo.example_class import EXPECTED
 
     codes = _codes(graded["results"])
     for sid, expected in EXPECTED.items():

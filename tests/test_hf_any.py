@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.checkpoint import read_checkpoint
-from harness.data import TokenizedSplit
+from harness.checkpoint.read import read_checkpoint
+from harness.course.data import TokenizedSplit
 from harness.errors import HarnessError
-from harness.evaluate import as_logits_model, evaluate_clm, evaluate_mlm, mlm_masks, mlm_stream
-from harness.causality import check_causal
-from harness.model import build_model, checkpoint_family
+from harness.metrics.evaluate import as_logits_model, evaluate_clm, evaluate_mlm, mlm_masks, mlm_stream
+from harness.metrics.causality import check_causal
+from harness.models.build import build_model, checkpoint_family
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -297,8 +297,8 @@ def test_harness_eval_cli_on_a_llama_folder(tmp_path):
 def test_harness_check_grades_a_submission_holding_a_llama_folder(tmp_path, monkeypatch):
     """The grading path (`_measure_model`): results.json's model facts, the causality check through the
     wrapper, and the same number as `harness eval` on the same submission."""
-    from harness.course import default_course_text
-    from harness.measure import eval_checkpoint
+    from harness.course.config import default_course_text
+    from harness.grading.measure import eval_checkpoint
 
     data = tmp_path / "data"
     data.mkdir()

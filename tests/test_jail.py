@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.jail import boundary, seccomp_program
-from harness.sandbox import SandboxedModel, SandboxLimits
+from harness.sandbox.jail import boundary, seccomp_program
+from harness.sandbox.run import SandboxedModel, SandboxLimits
 
 needs_boundary = pytest.mark.skipif(not boundary().available, reason=f"no sandbox here: {boundary().detail}")
 
@@ -247,7 +247,7 @@ def test_wrong_shaped_or_nan_logits_are_the_codes_failure(tmp_path, case):
 
 def test_without_a_boundary_custom_code_is_refused_unless_allowed(tmp_path, monkeypatch):
     """A machine without bubblewrap: one clear sentence, nothing run; with the grader's opt-in, it runs."""
-    import harness.jail as jail
+    import harness.sandbox.jail as jail
 
     monkeypatch.setattr(jail, "_BOUNDARY", jail.Boundary("none", "bubblewrap (bwrap) is not installed"))
     sd = _submission(tmp_path, "open('/tmp/ran-' + __name__, 'w')\n")
@@ -317,7 +317,7 @@ os.wait()
 
 
 def _tiny_course(root: Path) -> Path:
-    from harness.course import default_course_text
+    from harness.course.config import default_course_text
 
     (root / "data.txt").write_text(TEXT, encoding="utf-8")
     (root / "vocab.txt").write_text("".join(VOCAB), encoding="utf-8")
@@ -357,7 +357,7 @@ def _hostile(folder: Path, out: Path, klass: Path, daemon: str) -> None:
 @needs_boundary
 @pytest.mark.slow  # two tiny classes graded end to end
 def test_a_hostile_neighbour_changes_no_other_grade(tmp_path):
-    from harness.grade import GradeOptions, grade
+    from harness.grading.batch import GradeOptions, grade
 
     course = _tiny_course(tmp_path)
     daemon = f"3600.{uuid.uuid4().int % 10**6:06d}3"
@@ -395,14 +395,14 @@ def test_grading_without_a_boundary_refuses_the_code_alone_and_records_the_opt_i
     """No boundary (HARNESS_SANDBOX=off plays a machine without bubblewrap): the custom-code student gets the
     one-line `sandbox-unavailable` finding, not cached; the neighbour is graded. With the grader's opt-in the
     code runs, and results.json says it ran unsandboxed."""
-    from harness.grade import GradeOptions, grade
+    from harness.grading.batch import GradeOptions, grade
 
     course = _tiny_course(tmp_path)
     klass, out = tmp_path / "class", tmp_path / "OUT"
     _neighbour(klass / "alice", "Alice", 1)
     _hostile(klass / "mallory", tmp_path / "elsewhere", tmp_path / "nowhere", "1")  # its tampering finds nothing
     monkeypatch.setenv("HARNESS_SANDBOX", "off")
-    import harness.jail as jail
+    import harness.sandbox.jail as jail
 
     monkeypatch.setattr(jail, "_BOUNDARY", None)
     refused = grade(klass, out, course, GradeOptions(workers=1, timeout_s=300, reports=False)).results

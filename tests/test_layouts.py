@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from harness.errors import HarnessError
 from harness.layouts import LAYOUTS, recognising
 from harness.layouts._shared import head_candidates
-from harness.model import CALIBRATION, CONFIG, HINTS, LAYOUT, UNVERIFIED, WEIGHTS, build_model
+from harness.models.build import CALIBRATION, CONFIG, HINTS, LAYOUT, UNVERIFIED, WEIGHTS, build_model
 from harness.models import GPT, BertConfig, BertMLM, GPTConfig, save_canonical
 
 V, D, L, H, T = 97, 32, 2, 4, 16
@@ -29,7 +29,7 @@ HD = D // H
 
 @dataclass
 class Raw:
-    """What harness.checkpoint hands over, as far as build_model reads it."""
+    """What harness.checkpoint.read hands over, as far as build_model reads it."""
 
     tensors: dict
     config: dict = field(default_factory=dict)
@@ -904,7 +904,7 @@ def test_unsupported_activation_is_refused(base, tmp_path):
 
 
 def test_reading_values_from_stored_configs():
-    from harness.model import SPELLINGS, read_values
+    from harness.models.build import SPELLINGS, read_values
 
     nested = {"model_args": {"n_head": 6}, "modules": {"blocks.0.attn": {"n_heads": 6}}}
     assert read_values(nested, SPELLINGS) == {"n_heads": 6}

@@ -2,7 +2,7 @@
 
 Every test builds the family's model (our own faithful re-implementation of its key names and maths, or
 transformers' own class), perturbs its weights, saves a real file the way that project does, reads it
-back through `harness.checkpoint.read_checkpoint` (the sandboxed safe reader) and `harness.model.build_model`,
+back through `harness.checkpoint.read.read_checkpoint` (the sandboxed safe reader) and `harness.models.build.build_model`,
 and checks that our loss equals the model's own forward to 1e-6 relative.
 """
 
@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.checkpoint import read_checkpoint
+from harness.checkpoint.read import read_checkpoint
 from harness.errors import HarnessError
 from harness.layouts import recognising
-from harness.model import CONFIG, LAYOUT, UNVERIFIED, build_model
+from harness.models.build import CONFIG, LAYOUT, UNVERIFIED, build_model
 
 from test_layouts import clm_loss, own_params, randomize
 
@@ -692,10 +692,10 @@ def test_every_family_graded_by_harness_grade_equals_its_own_forward(tmp_path, m
     import subprocess
     import sys
 
-    from harness.course import capped_course_text, load_course
-    from harness.data import freeze, load_source
-    from harness.evaluate import evaluate_clm
-    from harness.tokenizers import get_tokenizer
+    from harness.course.config import capped_course_text, load_course
+    from harness.course.data import freeze, load_source
+    from harness.metrics.evaluate import evaluate_clm
+    from harness.course.tokenizers import get_tokenizer
 
     vocab = {"vocab_size": GPT2_VOCAB}
     own = {

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.course import capped_course_text
+from harness.course.config import capped_course_text
 from harness.errors import HarnessError
-from harness.grade import GradeOptions, grade
+from harness.grading.batch import GradeOptions, grade
 
 OUTPUTS = ("results.json", "grades.csv")
 
@@ -115,7 +115,7 @@ def test_without_ray_the_backend_fails_in_one_sentence_before_any_work(tmp_path)
         sys.modules["ray"] = None  # what Python does when ray is not installed: import fails
         from pathlib import Path
         from harness.errors import HarnessError
-        from harness.grade import GradeOptions, grade
+        from harness.grading.batch import GradeOptions, grade
         try:
             grade(Path({str(tmp_path / "class")!r}), Path({str(tmp_path / "out")!r}), None,
                   GradeOptions(backend="ray", reports=False))

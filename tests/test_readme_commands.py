@@ -169,7 +169,7 @@ def tiny(tmp_path_factory) -> Path:
     import torch
     import transformers
 
-    from harness.course import capped_course_text
+    from harness.course.config import capped_course_text
 
     root = tmp_path_factory.mktemp("readme")
     sub = root / "class" / "tiny_gpt2"

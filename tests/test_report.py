@@ -16,9 +16,9 @@ from pypdf import PdfReader
 
 from harness import __version__
 from harness.errors import HarnessError
-from harness.example_results import UNIGRAM_LOSS, make_results, reference_curve
-from harness.findings import CATALOGUE
-from harness.report import (fmt_ppl, load_run, load_runs, render_class_report, render_comparison,
+from harness.demo.example_results import UNIGRAM_LOSS, make_results, reference_curve
+from harness.grading.findings import CATALOGUE
+from harness.reporting.report import (fmt_ppl, load_run, load_runs, render_class_report, render_comparison,
                             render_student_report)
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_comparison_pdf(results, tmp_path):
 
 def test_curves_in_different_units_are_normalised():
     """A student logging per epoch against a reference logging per step only: fraction of training."""
-    from harness.report_figures import training_curves
+    from harness.reporting.figures import training_curves
 
     student = [{"epoch": float(e), "train_loss": 8 - e / 3} for e in range(1, 6)]
     reference = [{"step": s, "train_loss": 9 - s / 1000, "val_loss": None} for s in range(0, 5000, 100)]
@@ -328,7 +328,7 @@ def test_harness_sweep_folder(tmp_path):
 def test_reports_are_rendered_again_only_when_what_they_show_changed(results, tmp_path):
     import copy
 
-    from harness.grade import write_reports
+    from harness.grading.batch import write_reports
 
     first = write_reports(results, tmp_path)
     stamps = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first}
@@ -346,7 +346,7 @@ def test_reports_are_rendered_again_only_when_what_they_show_changed(results, tm
 def test_the_perplexity_curve_smooths_the_loss_not_the_perplexity():
     import math
 
-    from harness.curves import _smooth
+    from harness.reporting.curves import _smooth
 
     # one spike among steady steps: a mean of perplexities would sit far above every ordinary step
     ppl = [math.exp(7.0)] * 20 + [math.exp(12.0)] + [math.exp(7.0)] * 20
@@ -357,7 +357,7 @@ def test_the_perplexity_curve_smooths_the_loss_not_the_perplexity():
 
 
 def test_the_footer_names_several_data_manifests_by_their_hashes_not_as_a_python_list():
-    from harness.report import _fingerprints
+    from harness.reporting.report import _fingerprints
 
     text = _fingerprints({"course": {"fingerprint": "c" * 64}, "data": {"manifest_sha256": ["a" * 64, "b" * 64, "a" * 64]}})
     assert f"data {'a' * 12} + {'b' * 12}" in text and "[" not in text and "'" not in text

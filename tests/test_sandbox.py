@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.sandbox import SandboxedModel, SandboxLimits
+from harness.sandbox.run import SandboxedModel, SandboxLimits
 
 MODEL_PY = '''
 import torch, torch.nn as nn
@@ -86,7 +86,7 @@ def test_the_measuring_process_limits_its_address_space_on_a_cpu_only(device, li
     import subprocess
     import sys
 
-    code = ("import resource; from harness.measure import Job, _limit_self; "
+    code = ("import resource; from harness.grading.measure import Job, _limit_self; "
             f"_limit_self(Job(id='x', paths=[], course_path=None, device={device!r}, memory_mb=4096)); "
             "print(resource.getrlimit(resource.RLIMIT_AS)[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

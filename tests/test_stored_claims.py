@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.checkpoint import read_checkpoint
-from harness.course import load_course
-from harness.findings import Evaluation, find
+from harness.checkpoint.read import read_checkpoint
+from harness.course.config import load_course
+from harness.grading.findings import Evaluation, find
 from harness.models.gpt import GPT, GPTConfig
-from harness.rubric import score
-from harness.submission import Claims, checkpoint_claims, read_submission, with_checkpoint_claims
+from harness.grading.rubric import score
+from harness.intake.submission import Claims, checkpoint_claims, read_submission, with_checkpoint_claims
 
 ARGS = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, bias=True, vocab_size=50257, dropout=0.0)
 
@@ -127,8 +127,8 @@ def test_a_claimed_val_bpb_is_compared_in_bits_per_byte(claimed, mismatch):
 @pytest.mark.slow
 def test_a_nanogpt_checkpoint_keeps_its_validation_points(tmp_path):
     """Graded whole: the stored best_val_loss is the claim (no `no-claims`), with where it was read."""
-    from harness.course import capped_course_text
-    from harness.grade import GradeOptions, check
+    from harness.course.config import capped_course_text
+    from harness.grading.batch import GradeOptions, check
 
     sub = tmp_path / "nano"
     _nanogpt_ckpt(sub)

@@ -36,12 +36,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.course import default_course_text, load_course
-from harness.data import freeze, load_source
-from harness.evaluate import evaluate_clm
-from harness.grade import assemble
-from harness.measure import Job, measure
-from harness.tokenizers import get_tokenizer
+from harness.course.config import default_course_text, load_course
+from harness.course.data import freeze, load_source
+from harness.metrics.evaluate import evaluate_clm
+from harness.grading.batch import assemble
+from harness.grading.measure import Job, measure
+from harness.course.tokenizers import get_tokenizer
 
 
 TEXT = textwrap.dedent("""\
@@ -1177,14 +1177,14 @@ def test_broken_code_beside_recognisable_weights_is_graded_through_the_layout(gr
 
 
 def _module(tmp_path: Path, name: str, text: str):
-    from harness.student_class import import_class
+    from harness.sandbox.student_class import import_class
 
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(text).lstrip())
     return import_class(tmp_path, f"{name}.py:Model", tmp_path / "scratch")
 
 
 def test_a_string_annotated_config_dataclass_is_built_from_the_values(tmp_path):
-    from harness.student_class import construct
+    from harness.sandbox.student_class import construct
 
     cls, module, _ = _module(tmp_path, "annotated", """
         from __future__ import annotations
@@ -1209,7 +1209,7 @@ def test_a_string_annotated_config_dataclass_is_built_from_the_values(tmp_path):
 
 
 def test_a_constructor_that_lacks_a_value_says_which(tmp_path):
-    from harness.student_class import construct
+    from harness.sandbox.student_class import construct
 
     cls, module, _ = _module(tmp_path, "needs", """
         import torch.nn as nn
@@ -1224,7 +1224,7 @@ def test_a_constructor_that_lacks_a_value_says_which(tmp_path):
 
 def test_a_forward_that_disagrees_at_batch_above_one_runs_one_window_at_a_time():
     """A model that normalises over the batch (a BatchNorm-style slip) gives other logits in a batch."""
-    from harness.student_class import Caller
+    from harness.sandbox.student_class import Caller
 
     class Leaky(torch.nn.Module):
         def __init__(self):
@@ -1249,7 +1249,7 @@ def test_a_forward_that_disagrees_at_batch_above_one_runs_one_window_at_a_time()
 def test_a_model_output_is_read_and_logits_that_are_not_numbers_are_refused():
     from transformers.modeling_outputs import CausalLMOutput
 
-    from harness.student_class import Caller
+    from harness.sandbox.student_class import Caller
 
     class HF(torch.nn.Module):
         def forward(self, idx):
@@ -1271,7 +1271,7 @@ def test_a_model_output_is_read_and_logits_that_are_not_numbers_are_refused():
 
 
 def test_nan_logits_from_nan_weights_are_left_to_the_weights_finding():
-    from harness.student_class import Caller
+    from harness.sandbox.student_class import Caller
 
     model = torch.nn.Sequential(torch.nn.Embedding(5, 4))
     with torch.no_grad():
@@ -1280,7 +1280,7 @@ def test_nan_logits_from_nan_weights_are_left_to_the_weights_finding():
 
 
 def test_a_file_in_a_plain_folder_imports_its_neighbours(tmp_path):
-    from harness.student_class import import_class
+    from harness.sandbox.student_class import import_class
 
     _write(tmp_path, {"src/layers.py": "WIDTH = 3\n",
                       "src/net.py": "import torch.nn as nn\nfrom layers import WIDTH\n\n"
@@ -1305,7 +1305,7 @@ def test_harness_inspect_shows_how_the_code_was_built(tmp_path, run_cli):
 def test_code_that_imports_einops_and_jaxtyping_runs_in_the_sandbox(tmp_path):
     """CS336's assignment-1 code imports einops and jaxtyping; the sandbox runs student code with the
     harness's own environment, so both are dependencies. Logits through the sandbox equal the class's own."""
-    from harness.sandbox import SandboxedModel
+    from harness.sandbox.run import SandboxedModel
 
     sub = tmp_path / "sub"
     sub.mkdir()

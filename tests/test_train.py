@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.course import load_course
+from harness.course.config import load_course
 from harness.errors import HarnessError
 from harness.models import load_canonical
 from harness.train import (
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
     """80 train and 10 validation articles of wiki-vital, one .txt file each."""
-    from harness.data import load_wiki_vital
+    from harness.course.data import load_wiki_vital
 
     root = tmp_path_factory.mktemp("small-data")
     src = load_wiki_vital()
@@ -353,7 +353,7 @@ def test_two_nodes_rendezvous_as_the_slurm_example_does(small_data, tmp_path):
 
 def test_mlm_trains_with_the_offline_wordpiece_fallback(small_data, tmp_path):
     # conftest sets HF_HUB_OFFLINE: without a cached bert-base-uncased the fallback must be used, and said
-    from harness.tokenizers import get_tokenizer
+    from harness.course.tokenizers import get_tokenizer
 
     try:
         get_tokenizer("bert-base-uncased")

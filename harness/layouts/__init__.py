@@ -13,7 +13,7 @@ canonical GPT or BERT MLM. No base class; every layout module has the same few n
 - optionally `implied(config) -> {field: value}`: the family's own reading of its stored config (values
   its shape says, or that its code derives from it), taken over the generic reading of the config.
 
-`harness.model.build_model` picks the layout and resolves what the weights cannot tell.
+`harness.models.build.build_model` picks the layout and resolves what the weights cannot tell.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def wordpiece_vocabulary(texts: list[str], vocab_size: int, *, limit_alphabet: i
 
 def _offline_wordpiece(source, size: int, folder: Path) -> Path:
     """Train (or reuse from the cache) the fallback WordPiece tokenizer and save it as a HF tokenizer folder."""
-    from harness.data import cache_root
+    from harness.course.data import cache_root
 
     cached = cache_root() / "tokenizers" / f"wordpiece-{source.sha256[:16]}-{size}"
     if not (cached / "vocab.txt").is_file():
@@ -133,8 +133,8 @@ def _offline_wordpiece(source, size: int, folder: Path) -> Path:
 
 
 def prepare_data(cfg: TrainConfig, course, run_dir: Path) -> TrainData:
-    from harness.data import freeze, load_source
-    from harness.tokenizers import get_tokenizer
+    from harness.course.data import freeze, load_source
+    from harness.course.tokenizers import get_tokenizer
 
     source = load_source(course.data_source if cfg.data == "course" else cfg.data)
     if "train" not in source.splits or not source.splits["train"]:
@@ -174,7 +174,7 @@ class Batches:
     """Global batches as a pure function of the step: windows (GPT) or blocks (MLM) in a seeded order."""
 
     def __init__(self, cfg: TrainConfig, data: TrainData):
-        from harness.evaluate import clm_stream, mlm_stream
+        from harness.metrics.evaluate import clm_stream, mlm_stream
 
         self.cfg, self.tok = cfg, data.tokenizer
         if cfg.family == "gpt":

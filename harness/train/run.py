@@ -107,7 +107,7 @@ def train_reference(family: str, config_path: str | Path | None = None, override
                     resume: bool = True, course: Any = None) -> TrainResult:
     """Train (or continue) a reference model; see `harness.train`. `course` is a Course, a course.toml
     path or None (the packaged default). Under torchrun every process calls this; rank 0 writes."""
-    from harness.course import Course, load_course
+    from harness.course.config import Course, load_course
 
     cfg = load_config(family, config_path, list(overrides))
     course = course if isinstance(course, Course) else load_course(course)
@@ -224,7 +224,7 @@ class _Run:
     # -- training -----------------------------------------------------------------------------------
 
     def _evaluate(self, cap: int | None):
-        from harness.evaluate import evaluate_clm, evaluate_mlm
+        from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
 
         d = self.data
         if self.cfg.family == "gpt":
@@ -408,7 +408,7 @@ class _Run:
         return out
 
     def _write_outputs(self, rows: list[dict], result, out: TrainResult) -> None:
-        from harness.curves import plot_training_curves
+        from harness.reporting.curves import plot_training_curves
         from harness.models import export_hf_gpt2, hf_gpt2_incompatibilities, save_canonical
 
         d, cfg = self.run_dir, self.cfg

@@ -35,7 +35,7 @@ class CustomModel:
 
 
 def _limits(job):
-    from harness.sandbox import SandboxLimits
+    from harness.sandbox.run import SandboxLimits
 
     # one call must time out well before the worker does, so the verdict names the model code
     if not job.timeout_s:
@@ -54,7 +54,7 @@ def load_custom(job, sub, root: Path, raw, window: int) -> CustomModel | str:
     do either."""
     import torch
 
-    from harness.sandbox import SandboxedModel
+    from harness.sandbox.run import SandboxedModel
 
     context = sub.model.get("context")
     model = None
@@ -92,7 +92,7 @@ def load_custom(job, sub, root: Path, raw, window: int) -> CustomModel | str:
 
 
 def _layout_recognises(raw, family: str | None) -> bool:
-    from harness.model import pick_layout
+    from harness.models.build import pick_layout
 
     try:
         pick_layout(raw.tensors, raw.config, family)
@@ -105,7 +105,7 @@ def inspect_custom(sub, root: Path, raw) -> dict[str, Any]:
     """`harness inspect` of a submission with model code: how the class was built, its architecture with
     sources, and what its first calls showed; or why it could not run (and whether a layout would grade
     the weights instead)."""
-    from harness.sandbox import SandboxedModel
+    from harness.sandbox.run import SandboxedModel
 
     info: dict[str, Any] = {"layout": "custom-code", "code": sub.code}
     try:

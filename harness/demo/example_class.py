@@ -143,8 +143,8 @@ class _Data:
     """The frozen GPT-2 token streams of the embedded corpus, and its raw text for the MLM's tokenizer."""
 
     def __init__(self) -> None:
-        from harness.data import freeze
-        from harness.tokenizers import get_tokenizer
+        from harness.course.data import freeze
+        from harness.course.tokenizers import get_tokenizer
 
         self.tokenizer = get_tokenizer("gpt2")
         frozen = freeze("wiki-vital", self.tokenizer)
@@ -155,7 +155,7 @@ class _Data:
 
     @cached_property
     def _source(self):
-        from harness.data import load_wiki_vital
+        from harness.course.data import load_wiki_vital
 
         return load_wiki_vital()
 
@@ -229,7 +229,7 @@ def _first(out: Any) -> torch.Tensor:
 def _honest_val(model: nn.Module, data: _Data, tokens: int) -> float:
     """The validation loss the grader will recompute (clm-v1, the course's context), on the first `tokens`
     targets of the split: a student who evaluated properly."""
-    from harness.evaluate import evaluate_clm
+    from harness.metrics.evaluate import evaluate_clm
 
     model.eval()
     r = evaluate_clm(model, data.val_split, data.tokenizer, context=64, max_tokens=tokens)
@@ -1050,7 +1050,7 @@ def _wordpiece(folder: Path, texts: list[str]):
     from tokenizers.normalizers import BertNormalizer
     from tokenizers.pre_tokenizers import BertPreTokenizer
 
-    from harness.tokenizers import get_tokenizer
+    from harness.course.tokenizers import get_tokenizer
 
     normalizer, pre = BertNormalizer(lowercase=True), BertPreTokenizer()
     words: Counter[str] = Counter()

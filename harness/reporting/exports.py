@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from harness.errors import HarnessError
 from harness.files import pretty_json, write_atomic
-from harness.submission import safe_id
+from harness.intake.submission import safe_id
 
 # --- Canvas --------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ submission (files, claims) → checkpoint (safe read) → model (layout, inferre
 JSON-ready dict: findings and the score are derived from it by the grader (so a changed rubric or an
 override never needs a re-evaluation).
 
-`python -m harness.measure JOB.json OUT.json` runs one job in its own process: the batch starts one per
+`python -m harness.grading.measure JOB.json OUT.json` runs one job in its own process: the batch starts one per
 submission, with limits, so that a crash or a hang takes only that submission down.
 """
 
@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness import __version__
-from harness.course import Course, load_course
+from harness.course.config import Course, load_course
 from harness.errors import HarnessError
 from harness.files import sha256_file, write_json
 
 if TYPE_CHECKING:
-    from harness.data import FrozenData, TokenizedSplit
-    from harness.model import LoadedModel
-    from harness.tokenizers import Tokenizer
+    from harness.course.data import FrozenData, TokenizedSplit
+    from harness.models.build import LoadedModel
+    from harness.course.tokenizers import Tokenizer
 
 SIGNATURE_VALUES = 1 << 15  # weights sampled per submission for the similarity check
 
@@ -67,8 +67,8 @@ def submission_fingerprint(paths: list[Path]) -> str:
 
 def _materialise(job: Job, tmp: Path) -> Path:
     """The submission as a folder or a single file we may read: zips extracted, bulk files gathered."""
-    from harness.checkpoint import extract_zip
-    from harness.submission import lms_file_name
+    from harness.checkpoint.read import extract_zip
+    from harness.intake.submission import lms_file_name
 
     paths = [Path(p) for p in job.paths]
     if len(paths) == 1 and paths[0].is_dir():
@@ -106,9 +106,9 @@ def _signature(state: dict[str, Any]) -> tuple[str, np.ndarray]:
 
 def _calibrator(course: Course, family: str, tokenizer, train_split):
     """Scores candidate models by the course's protocol on the start of the *train* split (never on the
-    graded split): each candidate's per-target NLLs, from which `harness.model` decides, or says that it
+    graded split): each candidate's per-target NLLs, from which `harness.models.build` decides, or says that it
     cannot; None where the course turns calibration off."""
-    from harness.evaluate import evaluate_clm, evaluate_mlm
+    from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
 
     settings = course.eval_settings(family)
     if settings.calibration_tokens <= 0:
@@ -136,7 +136,7 @@ def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[
     (a path inside the submission, or a name), else the course's; where the course's cannot be had
     (`bert-base-uncased` offline), a tokenizer the submission ships (tokenizer.json, vocab.txt), noted.
     `sub` None: a bare checkpoint (`harness eval`), scored like a submission that names nothing."""
-    from harness.tokenizers import get_tokenizer
+    from harness.course.tokenizers import get_tokenizer
 
     folder = root if root.is_dir() else None
     if sub is not None and sub.tokenizer:
@@ -170,7 +170,7 @@ def _tokenizer_for(family: str, sub, course: Course, root: Path, warnings: list[
 def _frozen(source, tokenizer):
     """The source frozen with `tokenizer`, and its train split where it has one (calibration's text and the
     unigram baseline's counts), else None."""
-    from harness.data import freeze
+    from harness.course.data import freeze
 
     frozen = freeze(source, tokenizer)
     return frozen, frozen.split("train") if source.has_splits and "train" in frozen.split_names else None
@@ -193,8 +193,8 @@ def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[s
     overrules), and what the weights cannot tell calibrated on the train split. Where the weights overrule
     a wrong family in submission.toml, the tokenizer (and the frozen data) follow. `harness eval` and
     grading share it, so the same submission gives the same number."""
-    from harness.model import build_model, checkpoint_family
-    from harness.tokenizers import get_tokenizer
+    from harness.models.build import build_model, checkpoint_family
+    from harness.course.tokenizers import get_tokenizer
 
     hints, named_family = (sub.model, sub.family) if sub is not None else (None, None)
 
@@ -217,7 +217,7 @@ def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[s
 def measure(job: Job) -> dict[str, Any]:
     """Everything measured about one submission. Errors of the submission are part of the result
     (`error`), never exceptions."""
-    from harness.submission import read_submission
+    from harness.intake.submission import read_submission
 
     course = load_course(job.course_path)
     started = time.monotonic()
@@ -244,13 +244,13 @@ def measure(job: Job) -> dict[str, Any]:
 
 
 def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, Any]) -> None:
-    from harness.causality import check_causal
-    from harness.checkpoint import read_checkpoint
-    from harness.data import load_source
-    from harness.evaluate import evaluate_clm, evaluate_mlm
-    from harness.findings import vocab_finding
-    from harness.model import SPELLINGS, read_values
-    from harness.submission import checkpoint_claims, with_checkpoint_claims
+    from harness.metrics.causality import check_causal
+    from harness.checkpoint.read import read_checkpoint
+    from harness.course.data import load_source
+    from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
+    from harness.grading.findings import vocab_finding
+    from harness.models.build import SPELLINGS, read_values
+    from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
 
     if sub.weights is None:
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
@@ -268,7 +268,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     source = load_source(course.data_source)
     custom = None
     if sub.code:
-        from harness.custom_code import load_custom
+        from harness.sandbox.custom_code import load_custom
 
         custom = load_custom(job, sub, root, raw, course.eval_settings(sub.family or "gpt").context)
         if isinstance(custom, str):
@@ -311,7 +311,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         result["signature_key"] = key
 
     if job.device.startswith("cuda") and custom is None:
-        from harness.evaluate import as_logits_model
+        from harness.metrics.evaluate import as_logits_model
 
         # the worker sees its one GPU only (CUDA_VISIBLE_DEVICES): "cuda:3" of the grader is cuda:0 here
         model = as_logits_model(model, device="cuda")
@@ -355,7 +355,7 @@ class TruncatedVocabulary:
     `partial` and earn no perplexity points: they are not comparable with the class's."""
 
     def __init__(self, model: Any, n_outputs: int, vocab_size: int):
-        from harness.evaluate import as_logits_model
+        from harness.metrics.evaluate import as_logits_model
 
         self.inner = as_logits_model(model)
         self.n_own, self.n_outputs = n_outputs, vocab_size
@@ -407,8 +407,8 @@ if __name__ == "__main__":
 
 def _read_for_tools(path: Path):
     """A checkpoint file or folder, or a submission folder (its weights, hints and family)."""
-    from harness.checkpoint import read_checkpoint
-    from harness.submission import read_submission
+    from harness.checkpoint.read import read_checkpoint
+    from harness.intake.submission import read_submission
 
     if not path.exists():
         raise HarnessError("checkpoint-missing", f"{path} does not exist")
@@ -427,21 +427,21 @@ def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[s
     """What was recognised: format, layout, family, every inferred value with its source. What the weights
     cannot tell is calibrated exactly as grading calibrates it (`_build_scored`, the course's train split),
     so inspect and grade agree on what was chosen and on what stays unverified."""
-    from harness.data import load_source
-    from harness.model import build_model
+    from harness.course.data import load_source
+    from harness.models.build import build_model
 
     raw, sub = _read_for_tools(path)
     info: dict[str, Any] = {"path": str(path), "sha256": raw.sha256, "format": raw.format,
                             "refused_globals": list(raw.refused_globals), "nonfinite": list(raw.nonfinite),
                             "reader_warnings": list(raw.warnings), "tensors": len(raw.tensors)}
     if sub is not None:
-        from harness.submission import checkpoint_claims, with_checkpoint_claims
+        from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
 
         claims = with_checkpoint_claims(sub.claims, checkpoint_claims(raw.meta, sub.weights, path))
         info["submission"] = {"student": sub.student, "weights": sub.weights.as_posix(), "family": sub.family,
                               "model": sub.model, "claims": claims.to_dict(), "warnings": list(sub.warnings)}
         if sub.code:
-            from harness.custom_code import inspect_custom
+            from harness.sandbox.custom_code import inspect_custom
 
             info["layout"] = inspect_custom(sub, path if path.is_dir() else path.parent, raw)
             return info
@@ -468,8 +468,8 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
     """Recomputed metrics of one checkpoint on the course's fixed data (or what the options say)."""
     import torch
 
-    from harness.data import load_source
-    from harness.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
+    from harness.course.data import load_source
+    from harness.metrics.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
 
     course = load_course(course_path)
     raw, sub = _read_for_tools(path)

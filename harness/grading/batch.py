@@ -1,8 +1,8 @@
 """The batch: every submission of a class measured in its own process, then findings, rubric and outputs.
 
-- Each submission runs as `python -m harness.measure` with a wall-time and a memory limit; a crash, a
+- Each submission runs as `python -m harness.grading.measure` with a wall-time and a memory limit; a crash, a
   hang or a hostile file takes down only its own process, and is recorded with its reason. Where the
-  processes run is the backend's business (`harness.backends`: threads here, or tasks of a Ray cluster);
+  processes run is the backend's business (`harness.grading.backends`: threads here, or tasks of a Ray cluster);
   the results, the cache and the outputs do not depend on it.
 - Each measurement is cached in `OUT/.cache/` under a key of the submission's files, the course, the
   data and the harness version; a rerun recomputes nothing, a changed submission only itself, and a
@@ -26,14 +26,14 @@ from typing import Any, Callable
 import numpy as np
 
 from harness import __version__
-from harness.backends import Measured, backend
-from harness.course import Course, load_course
+from harness.grading.backends import Measured, backend
+from harness.course.config import Course, load_course
 from harness.errors import HarnessError
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
-from harness.findings import Evaluation, find, finding
-from harness.measure import Job, submission_fingerprint
-from harness.rubric import read_overrides, score
-from harness.submission import CLAIM_KEYS, Claims, CurvePoint, SubmissionRef, discover
+from harness.grading.findings import Evaluation, find, finding
+from harness.grading.measure import Job, submission_fingerprint
+from harness.grading.rubric import read_overrides, score
+from harness.intake.submission import CLAIM_KEYS, Claims, CurvePoint, SubmissionRef, discover
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
@@ -259,7 +259,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     cache_dir.mkdir(parents=True, exist_ok=True)
 
     # the data is frozen once here, not by every worker at the same moment
-    from harness.data import freeze, load_source
+    from harness.course.data import freeze, load_source
 
     source = load_source(course.data_source)
     try:
@@ -315,7 +315,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
 
 def _sandbox_record(measured, allowed: bool) -> dict[str, Any]:
     """Which boundary custom code ran in on this machine, and whether the grader allowed running it without."""
-    from harness.jail import boundary
+    from harness.sandbox.jail import boundary
 
     return {"boundary": boundary().describe(), "allow_unsandboxed_code": allowed,
             "unsandboxed": sorted(m["id"] for m in measured
@@ -335,16 +335,15 @@ REPORTS_STAMP = ".reports.json"  # in OUT: what the PDFs there were rendered fro
 
 def _report_code_fingerprint() -> str:
     """The templates and the code that render the PDFs: a changed template renders again."""
-    here = Path(__file__).parent
-    files = sorted([*here.glob("report*.py"), *(here / "templates").rglob("*")])
+    here = Path(__file__).resolve().parents[1] / "reporting"
+    files = sorted(p for p in here.rglob("*") if p.suffix in (".py", ".html", ".css"))
     return fingerprint({f.relative_to(here).as_posix(): sha256_file(f) for f in files if f.is_file()})
 
 
 def write_reports(results: dict[str, Any], out: Path, *, grader: bool = False, class_report: bool = True) -> list[Path]:
     """Every student's PDF and the class report. Rendered again only when what they show changed:
     a rerun on unchanged inputs leaves the PDFs (and their bytes) as they are."""
-    from harness import report
-
+    from harness.reporting import report
     planned = [f"{s['id']}.pdf" for s in results["submissions"]] + (["class_report.pdf"] if class_report else [])
     key = fingerprint({"results": results, "grader": grader, "class_report": class_report,
                        "code": _report_code_fingerprint(), "harness": __version__})

@@ -3,7 +3,7 @@
 What can be looked at without running anything happens here, in the grader's process: the file's
 kind by its first bytes (never its name), zip member names, sizes and ratios, safetensors headers,
 symbolic links. Everything that unpickles or inflates runs in a child process
-(`harness._reader_child`) with an address-space, CPU-time, file-size and wall-time limit, so a
+(`harness.checkpoint.child`) with an address-space, CPU-time, file-size and wall-time limit, so a
 decompression bomb, a giant stride-0 tensor or a pickle built to exhaust memory kills only the child.
 
 Pickles go only through `torch.load(weights_only=True)`. A global that the safe unpickler refuses is
@@ -647,7 +647,7 @@ def _read_hf_folder(path: Path, real: Path, root: Path | None, display: str, lim
 # ==================================================================================================
 
 _BOOT = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
-         "from harness._reader_child import main; sys.exit(main())")
+         "from harness.checkpoint.child import main; sys.exit(main())")
 EXIT_MEMORY = 3
 
 
@@ -664,7 +664,7 @@ def _child_env(tmp: Path) -> dict[str, str]:
 def _child_sys_path() -> list[str]:
     """The harness package's parent first, then this interpreter's absolute path entries: the child runs
     with -I (no cwd, no PYTHON* variables), so it finds exactly what this process finds."""
-    pkg_parent = str(Path(__file__).resolve().parent.parent)
+    pkg_parent = str(Path(__file__).resolve().parents[2])
     rest = [p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p) and p != pkg_parent]
     return [pkg_parent, *rest]
 

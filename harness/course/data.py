@@ -21,7 +21,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.files import fingerprint, pretty_json, sha256_bytes, sha256_file, write_atomic
-from harness.tokenizers import Tokenizer, get_tokenizer
+from harness.course.tokenizers import Tokenizer, get_tokenizer
 
 FORMAT = "harness-data/1"
 SPLITS = ("train", "validation", "test")

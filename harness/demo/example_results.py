@@ -1,4 +1,4 @@
-"""A results.json as the grader writes it (the contract `harness.report` renders), for six submissions
+"""A results.json as the grader writes it (the contract `harness.reporting.report` renders), for six submissions
 modelled on the seed reports: a GPT with an epoch curve and a claim the harness does not reproduce, one with
 training claims only, an error, a step curve with end-of-text as padding, an MLM with an override, and a
 look-ahead copy with grader-only similarity. Nothing is graded: every number is written here, so the reports
@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 from harness import __version__
-from harness.course import load_course
-from harness.findings import CATALOGUE
+from harness.course.config import load_course
+from harness.grading.findings import CATALOGUE
 
 RUBRIC = [("Checkpoint loads and is evaluated", 20), ("Architecture meets the requirements", 15),
           ("No look-ahead", 10), ("Validation perplexity", 35), ("Reports a validation metric", 10),

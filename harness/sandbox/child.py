@@ -1,6 +1,6 @@
 """The sandboxed child of sandbox.py: no network, then the student's class, then logits on request.
 
-Run as `python -I -m harness._sandbox_child IN_FD OUT_FD` with the submission's read-only copy as cwd.
+Run as `python -I -m harness.sandbox.child IN_FD OUT_FD` with the submission's read-only copy as cwd.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def main() -> None:
     import torch
     from safetensors.torch import load as st_load
 
-    from harness import student_class as sc
-    from harness.sandbox import _read_frame, _write_frame
+    from harness.sandbox.run import student_class as sc
+    from harness.sandbox.run import _read_frame, _write_frame
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     root = Path(os.getcwd())

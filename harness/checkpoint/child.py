@@ -1,6 +1,6 @@
-"""The child process that reads untrusted checkpoints for `harness.checkpoint`.
+"""The child process that reads untrusted checkpoints for `harness.checkpoint.read`.
 
-Started by `harness.checkpoint._run_reader` as `python -I -c ...` in an empty scratch folder with a
+Started by `harness.checkpoint.read._run_reader` as `python -I -c ...` in an empty scratch folder with a
 scrubbed environment and its own session. It reads `request.json` there, limits itself before it touches
 the checkpoint (CPU time, file size, no core dumps; after importing torch, whose own address space it
 measures, the address space), reads, and writes `tensors.safetensors` and `result.json` beside it.
@@ -67,8 +67,7 @@ def main() -> int:
     import numpy  # noqa: F401  (stubs decode NumPy scalars with it: import before the limit)
     import safetensors.torch  # noqa: F401
 
-    from harness import checkpoint as ck
-
+    from harness.checkpoint.read import read as ck
     base = _address_space()
     if base is not None:
         _setlimit(resource.RLIMIT_AS, base + int(limits["memory_mb"]) * MB)
@@ -113,8 +112,7 @@ def _read(request: dict, display: str) -> dict:
 
     import safetensors.torch
 
-    from harness import checkpoint as ck
-
+    from harness.checkpoint.read import read as ck
     refused: set[str] = set()
     warnings: list[str] = []
     tensors: dict = {}
@@ -161,8 +159,7 @@ def _read(request: dict, display: str) -> dict:
 def _load_safetensors(path, display: str):
     from safetensors import safe_open
 
-    from harness import checkpoint as ck
-
+    from harness.checkpoint.read import read as ck
     header = ck.check_safetensors_header(path, display)
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
@@ -176,8 +173,7 @@ def _scan(path: str, kind: str, display: str) -> tuple[set[str], set[str]]:
 
     import torch
 
-    from harness import checkpoint as ck
-
+    from harness.checkpoint.read import read as ck
     if kind == "torch-zip":
         with open(path, "rb") as fh:
             try:
@@ -223,8 +219,7 @@ def _load_pickle(path: str, kind: str, display: str):
 
     import torch
 
-    from harness import checkpoint as ck
-
+    from harness.checkpoint.read import read as ck
     names, ops = _scan(path, kind, display)
     allowed = set(torch._weights_only_unpickler._get_allowed_globals())
     bad = sorted({ck.normalise_global(n) for n in names if n not in allowed and ck.unsafe_reason(n)})
@@ -285,13 +280,13 @@ def _load_pickle(path: str, kind: str, display: str):
 def _unpickler_reason(text: str) -> str:
     m = re.search(r"WeightsUnpickler error: (.*)", text)
     line = (m.group(1) if m else text.strip().splitlines()[-1] if text.strip() else "refused")
-    from harness.checkpoint import _short
+    from harness.checkpoint.read import _short
 
     return _short(line, 120)
 
 
 def _load_failure(display: str, e: BaseException) -> str:
-    from harness.checkpoint import _short
+    from harness.checkpoint.read import _short
 
     text = str(e)
     if "record size" in text and "does not match" in text:
@@ -316,8 +311,7 @@ def _materialize(tensors: dict, budget: int, display: str) -> dict:
     """Plain, contiguous CPU tensors that share no storage, within the byte budget for this file."""
     import torch
 
-    from harness import checkpoint as ck
-
+    from harness.checkpoint.read import read as ck
     out = {}
     used = 0
     seen: set[int] = set()

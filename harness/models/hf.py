@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from harness.errors import HarnessError
-from harness.model import CONFIG, LoadedModel
+from harness.models.build import CONFIG, LoadedModel
 
 # Layout names: "transformers-llama" says the path (transformers' class), apart from the layouts that map a
 # bare state dict of the same family onto the canonical GPT ("hf-llama").

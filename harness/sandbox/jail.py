@@ -89,7 +89,7 @@ _COUNTER = 0
 
 def _mounts() -> list[str]:
     """bwrap arguments for the read-only system and Python environment (the harness package apart)."""
-    repo = os.path.realpath(Path(__file__).resolve().parents[1])
+    repo = os.path.realpath(Path(__file__).resolve().parents[2])
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
                 str(Path(sys.executable).resolve().parents[1])}
     wanted = {"/usr"}
@@ -126,7 +126,7 @@ def _mounts() -> list[str]:
     for b in binds:
         parents(b)
         args.extend(["--ro-bind", b, b])
-    pkg = str(Path(__file__).resolve().parent)
+    pkg = str(Path(__file__).resolve().parents[1])
     parents(f"{HARNESS_MOUNT}/harness")
     args.extend(["--ro-bind", pkg, f"{HARNESS_MOUNT}/harness"])
     return args
@@ -135,7 +135,7 @@ def _mounts() -> list[str]:
 def child_python_path() -> list[str]:
     """The grader's PYTHONPATH folders (its packages), without the repository that holds `harness`: these are
     mounted read-only where they are, so the child imports what the grader imports."""
-    harness_root = os.path.realpath(Path(__file__).resolve().parents[1])
+    harness_root = os.path.realpath(Path(__file__).resolve().parents[2])
     return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
             if os.path.isabs(p) and os.path.isdir(p) and os.path.realpath(p) not in (harness_root, "/")]
 

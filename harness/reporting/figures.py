@@ -22,7 +22,7 @@ matplotlib.use("svg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from harness.curves import SMOOTH_FROM, _smooth  # noqa: E402  (the reference plots' moving mean)
+from harness.reporting.curves import SMOOTH_FROM, _smooth  # noqa: E402  (the reference plots' moving mean)
 
 # A4 with 18 mm side margins leaves 174 mm; figures are drawn a little narrower than that.
 FULL_WIDTH_IN = 6.7

@@ -35,10 +35,10 @@ import jinja2
 from markupsafe import Markup
 
 from harness import __version__
-from harness import report_figures as figs
+from harness.reporting import figures as figs
 from harness.errors import HarnessError
 from harness.files import write_atomic
-from harness.findings import CATALOGUE
+from harness.grading.findings import CATALOGUE
 from harness.sources import UNESTABLISHED
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -316,7 +316,7 @@ _ARCH = (
 
 @functools.lru_cache(maxsize=1)
 def _default_course():
-    from harness.course import load_course
+    from harness.course.config import load_course
 
     try:
         return load_course()

@@ -12,8 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.course import Course
-from harness.submission import Claims
+from harness.course.config import Course
+from harness.intake.submission import Claims
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 

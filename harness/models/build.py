@@ -370,8 +370,7 @@ def pick_layout(tensors: Mapping[str, torch.Tensor], config: Mapping | None = No
 def checkpoint_family(raw) -> str:
     """"gpt" or "mlm", from a first look: a Hugging Face folder built with transformers' class by its
     config, anything else by the layout that recognises its weights."""
-    from harness import hf_models
-
+    from harness.models import hf as hf_models
     if hf_models.wants(raw):
         return hf_models.build_family(raw)
     return pick_layout(raw.tensors, getattr(raw, "config", None), None).FAMILY
@@ -584,8 +583,7 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
     (by loss on training text) for values nothing else settled; without it those keep the layout's
     default, marked "default (unverified)".
     """
-    from harness import hf_models
-
+    from harness.models import hf as hf_models
     if hf_models.wants(raw):  # an HF folder no layout maps onto the canonical models: transformers' class
         return hf_models.build_hf_model(raw, family=family)
     tensors: Mapping[str, torch.Tensor] = raw.tensors

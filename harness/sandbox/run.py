@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
+from harness.sandbox.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
 
 _HEADER = struct.Struct("<II")  # JSON length, payload length
 
@@ -137,7 +137,7 @@ class SandboxedModel:
         """`kwargs`: [model.kwargs]; `model_table`: the rest of [model]; `stored`: the checkpoint's config.
         After construction: `n_outputs`, `built` (how the class was constructed, from which values),
         `architecture` ({field: {value, source}}), and `notes` (grows as calls find out how forward works)."""
-        from harness.student_class import resolve_code
+        from harness.sandbox.student_class import resolve_code
 
         try:
             resolve_code(submission_root, code)
@@ -171,12 +171,12 @@ class SandboxedModel:
                                f"({self.boundary.detail}); the grader can install bubblewrap or grade with "
                                "--allow-unsandboxed-code")
         self.sandboxed = sandboxed
-        cmd = [sys.executable, "-s", "-m", "harness._sandbox_child", str(to_child_r), str(from_child_w)]
+        cmd = [sys.executable, "-s", "-m", "harness.sandbox.child", str(to_child_r), str(from_child_w)]
         env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp" if sandboxed else str(home),
                "TMPDIR": "/tmp" if sandboxed else str(home), "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                # the same harness as the parent's (in the sandbox, its package alone), and the same packages
-               "PYTHONPATH": os.pathsep.join([HARNESS_MOUNT if sandboxed else str(Path(__file__).resolve().parents[1]),
+               "PYTHONPATH": os.pathsep.join([HARNESS_MOUNT if sandboxed else str(Path(__file__).resolve().parents[2]),
                                               *child_python_path()]),
                "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         self._finite_weights = all(bool(torch.isfinite(v).all()) for v in state_dict.values() if v.is_floating_point())

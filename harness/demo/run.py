@@ -45,9 +45,9 @@ def run_demo(out: Path, *, submissions: Path = Path("submissions"), references: 
              progress_factory: Callable[[str], Any] | None = None, scale: str = "demo") -> DemoResult:
     from contextlib import nullcontext
 
-    from harness.course import load_course
-    from harness.data import freeze, load_source
-    from harness.grade import GradeOptions, grade
+    from harness.course.config import load_course
+    from harness.course.data import freeze, load_source
+    from harness.grading.batch import GradeOptions, grade
     from harness.train import train_reference
 
     def bar(label: str):
@@ -72,7 +72,7 @@ def run_demo(out: Path, *, submissions: Path = Path("submissions"), references: 
 
     t = time.monotonic()
     if not submissions.exists() or not any(p for p in submissions.iterdir() if not p.name.startswith(".")):
-        from harness.example_class import write_example_class
+        from harness.demo.example_class import write_example_class
 
         say(f"writing the example class into {submissions}/ (each model trained briefly)")
         with bar("training the example class (submissions)") as update:

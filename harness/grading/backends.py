@@ -1,6 +1,6 @@
 """Where the submissions are measured: in threads on this machine (`local`), or as tasks of a Ray cluster (`ray`).
 
-Both run every job the same way, `measure_in_process`: `python -m harness.measure` in its own session, with
+Both run every job the same way, `measure_in_process`: `python -m harness.grading.measure` in its own session, with
 the job's wall-time and memory limits, its files in a temporary folder of the machine that runs it. What
 comes back is data (the result and the weights signature's bytes), never files: a Ray node need not share
 `OUT/.cache` with the grader, and only the grader writes the cache (`finish`).
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from harness import __version__
 from harness.errors import HarnessError
-from harness.measure import Job
+from harness.grading.measure import Job
 
 # what the measuring process reads from its environment, sent along to a Ray node whose own may lack it
 FORWARDED_ENV = ("HARNESS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
@@ -63,7 +63,7 @@ def measure_in_process(job: Job, env: dict[str, str] | None = None) -> Measured:
         if job.device.startswith("cuda:"):
             full_env["CUDA_VISIBLE_DEVICES"] = job.device.split(":")[1]
         full_env.update(env or {})
-        proc = subprocess.Popen([sys.executable, "-m", "harness.measure", str(job_file), str(out_file)],
+        proc = subprocess.Popen([sys.executable, "-m", "harness.grading.measure", str(job_file), str(out_file)],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=full_env,
                                 start_new_session=True, cwd=tmp)
         try:

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.course import Course, Criterion
+from harness.course.config import Course, Criterion
 from harness.errors import HarnessError
-from harness.findings import Evaluation, Finding
+from harness.grading.findings import Evaluation, Finding
 from harness.sources import UNESTABLISHED
 
 

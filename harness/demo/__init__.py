@@ -1,0 +1,1 @@
+"""`harness demo`: the example class, its reference models and the whole job on the embedded course."""

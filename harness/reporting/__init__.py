@@ -1,0 +1,1 @@
+"""Reporting: results.json rendered as PDFs, figures and training curves, gradebook exports."""

@@ -1,0 +1,1 @@
+"""Students' own model code, run only in a sandboxed child process."""
