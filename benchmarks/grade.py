@@ -29,7 +29,7 @@ def cached_class() -> tuple[Path, float | None]:
     same call writes the same files. Returns the folder and the seconds spent writing it (None: reused)."""
     import torch
 
-    from harness.demo.run import example_class
+    from harness.demo import example_class
     from harness.course.data import cache_root
 
     key = hashlib.sha256(Path(example_class.__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:16]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.demo.run import example_class as ec
+from harness.demo import example_class as ec
 pytestmark = pytest.mark.slow
 
 FILES = {

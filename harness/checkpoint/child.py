@@ -67,7 +67,7 @@ def main() -> int:
     import numpy  # noqa: F401  (stubs decode NumPy scalars with it: import before the limit)
     import safetensors.torch  # noqa: F401
 
-    from harness.checkpoint.read import read as ck
+    from harness.checkpoint import read as ck
     base = _address_space()
     if base is not None:
         _setlimit(resource.RLIMIT_AS, base + int(limits["memory_mb"]) * MB)
@@ -112,7 +112,7 @@ def _read(request: dict, display: str) -> dict:
 
     import safetensors.torch
 
-    from harness.checkpoint.read import read as ck
+    from harness.checkpoint import read as ck
     refused: set[str] = set()
     warnings: list[str] = []
     tensors: dict = {}
@@ -159,7 +159,7 @@ def _read(request: dict, display: str) -> dict:
 def _load_safetensors(path, display: str):
     from safetensors import safe_open
 
-    from harness.checkpoint.read import read as ck
+    from harness.checkpoint import read as ck
     header = ck.check_safetensors_header(path, display)
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
@@ -173,7 +173,7 @@ def _scan(path: str, kind: str, display: str) -> tuple[set[str], set[str]]:
 
     import torch
 
-    from harness.checkpoint.read import read as ck
+    from harness.checkpoint import read as ck
     if kind == "torch-zip":
         with open(path, "rb") as fh:
             try:
@@ -219,7 +219,7 @@ def _load_pickle(path: str, kind: str, display: str):
 
     import torch
 
-    from harness.checkpoint.read import read as ck
+    from harness.checkpoint import read as ck
     names, ops = _scan(path, kind, display)
     allowed = set(torch._weights_only_unpickler._get_allowed_globals())
     bad = sorted({ck.normalise_global(n) for n in names if n not in allowed and ck.unsafe_reason(n)})
@@ -311,7 +311,7 @@ def _materialize(tensors: dict, budget: int, display: str) -> dict:
     """Plain, contiguous CPU tensors that share no storage, within the byte budget for this file."""
     import torch
 
-    from harness.checkpoint.read import read as ck
+    from harness.checkpoint import read as ck
     out = {}
     used = 0
     seen: set[int] = set()

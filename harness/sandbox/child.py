@@ -38,7 +38,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load as st_load
 
-    from harness.sandbox.run import student_class as sc
+    from harness.sandbox import student_class as sc
     from harness.sandbox.run import _read_frame, _write_frame
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
