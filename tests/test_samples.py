@@ -197,6 +197,8 @@ def test_student_code_writes_through_the_sandbox_as_it_does_in_process(tmp_path)
     with SandboxedModel(tmp_path, "model.py:Scribe", sd, kwargs={"vocab_size": len(CHARS)},
                         max_positions=12) as sm:
         sandboxed = continue_prompts(sm, tok, SETTINGS, context=64)
+        windows = torch.randint(0, len(CHARS), (2, 12))
+        assert torch.equal(sm.last_logits(windows), sm.logits(windows)[:, -1])  # only the last rows travel
     assert sandboxed.settings["context"] == 12
     assert _settings_json(sandboxed) == _settings_json(continue_prompts(InProcess(), tok, SETTINGS, context=64))
     assert all(c.greedy_tokens == 24 for c in sandboxed.continuations)
