@@ -268,3 +268,55 @@ def test_bad_samples_keys_are_named(table, fragment):
     with pytest.raises(HarnessError) as e:
         parse_course(text)
     assert e.value.code == "course-invalid" and fragment in e.value.message, e.value.message
+
+
+# --- the student's PDF -----------------------------------------------------------------------------------
+
+HOSTILE = "<b>[red]x[/red]</b>\x1b[31m"
+
+
+def test_the_pdf_shows_what_the_model_writes_as_text_never_interpreted(tmp_path):
+    from pypdf import PdfReader
+
+    from harness.demo.example_results import make_results
+    from harness.reporting.report import render_student_report
+
+    results = make_results()
+    long = "word " * 120 + "x" * 300  # wraps, and an unbroken run wraps too
+    results["submissions"][0]["samples"] = {
+        "kind": "continuations", "version": "samples-v1",
+        "settings": {"max_new_tokens": 40, "temperature": 0.8, "top_k": 40, "seed": 1234, "context": 64},
+        "continuations": [
+            {"prompt": "The river", "greedy": " " + HOSTILE, "sampled": " flows\u202eevil", "greedy_ended": True,
+             "sampled_ended": False, "error": None},
+            {"prompt": "In a", "greedy": long, "sampled": "", "greedy_ended": False, "sampled_ended": False,
+             "error": None},
+        ],
+        "fill_ins": []}
+    pdf = render_student_report(results, results["submissions"][0]["id"], tmp_path / "s.pdf")
+    text = "".join(page.extract_text() or "" for page in PdfReader(str(pdf)).pages)
+    assert "What the model writes" in text
+    assert "<b>[red]x[/red]</b>\\x1b[31m" in text  # markup as text, the escape character made visible
+    assert "\x1b" not in text and "\u202e" not in text and "flows\\u202eevil" in text
+    assert "[end of text]" in text and "temperature 0.8" in text
+    squeezed = "".join(text.split())
+    assert "x" * 300 in squeezed and ("word" * 120) in squeezed  # nothing of the long text is lost
+
+
+def test_the_pdf_shows_a_masked_lms_fill_ins(tmp_path):
+    from pypdf import PdfReader
+
+    from harness.demo.example_results import make_results
+    from harness.reporting.report import render_student_report
+
+    results = make_results()
+    sub = results["submissions"][0]
+    sub["samples"] = {"kind": "fill-ins", "version": "samples-v1", "settings": {"top": 5},
+                      "continuations": [],
+                      "fill_ins": [{"sentence": "The capital of France is [MASK].", "error": None,
+                                    "masks": [[{"token": "paris", "id": 10, "probability": 0.4321},
+                                               {"token": HOSTILE, "id": 11, "probability": 0.01}]]}]}
+    pdf = render_student_report(results, sub["id"], tmp_path / "m.pdf")
+    text = "".join(page.extract_text() or "" for page in PdfReader(str(pdf)).pages)
+    assert "What the model writes" in text and "The capital of France is [MASK]." in text
+    assert "paris 43.2%" in text and "<b>[red]x[/red]</b>\\x1b[31m 1.0%" in text

@@ -195,7 +195,7 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
             "claims": m.get("claims"), "causal": m.get("causal"), "tokenizer": m.get("tokenizer"),
             "findings": [f.to_dict() for f in fs], "score": sc.to_dict(), "similar_to": similar,
             "data": m.get("data"), "warnings": m.get("warnings", []), "device": m.get("device", "cpu"),
-            "report_file": m.get("report_file"),
+            "report_file": m.get("report_file"), "samples": m.get("samples"),
         })
     dates = sorted(m.get("measured_on") or "" for m in measured)
     return {

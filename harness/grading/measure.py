@@ -344,6 +344,9 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     result["metrics"] = metrics
     result["data"] = {"manifest_sha256": frozen.manifest_sha256, "split": course.data_split,
                       "source": source.name}
+    from harness.metrics.samples import measured_samples
+
+    result["samples"] = measured_samples(model, tokenizer, family, course)
     if custom is not None:
         custom.finish(result)
 

@@ -277,3 +277,14 @@ def write_samples(model: Any, tokenizer: Any, family: str, settings: Any, *, con
     if family == "mlm":
         return fill_masks(model, tokenizer, settings, context=context) if settings.masked else None
     return continue_prompts(model, tokenizer, settings, context=context) if settings.prompts else None
+
+
+def measured_samples(model: Any, tokenizer: Any, family: str, course: Any) -> dict[str, Any] | None:
+    """What grading stores: the samples as JSON-ready values; where the model fails while writing (its
+    metrics already stand), the error instead, so the rest of the grade is kept."""
+    try:
+        samples = write_samples(model, tokenizer, family, course.samples,
+                                context=course.eval_settings(family).context)
+    except HarnessError as e:
+        return {"error": e.as_dict()}
+    return None if samples is None else samples.to_dict()

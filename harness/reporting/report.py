@@ -39,6 +39,7 @@ from harness.reporting import figures as figs
 from harness.errors import HarnessError
 from harness.files import write_atomic
 from harness.grading.findings import CATALOGUE
+from harness.reporting.samples_view import samples_view
 from harness.sources import UNESTABLISHED
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -647,6 +648,7 @@ def student_context(results: dict, submission_id: str, *, grader: bool = False, 
         "arch": _architecture(results, sub, course, codes),
         "metrics": _metrics(results, sub, codes),
         "curves": _curves(results, sub),
+        "samples": samples_view(sub),
         "findings": findings,
         "similar": similar,
         "provenance": _provenance(results, sub),
