@@ -141,6 +141,12 @@ def top_fill_ins(x: np.ndarray, allowed: np.ndarray, k: int) -> list[tuple[int, 
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _check_vocabulary(model: Any, tokenizer: Any) -> None:
+    if int(model.n_outputs) < int(tokenizer.vocab_size):
+        raise HarnessError("vocab-mismatch", f"the model has {int(model.n_outputs):,} outputs but tokenizer "
+                           f"{tokenizer.name!r} has {int(tokenizer.vocab_size):,} tokens; it cannot write with it")
+
+
 def _context(model: Any, fallback: int) -> int:
     limit = getattr(model, "max_positions", None)
     return int(limit) if limit else int(fallback)
@@ -176,6 +182,7 @@ def continue_prompts(model: Any, tokenizer: Any, settings: Any, *, context: int)
     from harness.metrics.evaluate import as_logits_model
 
     model = as_logits_model(model)
+    _check_vocabulary(model, tokenizer)
     L = _context(model, context)
     V = int(tokenizer.vocab_size)
     eot = tokenizer.eot_id
@@ -230,6 +237,7 @@ def fill_masks(model: Any, tokenizer: Any, settings: Any, *, context: int) -> Sa
     if cls_id is None or sep_id is None or mask_id is None:
         raise HarnessError("tokenizer-not-mlm", f"tokenizer {tokenizer.name!r} has no [CLS], [SEP] or [MASK] token "
                            "to fill masked sentences with")
+    _check_vocabulary(model, tokenizer)
     L = _context(model, context)
     V = int(tokenizer.vocab_size)
     allowed = np.ones(V, dtype=bool)
