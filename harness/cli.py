@@ -135,8 +135,10 @@ def data_show(
     """What a source holds: splits, documents, tokens, fingerprints."""
     frozen = _freeze(course, data, tokenizer, None, as_json)
     if as_json:
+        from harness.course.data import split_summary
+
         rows = []
-        for row in _split_rows(frozen):
+        for row in split_summary(frozen):
             row["first_ids"] = frozen.split(row["split"]).tokens[:first].tolist()
             rows.append(row)
         _print_json({"source": frozen.manifest["source"], "tokenizer": frozen.manifest["tokenizer"],
@@ -145,12 +147,6 @@ def data_show(
     else:
         _print_data(frozen, "reused" if frozen.reused else "written")
         out.print(f"split rule        {frozen.manifest['split_rule']}")
-
-
-def _split_rows(frozen):
-    from harness.course.data import split_summary
-
-    return split_summary(frozen)
 
 
 # --- course --------------------------------------------------------------------------------------

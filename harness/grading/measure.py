@@ -67,7 +67,7 @@ def submission_fingerprint(paths: list[Path]) -> str:
 
 def _materialise(job: Job, tmp: Path) -> Path:
     """The submission as a folder or a single file we may read: zips extracted, bulk files gathered."""
-    from harness.checkpoint.read import extract_zip
+    from harness.checkpoint.archive import extract_zip
     from harness.intake.submission import lms_file_name
 
     paths = [Path(p) for p in job.paths]

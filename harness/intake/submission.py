@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.checkpoint import WEIGHT_SUFFIXES
 from harness.errors import HarnessError
 
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 LOG_SUFFIXES = (".csv", ".json", ".jsonl")
 REPORT_SUFFIXES = (".md", ".txt", ".pdf")
 FAMILIES = ("gpt", "mlm")
