@@ -19,6 +19,7 @@ from rich.text import Text
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.families import FAMILIES
 
 
 def _typer(help: str, **kwargs) -> typer.Typer:
@@ -260,7 +261,7 @@ def reference_train(
     from harness.progress import progress_bar
     from harness.train import torchrun_command, train_reference
 
-    if family not in ("gpt", "mlm"):
+    if family not in FAMILIES:
         raise HarnessError("family-unknown", f"family {family!r} is not gpt or mlm")
     if nproc > 1:
         args = [a for k, v in (("--config", config), ("--out", out_dir), ("--course", course), ("--max-steps", max_steps),

@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.intake.submission import claims_from_report, curve_from_log, discover, lms_file_name, read_submission
+from harness.intake.claims import claims_from_report
+from harness.intake.logs import curve_from_log
+from harness.intake.submission import discover, lms_file_name, read_submission
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 

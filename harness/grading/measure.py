@@ -250,7 +250,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
     from harness.grading.findings import vocab_finding
     from harness.models.build import SPELLINGS, read_values
-    from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
+    from harness.intake.claims import checkpoint_claims, with_checkpoint_claims
 
     if sub.weights is None:
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
@@ -435,7 +435,7 @@ def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[s
                             "refused_globals": list(raw.refused_globals), "nonfinite": list(raw.nonfinite),
                             "reader_warnings": list(raw.warnings), "tensors": len(raw.tensors)}
     if sub is not None:
-        from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
+        from harness.intake.claims import checkpoint_claims, with_checkpoint_claims
 
         claims = with_checkpoint_claims(sub.claims, checkpoint_claims(raw.meta, sub.weights, path))
         info["submission"] = {"student": sub.student, "weights": sub.weights.as_posix(), "family": sub.family,
