@@ -376,7 +376,7 @@ def _limit_self(job: Job) -> None:
         signal.alarm(int(job.timeout_s) + 30)  # the parent kills at timeout_s; this catches orphans
     # On a GPU no address-space limit: CUDA reserves far more address space than any such limit allows (its
     # initialisation fails with "out of memory" under one). What is untrusted there runs in children with
-    # their own limits: the checkpoint's unpickling (_reader_child) and student code (the sandbox, on the CPU).
+    # their own limits: the checkpoint's unpickling (checkpoint/child.py) and student code (the sandbox, on the CPU).
     if job.memory_mb and not job.device.startswith("cuda"):
         mem = job.memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))

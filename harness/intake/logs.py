@@ -97,14 +97,18 @@ def number(value: Any) -> float | None:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a log, {normalised header: value}; CSV cells typed by `cell`. A file that is no table
-    of any known shape gives no rows."""
+    """The rows of a log, {normalised header: value}, text typed by `cell`: a .csv or .tsv as CSV (tabs or
+    commas, whichever it holds more of), a .jsonl one row a line, anything else as JSON. A file that is no
+    table of any known shape gives no rows."""
     try:
         text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as e:
         raise HarnessError("log-unreadable", f"cannot read {path}: {e}") from None
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
+    if suffix in (".csv", ".tsv"):
+        dialect = csv.excel_tab if text.count("\t") > text.count(",") else csv.excel
+        rows = list(csv.DictReader(io.StringIO(text), dialect=dialect))
+    elif suffix == ".jsonl":
         rows = []
         for line in text.splitlines():
             try:
@@ -113,11 +117,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                 continue
             if isinstance(row, dict):
                 rows.append(row)
-    elif suffix == ".json":
-        rows = _json_rows(text)
     else:
-        dialect = csv.excel_tab if text.count("\t") > text.count(",") else csv.excel
-        rows = list(csv.DictReader(io.StringIO(text), dialect=dialect))
+        rows = _json_rows(text)
     return [{normalise_header(k): cell(v) if isinstance(v, str) else v for k, v in row.items() if isinstance(k, str)}
             for row in rows]
 
@@ -130,7 +131,8 @@ def _json_rows(text: str) -> list[dict[str, Any]]:
     if isinstance(value, list):
         return [r for r in value if isinstance(r, dict)]
     if isinstance(value, dict):
-        lists = {k: v for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)}
+        lists = {k: v for k, v in value.items()
+                 if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)}
         if lists:  # {"train_loss": [...], "val_loss": [...]}: columns of equal length
             n = max(len(v) for v in lists.values())
             return [{k: (v[i] if i < len(v) else None) for k, v in lists.items()} for i in range(n)]
