@@ -67,7 +67,7 @@ def submission_fingerprint(paths: list[Path]) -> str:
 
 def _materialise(job: Job, tmp: Path) -> Path:
     """The submission as a folder or a single file we may read: zips extracted, bulk files gathered."""
-    from harness.checkpoint.read import extract_zip
+    from harness.checkpoint.archive import extract_zip
     from harness.intake.submission import lms_file_name
 
     paths = [Path(p) for p in job.paths]
@@ -249,7 +249,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     from harness.metrics.protocol import TruncatedVocabulary
     from harness.metrics.score import EvalData, score
     from harness.models.build import SPELLINGS, read_values
-    from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
+    from harness.intake.claims import checkpoint_claims, with_checkpoint_claims
 
     if sub.weights is None:
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
@@ -349,7 +349,7 @@ def _limit_self(job: Job) -> None:
         signal.alarm(int(job.timeout_s) + 30)  # the parent kills at timeout_s; this catches orphans
     # On a GPU no address-space limit: CUDA reserves far more address space than any such limit allows (its
     # initialisation fails with "out of memory" under one). What is untrusted there runs in children with
-    # their own limits: the checkpoint's unpickling (_reader_child) and student code (the sandbox, on the CPU).
+    # their own limits: the checkpoint's unpickling (checkpoint/child.py) and student code (the sandbox, on the CPU).
     if job.memory_mb and not job.device.startswith("cuda"):
         mem = job.memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -408,7 +408,7 @@ def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[s
                             "refused_globals": list(raw.refused_globals), "nonfinite": list(raw.nonfinite),
                             "reader_warnings": list(raw.warnings), "tensors": len(raw.tensors)}
     if sub is not None:
-        from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
+        from harness.intake.claims import checkpoint_claims, with_checkpoint_claims
 
         claims = with_checkpoint_claims(sub.claims, checkpoint_claims(raw.meta, sub.weights, path))
         info["submission"] = {"student": sub.student, "weights": sub.weights.as_posix(), "family": sub.family,
