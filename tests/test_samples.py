@@ -21,7 +21,7 @@ import torch
 from harness.course.config import SampleSettings, parse_course, default_course_text
 from harness.course.tokenizers import get_tokenizer
 from harness.errors import HarnessError
-from harness.metrics.evaluate import TorchLogitsModel
+from harness.metrics.protocol import TorchLogitsModel
 from harness.metrics.samples import (
     LOGIT_GRID,
     continue_prompts,

@@ -179,7 +179,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 def continue_prompts(model: Any, tokenizer: Any, settings: Any, *, context: int) -> Samples:
     """Greedy and sampled continuations of `settings.prompts` (a course's SampleSettings). `context` is
     the window used where the model does not say how many positions it has (the course's)."""
-    from harness.metrics.evaluate import as_logits_model
+    from harness.metrics.protocol import as_logits_model
 
     model = as_logits_model(model)
     _check_vocabulary(model, tokenizer)
@@ -230,7 +230,7 @@ def continue_prompts(model: Any, tokenizer: Any, settings: Any, *, context: int)
 @torch.inference_mode()
 def fill_masks(model: Any, tokenizer: Any, settings: Any, *, context: int) -> Samples:
     """The `settings.top` most likely tokens for each [MASK] of each of `settings.masked`."""
-    from harness.metrics.evaluate import as_logits_model
+    from harness.metrics.protocol import as_logits_model
 
     model = as_logits_model(model)
     cls_id, sep_id, mask_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id
