@@ -579,7 +579,7 @@ def report_compare(
     title: Annotated[str, typer.Option("--title")] = "Run comparison",
 ) -> None:
     """Side-by-side comparison PDF of runs or submissions."""
-    from harness.reporting.report import load_runs, render_comparison
+    from harness.reporting.compare import load_runs, render_comparison
 
     loaded = [run for path in runs for run in load_runs(str(path))]
     if not loaded:

@@ -333,7 +333,8 @@ def _report_code_fingerprint() -> str:
 def write_reports(results: ClassResults, out: Path, *, grader: bool = False, class_report: bool = True) -> list[Path]:
     """Every student's PDF and the class report. Rendered again only when what they show changed:
     a rerun on unchanged inputs leaves the PDFs (and their bytes) as they are."""
-    from harness.reporting import report
+    from harness.reporting.class_report import render_class_report
+    from harness.reporting.student import render_student_report
 
     if not isinstance(results, ClassResults):  # a results.json's dict
         results = ClassResults.from_json(results)
@@ -349,10 +350,9 @@ def write_reports(results: ClassResults, out: Path, *, grader: bool = False, cla
             (out / name).is_file() and sha256_file(out / name) == sha for name, sha in before["files"].items()):
         return [out / name for name in planned]
     written = []
-    as_json = results.to_json()  # until the reports read attributes
     for s in results.submissions:
-        written.append(report.render_student_report(as_json, s.id, out / f"{s.id}.pdf", grader=grader))
+        written.append(render_student_report(results, s.id, out / f"{s.id}.pdf", grader=grader))
     if class_report:
-        written.append(report.render_class_report(as_json, out / "class_report.pdf", grader=True))
+        written.append(render_class_report(results, out / "class_report.pdf", grader=True))
     write_json(stamp, {"key": key, "files": {p.name: sha256_file(p) for p in written}})
     return written

@@ -362,6 +362,7 @@ class ReferenceResult(Record):
     model: ModelInfo | None = None
     checkpoint: CheckpointInfo | None = None
     curve: list[dict[str, float | None]] = field(default_factory=list)  # metrics.csv's rows
+    accuracy: float | None = omitted_when_none()  # an MLM's top-1 accuracy, where recorded
 
 
 @dataclass
@@ -379,8 +380,8 @@ class CourseInfo(Record):
     name: str | None = None
     id: str | None = None
     fingerprint: str | None = None
-    requirements: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # family -> key -> [min, max]
-    tolerances: dict[str, float] = field(default_factory=dict)
+    requirements: dict[str, dict[str, list[int]]] | None = None  # family -> key -> [min, max]
+    tolerances: dict[str, float] | None = None
 
 
 @dataclass
@@ -437,6 +438,7 @@ class ClassResults(Record):
     similar_pairs: list[SimilarPair] = field(default_factory=list)
     submissions: list[SubmissionResult] = field(default_factory=list)
     custom_code_sandbox: SandboxRecord | None = omitted_when_none()
+    device: str | None = omitted_when_none()  # one device for the whole class, where recorded (hand-written results)
 
     def submission(self, sid: str) -> SubmissionResult | None:
         return next((s for s in self.submissions if s.id == sid), None)
