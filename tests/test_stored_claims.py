@@ -135,7 +135,7 @@ def test_a_nanogpt_checkpoint_keeps_its_validation_points(tmp_path):
     _nanogpt_ckpt(sub)
     course = tmp_path / "course.toml"
     course.write_text(capped_course_text(256, calibration_tokens=0))
-    s = check(sub, tmp_path / "out", course, GradeOptions(reports=False, timeout_s=300)).results["submissions"][0]
+    s = check(sub, tmp_path / "out", course, GradeOptions(reports=False, timeout_s=300)).results.to_json()["submissions"][0]
     assert s["status"] == "graded", s["error"]
     assert s["claims"]["val_loss"] == pytest.approx(5.4321, abs=1e-6)
     assert s["claims"]["sources"] == {"val_loss": "ckpt.pt: best_val_loss"}

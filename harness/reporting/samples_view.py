@@ -31,9 +31,11 @@ def _percent(p: Any) -> str:
     return f"{100 * p:.1f}%" if isinstance(p, (int, float)) else "—"
 
 
-def samples_view(sub: dict[str, Any]) -> dict[str, Any] | None:
-    """What the template shows, or None where nothing was written (no [samples] in the course, no model)."""
-    samples = sub.get("samples")
+def samples_view(samples: Any) -> dict[str, Any] | None:
+    """What the template shows of a submission's samples (a `SamplesInfo` or its JSON), or None where
+    nothing was written (no [samples] in the course, no model)."""
+    if hasattr(samples, "to_json"):
+        samples = samples.to_json()
     if not isinstance(samples, dict):
         return None
     if samples.get("error"):
