@@ -385,7 +385,24 @@ def gather_claims(folder: Path | None, files: tuple[Path, ...], table: dict[str,
             for k, v in final.items():
                 if k not in values:
                     values[k], sources[k] = v, f"log {log.as_posix()}"
+        curve, curve_source = _with_notebooks(folder, files, values, sources, curve, curve_source)
     return Claims(**values, sources=sources, curve=tuple(curve), curve_source=curve_source)
+
+
+def _with_notebooks(folder: Path, files: tuple[Path, ...], values: dict[str, Any], sources: dict[str, str],
+                    curve: list[CurvePoint], curve_source: str | None) -> tuple[list[CurvePoint], str | None]:
+    """What the notebooks' outputs and markdown tables claim, below submission.toml and the logs (filled
+    into `values` and `sources`), and their curve where no log gave one."""
+    from harness.intake.notebook import notebook_claims
+
+    for nb in (f for f in files if f.suffix.lower() == ".ipynb"):
+        found = notebook_claims(folder / nb, nb.as_posix())
+        for k, v in found.values.items():
+            if k not in values:
+                values[k], sources[k] = (int(v) if k == "params" else v), found.sources[k]
+        if found.curve and not curve:
+            curve, curve_source = [CurvePoint(**p) for p in found.curve], found.curve_source
+    return curve, curve_source
 
 
 # --- claims stored with the weights --------------------------------------------------------------

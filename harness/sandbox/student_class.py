@@ -1,7 +1,8 @@
 """A student's model class as it really is: imported, constructed, called and described. Runs only inside
 the sandboxed child (`_sandbox_child.py`); the parent never imports student code.
 
-- Import: `file.py:Name`, `pkg/model.py:Name`, `pkg:Name` or `pkg.model:Name`. A file in a folder with an
+- Import: `file.py:Name`, `pkg/model.py:Name`, `pkg:Name`, `pkg.model:Name` or `notebook.ipynb:Name` (only the
+  notebook's import, class/def and constant cells, see `harness.intake.notebook`). A file in a folder with an
   `__init__.py` is imported as part of its package, so relative imports work. A package that asks
   `importlib.metadata` for its own version is not installed here: it sees a stand-in distribution with the
   version of the submission's `pyproject.toml` (else 0.0.0), as it would after `pip install -e .`.
@@ -73,10 +74,10 @@ def resolve_code(root: Path, code: str) -> tuple[str, str]:
     path = Path(target)
     if path.is_absolute() or ".." in path.parts:
         raise ValueError(f"model code {target} is not in the submission")
-    candidates = [path] if target.endswith(".py") else [path, Path(*target.split(".")).with_suffix(".py"),
-                                                        Path(*target.split("."))]
+    candidates = [path] if target.endswith((".py", ".ipynb")) else [
+        path, Path(*target.split(".")).with_suffix(".py"), Path(*target.split("."))]
     for c in candidates:
-        if (root / c).is_file() and c.suffix == ".py" or (root / c / "__init__.py").is_file():
+        if (root / c).is_file() and c.suffix in (".py", ".ipynb") or (root / c / "__init__.py").is_file():
             return c.as_posix(), cls
     raise ValueError(f"model code file {target} is not in the submission")
 
@@ -120,6 +121,8 @@ def import_class(root: Path, code: str, scratch: Path) -> tuple[type, Any, list[
     path = root / target
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    if path.suffix == ".ipynb":
+        return _import_notebook(path, target, cls_name, scratch)
     # the dotted name: up through every folder that is a package
     parts = [path.stem] if path.suffix == ".py" else []
     folder = path.parent if path.suffix == ".py" else path
@@ -152,6 +155,44 @@ def import_class(root: Path, code: str, scratch: Path) -> tuple[type, Any, list[
     cls = getattr(module, cls_name, None)
     if not isinstance(cls, type):
         raise LookupError(f"{target} defines no {cls_name}")
+    return cls, module, notes
+
+
+def _import_notebook(path: Path, target: str, cls_name: str, scratch: Path) -> tuple[type, Any, list[str]]:
+    """The class from a notebook's imports, definitions and constants only (`harness.intake.notebook`), written
+    as a module into the scratch folder and imported from there: its training cells never run."""
+    from harness.intake.notebook import model_module
+
+    built = model_module(path.read_text(encoding="utf-8", errors="replace"), target)
+    module_file = scratch / "notebook_modules" / f"{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}.py"
+    module_file.parent.mkdir(parents=True, exist_ok=True)
+    module_file.write_text(built.text, encoding="utf-8")
+    if str(path.parent) not in sys.path:  # its own helper files beside it, as Jupyter's working folder
+        sys.path.insert(0, str(path.parent))
+    name = module_file.stem if module_file.stem.isidentifier() and module_file.stem not in sys.modules \
+        else "student_notebook"
+    spec = importlib.util.spec_from_file_location(name, module_file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    cells = ", ".join(map(str, built.kept)) or "none"
+    notes = [f"built from {target}'s imports, definitions and constants (cells {cells}); its other "
+             f"statements were not run ({len(built.left_out)})"]
+    if built.left_out:
+        shown = "; ".join(built.left_out[:6]) + ("; …" if len(built.left_out) > 6 else "")
+        notes.append(f"not run: {shown}")
+    missing = [str(m) for m in getattr(module, "__harness_missing__", ())]
+    if missing:
+        notes.append(f"imports that are not installed here were skipped: {'; '.join(missing)[:300]}")
+    cls = getattr(module, cls_name, None)
+    if not isinstance(cls, type):
+        why = next((w for w in built.left_out if f" {cls_name}" in w or f"class {cls_name}" in w), None)
+        raise LookupError(f"{target} defines no {cls_name} in its import and class/def cells"
+                          + (f" ({why})" if why else ""))
     return cls, module, notes
 
 
