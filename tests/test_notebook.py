@@ -232,6 +232,7 @@ def test_what_is_not_a_notebook_is_one_sentence():
     assert e.value.code == "notebook-invalid" and "nb.ipynb is not a Jupyter notebook" in e.value.message
 
 
+@pytest.mark.slow  # a child process that imports torch
 def test_the_class_is_imported_without_running_the_training_cell(tmp_path):
     """In a child process of its own (the training cell, had it run, would never end)."""
     write_notebook(tmp_path / "nb.ipynb", tmp_path / "TRAINED")
