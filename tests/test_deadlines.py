@@ -65,6 +65,16 @@ def test_gradescope_autograder_metadata_gives_the_time_and_the_penalty_line(tmp_
     assert "Gradescope submission_metadata.json" in late.why
 
 
+def test_the_gradescope_autograder_layout_for_harness_check(tmp_path):
+    """On Gradescope the metadata lies beside the submission: /autograder/submission_metadata.json."""
+    from harness.intake.deadlines import check_time
+
+    gradescope_json(tmp_path / "autograder", "2025-10-24T23:00:00-07:00")
+    (tmp_path / "autograder" / "submission").mkdir()
+    got = check_time(tmp_path / "autograder" / "submission")
+    assert got.at == datetime(2025, 10, 24, 23, 0, tzinfo=PACIFIC) and lateness(course().deadline, got).points == 0
+
+
 def test_gradescope_export_yml_names_each_submission_folder(tmp_path):
     root = tmp_path / "assignment_25828_export"
     for sid in ("submission_111", "submission_222"):

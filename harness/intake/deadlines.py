@@ -3,7 +3,8 @@
 Sources, best first (a file's modification time is never one: a download, an unzip or a copy resets it):
 
 1. Gradescope's autograder file `submission_metadata.json` inside the submission (`created_at`: an ISO time
-   with zone; `users`: the submitters), as Gradescope puts it beside the files an autograder sees.
+   with zone; `users`: the submitters); for `harness check` also beside it, where Gradescope puts it
+   (`/autograder/submission_metadata.json` next to `/autograder/submission/`).
 2. Gradescope's export (`Export Submissions`): `submission_metadata.yml` at the top of the class folder,
    one entry per `submission_<id>` folder, with Ruby-symbol keys `:created_at:` and `:submitters:`.
 3. A submissions CSV the grader exports from Canvas (or any LMS) into the class folder,
@@ -177,6 +178,16 @@ def submitted_at(ref_id: str, paths: tuple[Path, ...], yml: dict[str, SubmittedA
         return found
     if has_late_mark(paths):
         return SubmittedAt(None, "Canvas marks it LATE in its file names, without a time", late_mark=True)
+    return UNKNOWN
+
+
+def check_time(submission: Path) -> SubmittedAt:
+    """`harness check`'s one submission: Gradescope's metadata inside it, or beside it as an autograder sees
+    it (`/autograder/submission_metadata.json` next to `/autograder/submission/`)."""
+    for path in (submission / GRADESCOPE_JSON, submission.parent / GRADESCOPE_JSON):
+        found = from_gradescope_json(path) if submission.is_dir() and path.is_file() else None
+        if found is not None:
+            return found
     return UNKNOWN
 
 
