@@ -132,12 +132,12 @@ def test_canvas_late_marks_and_a_submissions_csv_with_times(tmp_path):
         "name,user_id,submitted_at,late\n"
         "Aman Khan,4411,2025-10-29T08:00:00Z,true\n"
         "Jo Lee,4412,2025-10-25 00:30:00,true\n")
-    times = submission_times(root, refs, zone=c.deadline.due_time.tzinfo)
+    times = submission_times(root, refs)
     assert times["khan_aman_4411"].at == datetime(2025, 10, 29, 8, 0, tzinfo=timezone.utc)
     assert times["khan_aman_4411"].source == "submission_times.csv, line 2"
     late = lateness(c.deadline, times["khan_aman_4411"])  # 4 d 1 h 1 min late: 5 days × 5, capped at 20
     assert late.points == 20 and late.why.startswith("late by 4 d 1 h: 5 started days")
-    assert times["lee_jo_4412"].at == datetime(2025, 10, 25, 0, 30, tzinfo=PACIFIC)
+    assert times["lee_jo_4412"].at == datetime(2025, 10, 25, 0, 30)  # read in the due's zone when scored
     assert "no zone given" in times["lee_jo_4412"].source
     assert lateness(c.deadline, times["lee_jo_4412"]).points == 5  # 31 min: past the grace, one started day
 
@@ -194,3 +194,51 @@ def test_a_toml_datetime_is_a_due_time_and_durations_read_as_people_write_them()
     assert duration_text(timedelta(days=1, hours=3)) == "1 d 3 h"
     assert duration_text(timedelta(hours=2, minutes=4, seconds=1)) == "2 h 5 min"
     assert duration_text(timedelta(seconds=20)) == "1 min"
+
+
+@pytest.mark.slow  # a class graded end to end: a worker process per submission and the PDFs
+def test_the_penalty_shows_in_results_grades_csv_and_the_pdf(tmp_path):
+    """A Canvas bulk download with LATE marks, the grader's submissions CSV with times, graded for real (the
+    weights are unreadable, so the rubric's only points are for the reported validation metric)."""
+    from pypdf import PdfReader
+
+    from harness.grading.batch import GradeOptions, grade
+    from harness.reporting.report import render_student_report
+
+    text = "A tiny course text, enough for a character vocabulary and a split. " * 20
+    (tmp_path / "data.txt").write_text(text)
+    (tmp_path / "vocab.txt").write_text("".join(sorted(set(text))))
+    course_text = default_course_text()
+    for old, new in (('source = "wiki-vital"', f'source = "{tmp_path / "data.txt"}"'),
+                     ('tokenizer = "gpt2"', f'tokenizer = "char:{tmp_path / "vocab.txt"}"')):
+        course_text = course_text.replace(old, new, 1)
+    (tmp_path / "course.toml").write_text(course_text + f'\n[deadline]\ndue = "{DUE}"\npenalty_per_day = 2\n')
+    root = tmp_path / "canvas"
+    root.mkdir()
+    for name, uid, late in (("khan_aman", 4411, "_LATE"), ("park_su", 4413, "")):
+        (root / f"{name}{late}_{uid}_9{uid}1_mini_gpt.pt").write_bytes(b"not a checkpoint")
+        (root / f"{name}{late}_{uid}_9{uid}2_submission.toml").write_text("[claims]\nval_loss = 6.54\n")
+    (root / "submission_times.csv").write_text("user_id,submitted_at\n4411,2025-10-26T02:59:00-07:00\n"
+                                               "4413,2025-10-24T21:00:00-07:00\n")
+    out = tmp_path / "out"
+    grade(root, out, tmp_path / "course.toml", GradeOptions(timeout_s=120, reports=False))
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["course"]["deadline"] == {"due": DUE, "grace": 0.0, "penalty_per_day": 2.0, "cap": None}
+    subs = {s["id"]: s for s in results["submissions"]}
+    aman, su = subs["khan_aman_4411"], subs["park_su_4413"]
+    assert aman["submitted"] == {"at": "2025-10-26T02:59:00-07:00", "source": "submission_times.csv, line 2",
+                                 "late_mark": False}
+    line = aman["score"]["criteria"][-1]
+    assert (line["name"], line["points"], line["max"]) == (LATE_PENALTY, -4, 0)
+    assert line["why"].startswith("late by 1 d 3 h: 2 started days × 2 points = −4 points")
+    assert aman["score"]["total"] == 6 and su["score"]["total"] == 10
+    assert su["score"]["criteria"][-1]["why"].startswith("on time")
+
+    csv_lines = (out / "grades.csv").read_text().splitlines()
+    assert csv_lines[0].endswith(",findings,late_penalty,submitted_at")
+    assert next(l for l in csv_lines if l.startswith("khan_aman_4411,")).endswith(",-4,2025-10-26T02:59:00-07:00")
+
+    render_student_report(results, "khan_aman_4411", out / "khan_aman_4411.pdf")  # as grade's reports do
+    pdf = " ".join(" ".join((p.extract_text() or "").split()) for p in PdfReader(str(out / "khan_aman_4411.pdf")).pages)
+    assert "Late penalty" in pdf and "late by 1 d 3 h" in pdf

@@ -32,7 +32,8 @@ from harness.errors import HarnessError
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
 from harness.grading.findings import Evaluation, find, finding
 from harness.grading.measure import Job, submission_fingerprint
-from harness.grading.rubric import read_overrides, score
+from harness.grading.rubric import LATE_PENALTY, read_overrides, score
+from harness.intake.deadlines import UNKNOWN, SubmittedAt, check_time, submission_times
 from harness.intake.submission import CLAIM_KEYS, Claims, CurvePoint, SubmissionRef, discover
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
@@ -170,7 +171,8 @@ def rank_metric(course: Course, measured: list[dict[str, Any]]) -> str:
 
 
 def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str, Any], cache_dir: Path,
-             overrides: list[dict[str, Any]]) -> dict[str, Any]:
+             overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None) -> dict[str, Any]:
+    """`times`: when each submission was handed in (harness.intake.deadlines), for the course's [deadline]."""
     pairs = similarity_pairs(measured, cache_dir, course.tolerances.similar_weights)
     subs = []
     manifests = sorted({(m.get("data") or {}).get("manifest_sha256") for m in measured} - {None})
@@ -188,7 +190,8 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
         for s in similar:
             fs.append(finding("similar-weights", f"Weights {s['similarity']:.4f} similar to submission {s['id']}.",
                               grader_only=True))
-        sc = score(ev, fs, course, ref.get("ppl"), overrides, reference=ref)
+        submitted = (times or {}).get(ev.id, UNKNOWN)
+        sc = score(ev, fs, course, ref.get("ppl"), overrides, reference=ref, submitted=submitted)
         subs.append({
             "id": ev.id, "student": ev.student, "status": m["status"], "error": m.get("error"),
             "checkpoint": m.get("checkpoint"), "model": m.get("model"), "metrics": m.get("metrics"),
@@ -196,6 +199,8 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
             "findings": [f.to_dict() for f in fs], "score": sc.to_dict(), "similar_to": similar,
             "data": m.get("data"), "warnings": m.get("warnings", []), "device": m.get("device", "cpu"),
             "report_file": m.get("report_file"),
+            # only with a [deadline]: results of courses without one stay as they were
+            **({"submitted": submitted.to_dict()} if course.deadline is not None else {}),
         })
     dates = sorted(m.get("measured_on") or "" for m in measured)
     return {
@@ -204,7 +209,8 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
         "generated": dates[-1] if dates and dates[-1] else None,
         "course": {"name": course.name, "id": course.id, "fingerprint": course.fingerprint,
                    "requirements": {f: {k: list(v) for k, v in r.items()} for f, r in course.requirements.items()},
-                   "tolerances": course.to_dict()["tolerances"]},
+                   "tolerances": course.to_dict()["tolerances"],
+                   **({"deadline": course.to_dict()["deadline"]} if course.deadline is not None else {})},
         "data": {"source": course.data_source, "split": course.data_split, "tokenizer": course.clm.tokenizer,
                  "manifest_sha256": manifests[0] if len(manifests) == 1 else manifests},
         "protocol": {"clm": {"protocol": course.clm.protocol, "context": course.clm.context,
@@ -224,7 +230,8 @@ GRADES_COLUMNS = ("id", "student", "score", "max", "ppl", "loss", "bits_per_byte
 def grades_csv(results: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(GRADES_COLUMNS)
+    late = "deadline" in results["course"]  # the late columns only where the course has a deadline
+    w.writerow(GRADES_COLUMNS + (LATE_COLUMNS if late else ()))
     for s in results["submissions"]:
         m = s.get("metrics") or {}
         codes = ";".join(f["code"] for f in s["findings"] if not f.get("grader_only")) or ""
@@ -232,14 +239,23 @@ def grades_csv(results: dict[str, Any]) -> str:
                     f"{m['ppl']:.4f}" if m.get("ppl") is not None else "",
                     f"{m['loss']:.6f}" if m.get("loss") is not None else "",
                     f"{m['bits_per_byte']:.6f}" if m.get("bits_per_byte") is not None else "",
-                    s["status"], codes])
+                    s["status"], codes] + (_late_cells(s) if late else []))
     return buf.getvalue()
+
+
+LATE_COLUMNS = ("late_penalty", "submitted_at")
+
+
+def _late_cells(s: dict[str, Any]) -> list[str]:
+    line = next((c for c in s["score"]["criteria"] if c["name"] == LATE_PENALTY), None)
+    return [f"{line['points']:g}" if line else "", (s.get("submitted") or {}).get("at") or "unknown"]
 
 
 def grade(directory: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
     """Grade a class folder into `out`: results.json, grades.csv, the PDFs."""
     overrides = read_overrides(opts.overrides if opts.overrides else directory / "overrides.csv")
-    return grade_refs(discover(directory), out, course_path, opts, overrides)
+    refs = discover(directory)
+    return grade_refs(refs, out, course_path, opts, overrides, times=submission_times(directory, refs))
 
 
 def check(submission: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
@@ -247,11 +263,12 @@ def check(submission: Path, out: Path, course_path: Path | None = None, opts: Gr
     if not submission.exists():
         raise HarnessError("submission-missing", f"{submission} does not exist")
     sid = submission.name if submission.is_dir() else submission.stem
-    return grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [])
+    return grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [],
+                      times={sid or "submission": check_time(submission)})
 
 
 def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, opts: GradeOptions,
-               overrides: list[dict[str, Any]]) -> GradeOutcome:
+               overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None) -> GradeOutcome:
     run = backend(opts.backend, workers=opts.workers, address=opts.ray_address)
     course = load_course(course_path)
     refs = refs + reference_refs(course)
@@ -302,7 +319,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
 
     keep = {f"{m['id']}.{m.get('cache_key')}" for m in measured.values()}
     reference = _reference(course, measured)
-    results = assemble(course, list(measured.values()), reference, cache_dir, overrides)
+    results = assemble(course, list(measured.values()), reference, cache_dir, overrides, times)
     results["custom_code_sandbox"] = _sandbox_record(measured.values(), opts.allow_unsandboxed_code)
     write_atomic(out / "results.json", pretty_json(results))
     write_atomic(out / "grades.csv", grades_csv(results))

@@ -27,7 +27,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -58,9 +58,9 @@ class SubmittedAt:
 UNKNOWN = SubmittedAt(None, "unknown: no Gradescope metadata, Canvas LATE mark or submissions CSV names it")
 
 
-def parse_time(text: Any, zone: timezone | None = None) -> tuple[datetime | None, bool]:
-    """An ISO time (`2025-10-24T23:59:00-07:00`, `…Z`, Ruby's `2025-10-24 23:59:00.123456000 -0700`) and
-    whether its zone was taken from `zone` (it had none); (None, False) where it is not a time."""
+def parse_time(text: Any) -> datetime | None:
+    """An ISO time (`2025-10-24T23:59:00-07:00`, `…Z`, Ruby's `2025-10-24 23:59:00.123456000 -0700`), naive
+    where it names no zone; None where it is not a time."""
     if isinstance(text, datetime):
         value = text
     else:
@@ -72,10 +72,8 @@ def parse_time(text: Any, zone: timezone | None = None) -> tuple[datetime | None
         try:
             value = datetime.fromisoformat(s)
         except ValueError:
-            return None, False
-    if value.tzinfo is None:
-        return (value.replace(tzinfo=zone), True) if zone is not None else (None, False)
-    return value, False
+            return None
+    return value
 
 
 def from_gradescope_json(path: Path) -> SubmittedAt | None:
@@ -86,8 +84,8 @@ def from_gradescope_json(path: Path) -> SubmittedAt | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return None
-    at, _ = parse_time(data.get("created_at") if isinstance(data, dict) else None)
-    return SubmittedAt(at, f"Gradescope {path.name}") if at else None
+    at = parse_time(data.get("created_at") if isinstance(data, dict) else None)
+    return SubmittedAt(at, f"Gradescope {path.name}") if at and at.tzinfo else None
 
 
 def from_gradescope_yml(path: Path) -> dict[str, SubmittedAt]:
@@ -104,14 +102,15 @@ def from_gradescope_yml(path: Path) -> dict[str, SubmittedAt]:
     for folder, entry in (data or {}).items() if isinstance(data, dict) else ():
         if not isinstance(entry, dict):
             continue
-        at, _ = parse_time(entry.get(":created_at", entry.get("created_at")))
-        if at is not None:
+        at = parse_time(entry.get(":created_at", entry.get("created_at")))
+        if at is not None and at.tzinfo is not None:
             found[str(folder)] = SubmittedAt(at, f"Gradescope {path.name}")
     return found
 
 
-def from_csv(path: Path, zone: timezone | None) -> dict[str, SubmittedAt]:
-    """A submissions CSV: student id -> time. A time without a zone is read in `zone` (the deadline's)."""
+def from_csv(path: Path) -> dict[str, SubmittedAt]:
+    """A submissions CSV: student id -> time. A time without a zone stays naive: it is read in the
+    deadline's zone when lateness is computed, and its source says so."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError):
@@ -124,10 +123,10 @@ def from_csv(path: Path, zone: timezone | None) -> dict[str, SubmittedAt]:
         return {}
     found = {}
     for line, row in enumerate(reader, start=2):
-        at, zoned = parse_time(row.get(time_col), zone)
+        at = parse_time(row.get(time_col))
         if at is None:
             continue
-        note = f"{path.name}, line {line}" + (" (no zone given: read in the deadline's)" if zoned else "")
+        note = f"{path.name}, line {line}" + (" (no zone given: read in the deadline's)" if at.tzinfo is None else "")
         for col in id_cols:
             key = str(row.get(col) or "").strip()
             if key:
@@ -148,13 +147,13 @@ def _csv_key(ref_id: str, keys: dict[str, SubmittedAt]) -> SubmittedAt | None:
     return keys.get(m.group(1)) if m else None
 
 
-def submission_times(directory: Path, refs: Iterable[Any], zone: timezone | None = None) -> dict[str, SubmittedAt]:
+def submission_times(directory: Path, refs: Iterable[Any]) -> dict[str, SubmittedAt]:
     """Every ref's (`SubmissionRef`: id, paths) submission time, by the sources in the module's order."""
     yml = from_gradescope_yml(directory / GRADESCOPE_YML) if (directory / GRADESCOPE_YML).is_file() else {}
     table: dict[str, SubmittedAt] = {}
     for name in TIMES_CSV:
         if (directory / name).is_file():
-            table = from_csv(directory / name, zone)
+            table = from_csv(directory / name)
             break
     out = {}
     for ref in refs:
@@ -222,8 +221,9 @@ def lateness(deadline: Deadline, submitted: SubmittedAt) -> Lateness:
                                 f"a submissions CSV with times gives the exact penalty")
     if submitted.at is None:
         return Lateness(0.0, f"submission time {submitted.source}; no penalty applied")
-    when = f"handed in {submitted.at.isoformat(timespec='minutes')} ({submitted.source})"
-    late = submitted.at - due
+    at = submitted.at if submitted.at.tzinfo is not None else submitted.at.replace(tzinfo=due.tzinfo)
+    when = f"handed in {at.isoformat(timespec='minutes')} ({submitted.source})"
+    late = at - due
     if late <= timedelta(0):
         return Lateness(0.0, f"on time: {when}, due {due.isoformat(timespec='minutes')}")
     if late <= timedelta(minutes=deadline.grace):
