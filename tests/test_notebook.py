@@ -183,6 +183,22 @@ def test_printed_lines_of_other_trainers_are_read():
     assert _params("n_layer = 2") is None
 
 
+def test_a_printed_history_table_is_the_curve(tmp_path):
+    """`pd.DataFrame(history)` as the notebook shows it (text/plain, rows led by the index), and seed 000's
+    own table printed with tabs."""
+    frame = "   epoch  train_loss  val_loss\n0      1       10.30      9.78\n1      2        7.10      7.20\n"
+    tabs = "Epoch\tTraining Loss\tValidation Loss\tValidation Perplexity\n1\t10.30\t9.78\t17,674\n10\t6.10\t6.54\t693\n"
+    for text, last in ((frame, (2.0, 7.10, 7.20, None)), (tabs, (10.0, 6.10, 6.54, 693.0))):
+        nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+            _code("pd.DataFrame(history)\n", [{"output_type": "execute_result", "execution_count": 1, "metadata": {},
+                                               "data": {"text/plain": text.splitlines(keepends=True)}}], 1)]}
+        (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
+        found = notebook_claims(tmp_path / "nb.ipynb")
+        p = found.curve[-1]
+        assert (p["step"], p["train_loss"], p["val_loss"], p["val_ppl"]) == last and found.curve_source == "nb.ipynb, cell 1"
+        assert found.values["val_loss"] == last[2] and found.sources["val_loss"] == "nb.ipynb, cell 1"
+
+
 def test_only_imports_definitions_and_constants_make_the_model_module(tmp_path):
     write_notebook(tmp_path / "nb.ipynb", tmp_path / "TRAINED")
     built = model_module((tmp_path / "nb.ipynb").read_text())

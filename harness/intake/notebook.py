@@ -200,6 +200,39 @@ def _table_number(cell: str) -> float | None:
     return None if v is None else v * _SCALE.get((m.group(2) or "").lower(), 1.0)
 
 
+def _column(label: str) -> str | None:
+    """A printed table's column: "epoch", "step", a metric key, or None."""
+    low = label.strip().lower().replace("-", "_")
+    if low in ("epoch", "epochs"):
+        return "epoch"
+    if low in ("step", "steps", "iter", "iteration", "global_step"):
+        return "step"
+    if re.fullmatch(r"(loss|ppl|perplexity)", low):  # Keras and HF history: `loss` beside `val_loss`
+        return _metric_key(None, low)
+    key = _claim_of_label(label)
+    return key if key in METRICS else None
+
+
+def _printed_table(lines: list[str]) -> list[dict]:
+    """Points of a table the cell printed: a DataFrame (`   epoch  train_loss  val_loss`, rows led by their
+    index) or tab-separated columns (`Epoch<TAB>Training Loss<TAB>Validation Loss`)."""
+    points: list[dict] = []
+    header: list[str | None] | None = None
+    for line in lines:
+        cells = [c for c in re.split(r"\t|\s{2,}|\s*\|\s*", line.strip()) if c]
+        numbers = [_table_number(c) for c in cells]
+        if header is not None and cells and all(n is not None for n in numbers) \
+                and len(cells) in (len(header), len(header) + 1):
+            row = dict(zip(header, numbers[len(cells) - len(header):]))  # a DataFrame's index first
+            axis = "epoch" if "epoch" in row else "step"
+            points.append({"step": float(row.get(axis, len(points) + 1)), "axis": axis,
+                           **{k: row.get(k) for k in METRICS}})
+            continue
+        labels = [_column(c) for c in cells]
+        header = labels if any(l in METRICS for l in labels) and not any(n is not None for n in numbers) else None
+    return points
+
+
 def notebook_claims(path: Path, name: str | None = None) -> NotebookClaims:
     """What a notebook claims, each value with its cell; an unreadable notebook claims nothing."""
     name = name or path.name
@@ -229,6 +262,7 @@ def notebook_claims(path: Path, name: str | None = None) -> NotebookClaims:
             params = _params(line) if not metrics else None
             if params is not None:
                 printed["params"] = (params, where)
+        points = points or _printed_table(cell.output.splitlines())
         if len(points) >= 2 or points and not curve:
             curve, curve_source = points, where
     values: dict[str, float] = {}
