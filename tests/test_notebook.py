@@ -306,3 +306,20 @@ def test_the_notebook_model_is_graded_through_the_sandbox(tmp_path):
     assert "cells 2, 3, 5" in notes and "not run" in notes
     assert r["claims"]["sources"]["val_loss"] == "assignment2_notebook.ipynb, cell 8"
     assert not (tmp_path / "TRAINED").exists()
+
+
+@pytest.mark.slow  # a sandbox process
+def test_a_name_only_a_training_cell_assigns_is_named_in_the_error(tmp_path):
+    """The lecture's pattern: `vocab_size = len(chars)` in the data cell, the class reading the global."""
+    from harness.sandbox.run import SandboxedModel
+
+    cells = [_code("import torch\nimport torch.nn as nn\n"), _code(DATA),
+             _code("class Bigram(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                   "        self.table = nn.Embedding(vocab_size, vocab_size)\n\n"
+                   "    def forward(self, idx):\n        return self.table(idx)\n")]
+    (tmp_path / "nb.ipynb").write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}))
+    with pytest.raises(HarnessError) as e:
+        SandboxedModel(tmp_path, "nb.ipynb:Bigram", {"table.weight": torch.zeros(5, 5)})
+    assert e.value.code == "model-code-failed"
+    assert "NameError" in e.value.message and "vocab_size is assigned only in cell 2: `vocab_size = len(chars)`" \
+        in e.value.message and "[model.kwargs]" in e.value.message

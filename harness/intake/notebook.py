@@ -24,7 +24,7 @@ import builtins
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -419,6 +419,7 @@ class ModuleSource:
     text: str  # the module's source
     kept: tuple[int, ...]  # cells (numbers) of which something was kept
     left_out: tuple[str, ...]  # "cell 7: `train(model)` (it runs code ...)", one per statement left out
+    unset: dict[str, str] = field(default_factory=dict)  # a name only left-out statements assign -> the first
 
 
 def _without_magics(source: str) -> str:
@@ -435,6 +436,7 @@ def model_module(text: str, name: str = "notebook") -> ModuleSource:
     future: list[str] = []
     kept: list[int] = []
     left_out: list[str] = []
+    unset: dict[str, str] = {}
     for cell in read_cells(text, name):
         if cell.kind != "code" or not cell.source.strip():
             continue
@@ -455,6 +457,9 @@ def model_module(text: str, name: str = "notebook") -> ModuleSource:
             if why is not None:
                 shown = next((line for line in code.splitlines() if not line.startswith("@")), code)
                 left_out.append(f"cell {cell.number}: `{shown[:60]}` ({why})")
+                for n in ast.walk(s):  # what it would have defined: the hint for a NameError later
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                        unset.setdefault(n.id, left_out[-1])
                 continue
             if isinstance(s, ast.ImportFrom) and s.module == "__future__":
                 future.append(code + "\n")  # must open the module, and cannot fail
@@ -465,4 +470,5 @@ def model_module(text: str, name: str = "notebook") -> ModuleSource:
         if chunks:
             kept.append(cell.number)
             parts.append(f"# --- cell {cell.number}\n" + "".join(chunks))
-    return ModuleSource("".join(future) + "\n".join(parts), tuple(kept), tuple(left_out))
+    unset = {k: v for k, v in unset.items() if k not in checker.defined}
+    return ModuleSource("".join(future) + "\n".join(parts), tuple(kept), tuple(left_out), unset)

@@ -85,7 +85,7 @@ def main() -> None:
         except Exception as e:
             traceback.print_exc()
             where = f"{stage} the model: " if header.get("op") == "load" else ""
-            _write_frame(out_fd, {"ok": False, "error": f"{where}{type(e).__name__}: {e}"[:500]})
+            _write_frame(out_fd, {"ok": False, "error": f"{where}{type(e).__name__}: {e}{sc.not_run_hint(e)}"[:500]})
 
 
 if __name__ == "__main__":

@@ -158,6 +158,18 @@ def import_class(root: Path, code: str, scratch: Path) -> tuple[type, Any, list[
     return cls, module, notes
 
 
+_NOT_RUN: dict[str, str] = {}  # names that only a notebook's left-out statements assign -> which statement
+
+
+def not_run_hint(e: BaseException) -> str:
+    """For a NameError of a notebook's model: the cell that assigns the name and why it was not run."""
+    name = getattr(e, "name", None) if isinstance(e, NameError) else None
+    if name not in _NOT_RUN:
+        return ""
+    return (f" ({name} is assigned only in {_NOT_RUN[name]}, which grading does not run: make it a constant, "
+            "or give it in [model.kwargs] of submission.toml)")
+
+
 def _import_notebook(path: Path, target: str, cls_name: str, scratch: Path) -> tuple[type, Any, list[str]]:
     """The class from a notebook's imports, definitions and constants only (`harness.intake.notebook`), written
     as a module into the scratch folder and imported from there: its training cells never run."""
@@ -179,6 +191,7 @@ def _import_notebook(path: Path, target: str, cls_name: str, scratch: Path) -> t
     except BaseException:
         sys.modules.pop(name, None)
         raise
+    _NOT_RUN.update(built.unset)
     cells = ", ".join(map(str, built.kept)) or "none"
     notes = [f"built from {target}'s imports, definitions and constants (cells {cells}); its other "
              f"statements were not run ({len(built.left_out)})"]
