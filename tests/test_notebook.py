@@ -26,7 +26,7 @@ from harness.course.tokenizers import get_tokenizer
 from harness.errors import HarnessError
 from harness.intake.notebook import model_module, notebook_claims, read_cells
 from harness.intake.submission import read_submission
-from harness.metrics.evaluate import evaluate_clm
+from harness.metrics.clm import evaluate_clm
 
 TEXT = ("A notebook trains a small model; its printed losses are its claims, and its class is its model. "
         "Graders rebuild the class from the notebook's definitions only, never from its training loop. ") * 4
@@ -298,13 +298,13 @@ def test_the_notebook_model_is_graded_through_the_sandbox(tmp_path):
 
     own = evaluate_clm(Own(), split, tok, context=CONTEXT).loss
     r = measure(Job(id="aman", paths=[str(sub)], course_path=str(tmp_path / "course.toml")))
-    assert r["status"] == "graded", r["error"]
-    assert r["checkpoint"]["layout"] == "custom-code"
-    assert r["metrics"]["loss"] == pytest.approx(own, rel=1e-6)
-    assert r["causal"]["ok"]
-    notes = " ".join(r["warnings"])
+    assert r.status == "graded", r.error
+    assert r.checkpoint.layout == "custom-code"
+    assert r.metrics.loss == pytest.approx(own, rel=1e-6)
+    assert r.causal.ok
+    notes = " ".join(r.warnings)
     assert "cells 2, 3, 5" in notes and "not run" in notes
-    assert r["claims"]["sources"]["val_loss"] == "assignment2_notebook.ipynb, cell 8"
+    assert r.claims.sources["val_loss"] == "assignment2_notebook.ipynb, cell 8"
     assert not (tmp_path / "TRAINED").exists()
 
 

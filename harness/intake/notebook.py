@@ -26,11 +26,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
+from harness.intake.logs import COLUMNS, METRICS, CurvePoint, normalise_header
 
 MAX_NOTEBOOK_BYTES = 64 << 20  # outputs hold base64 images; beyond this a notebook is not read for claims
-METRICS = ("train_loss", "val_loss", "train_ppl", "val_ppl")
 
 
 @dataclass(frozen=True)
@@ -201,14 +202,12 @@ def _table_number(cell: str) -> float | None:
 
 
 def _column(label: str) -> str | None:
-    """A printed table's column: "epoch", "step", a metric key, or None."""
-    low = label.strip().lower().replace("-", "_")
-    if low in ("epoch", "epochs"):
-        return "epoch"
-    if low in ("step", "steps", "iter", "iteration", "global_step"):
-        return "step"
-    if re.fullmatch(r"(loss|ppl|perplexity)", low):  # Keras and HF history: `loss` beside `val_loss`
-        return _metric_key(None, low)
+    """A printed table's column: "epoch", "step", a metric key, or None; by the logs' own column names
+    first (a DataFrame of a history prints the log's headers)."""
+    h = normalise_header(label)
+    known = next((k for k in ("epoch", "step", *METRICS) if h in COLUMNS[k]), None)
+    if known is not None:
+        return known
     key = _claim_of_label(label)
     return key if key in METRICS else None
 
@@ -284,6 +283,20 @@ def notebook_claims(path: Path, name: str | None = None) -> NotebookClaims:
     if "params" in values:
         values["params"] = float(round(values["params"]))
     return NotebookClaims(values, sources, tuple(curve), curve_source)
+
+
+def add_notebook_claims(folder: Path, files: tuple[Path, ...], values: dict[str, Any], sources: dict[str, str],
+                        curve: list[CurvePoint], curve_source: str | None) -> tuple[list[CurvePoint], str | None]:
+    """Intake's hook: what the submission's notebooks claim fills the keys nothing above them gave
+    (`values`, `sources`: updated), and their curve stands where no log gave one."""
+    for nb in (f for f in files if f.suffix.lower() == ".ipynb"):
+        found = notebook_claims(folder / nb, nb.as_posix())
+        for k, v in found.values.items():
+            if k not in values:
+                values[k], sources[k] = (int(v) if k == "params" else v), found.sources[k]
+        if found.curve and not curve:
+            curve, curve_source = [CurvePoint(**p) for p in found.curve], found.curve_source
+    return curve, curve_source
 
 
 # --- the model module ----------------------------------------------------------------------------------
