@@ -239,6 +239,12 @@ def test_the_penalty_shows_in_results_grades_csv_and_the_pdf(tmp_path):
     assert csv_lines[0].endswith(",findings,late_penalty,submitted_at")
     assert next(l for l in csv_lines if l.startswith("khan_aman_4411,")).endswith(",-4,2025-10-26T02:59:00-07:00")
 
+    # a changed deadline re-scores the class from the cache: nothing is measured again
+    (tmp_path / "course.toml").write_text(course_text + f'\n[deadline]\ndue = "{DUE}"\npenalty_per_day = 3\n')
+    rescored = grade(root, out, tmp_path / "course.toml", GradeOptions(timeout_s=120, reports=False))
+    assert rescored.measured == [] and sorted(rescored.cached) == ["khan_aman_4411", "park_su_4413"]
+    assert rescored.results.submission("khan_aman_4411").score.total == 4  # 10 − 2 days × 3
+
     render_student_report(results, "khan_aman_4411", out / "khan_aman_4411.pdf")  # as grade's reports do
     pdf = " ".join(" ".join((p.extract_text() or "").split()) for p in PdfReader(str(out / "khan_aman_4411.pdf")).pages)
     assert "Late penalty" in pdf and "late by 1 d 3 h" in pdf

@@ -71,8 +71,10 @@ class GradeOutcome:
 
 
 def _cache_key(ref: SubmissionRef, course: Course, unsandboxed: bool = False) -> str:
+    # a deadline changes scores, never a measurement (without one this is the course's own fingerprint)
+    measuring = fingerprint({k: v for k, v in course.to_dict().items() if k != "deadline"})
     key = {"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.key_paths or ref.paths)),
-           "course": course.fingerprint, "harness": __version__}
+           "course": measuring, "harness": __version__}
     if unsandboxed:  # what was measured without the sandbox is never mistaken for what was measured in it
         key["unsandboxed"] = True
     return fingerprint(key)[:24]
