@@ -3,7 +3,8 @@
 In order of precedence: the `[claims]` table of `submission.toml`; what the training code stored with
 the weights (nanoGPT's `best_val_loss`, build-nanogpt's `val_loss`, nanochat's `val_bpb` in the
 `meta_XXXXXX.json` beside `model_XXXXXX.pt`); the training log (its last row, and its curve: see
-`harness.intake.logs`); a notebook's printed outputs and results tables (`harness.intake.notebook`); else, marked best-effort, the tables and sentences of the student's report.
+`harness.intake.logs`); a notebook's printed outputs and results tables (`harness.intake.notebook`); else,
+marked best-effort, the tables and sentences of the student's report.
 """
 
 from __future__ import annotations
