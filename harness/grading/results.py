@@ -328,6 +328,15 @@ class SimilarPair(Record):
 
 
 @dataclass
+class Submitted(Record):
+    """When a submission was handed in, and how that is known (`harness.intake.deadlines.SubmittedAt`)."""
+
+    at: str | None = None  # ISO time; without a zone where the source gave none; None: unknown
+    source: str = ""
+    late_mark: bool = False  # the platform said late without saying when (Canvas's LATE)
+
+
+@dataclass
 class SubmissionResult(Record):
     """One submission as results.json holds it: what was measured, what was found, the score."""
 
@@ -348,6 +357,7 @@ class SubmissionResult(Record):
     warnings: list[str] = field(default_factory=list)
     device: str = "cpu"
     report_file: str | None = None  # the student's report, relative to the submission
+    submitted: Submitted | None = omitted_when_none()  # only where the course has a [deadline]
 
 
 @dataclass
@@ -383,6 +393,7 @@ class CourseInfo(Record):
     fingerprint: str | None = None
     requirements: dict[str, dict[str, list[int]]] | None = None  # family -> key -> [min, max]
     tolerances: dict[str, float] | None = None
+    deadline: dict[str, str | float | None] | None = omitted_when_none()  # [deadline], where the course has one
 
 
 @dataclass
