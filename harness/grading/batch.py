@@ -31,7 +31,7 @@ from harness.course.config import Course, load_course
 from harness.errors import HarnessError
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
 from harness.grading.findings import Evaluation, find, finding
-from harness.grading.measure import Job, submission_fingerprint
+from harness.grading.measure import TIMEOUT_S, Job, submission_fingerprint
 from harness.grading.rubric import read_overrides, score
 from harness.intake.submission import CLAIM_KEYS, Claims, CurvePoint, SubmissionRef, discover
 
@@ -43,7 +43,7 @@ CACHE_FORMAT = "harness-measure/3"
 @dataclass
 class GradeOptions:
     workers: int = 1
-    timeout_s: float = 900.0
+    timeout_s: float = TIMEOUT_S
     memory_mb: int = 8192
     overrides: Path | None = None
     reports: bool = True
