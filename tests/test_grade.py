@@ -154,3 +154,18 @@ def test_every_unigram_baseline_counts_the_train_split(graded):
     metrics = {s["id"]: s["metrics"] for s in graded["results"]["submissions"] if s.get("metrics")}
     assert "s004_bert" in metrics and metrics["s004_bert"]["protocol"] == "mlm-v1"
     assert {m["unigram_source"] for m in metrics.values()} == {"train"}
+
+
+def test_calibration_stops_once_a_candidate_clearly_wins(graded):
+    """The seeds' layouts needing calibration decide as they did on all 1,024 calibration targets (the values
+    below), on fewer: the candidates' losses part by far more than 3 standard errors early; the measurement
+    says what it took."""
+    before = {"s000_encoder": {"causal": False, "norm": "post", "activation": "relu"},
+              "s002_memorise": {"causal": True, "qkv_order": "qkv-per-head"},
+              "s003_pad_eot": {"causal": True, "qkv_order": "qkv"}}
+    for sid, chosen in before.items():
+        m = json.loads(next((graded["out"] / ".cache").glob(f"{sid}.*.json")).read_text())
+        calibration, cost = m["model"]["calibration"], m["calibration_cost"]
+        assert {k: calibration[k]["chosen"] for k in chosen} == chosen and all(c["decided"] for c in calibration.values())
+        assert cost["stopped_early"] == cost["rounds"] >= 1 and cost["targets"] < 1024 * cost["rounds"], sid
+        assert all(c["tokens"] < 1024 for c in calibration.values()) and cost["candidates"] >= 2 and cost["seconds"] > 0

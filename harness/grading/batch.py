@@ -37,7 +37,8 @@ from harness.intake.submission import CLAIM_KEYS, Claims, CurvePoint, Submission
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
-CACHE_FORMAT = "harness-measure/3"
+# /4: calibration scores its candidates in step and stops once one clearly wins; its cost is recorded
+CACHE_FORMAT = "harness-measure/4"
 
 
 @dataclass

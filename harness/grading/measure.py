@@ -108,25 +108,24 @@ def _signature(state: dict[str, Any]) -> tuple[str, np.ndarray]:
 
 def _calibrator(course: Course, family: str, tokenizer, train_split):
     """Scores candidate models by the course's protocol on the start of the *train* split (never on the
-    graded split): each candidate's per-target NLLs, from which `harness.models.build` decides, or says that it
-    cannot; None where the course turns calibration off."""
+    graded split), all of them on the same batches, round by round: `harness.models.build` stops them
+    as soon as one clearly wins, or decides on every target; None where the course turns calibration off."""
+    from harness.metrics.candidates import score_candidates
     from harness.metrics.protocol import TruncatedVocabulary
-    from harness.metrics.score import EvalData, score
+    from harness.metrics.score import EvalData
 
     settings = course.eval_settings(family)
     if settings.calibration_tokens <= 0:
         return None
-    # the start of the train split, every window apart (stride L), no pseudo-perplexity, no baseline's counts
+    # the start of the train split, every window apart (stride L), no pseudo-perplexity
     settings = replace(settings, max_tokens=settings.calibration_tokens, stride=0, pseudo_ppl_tokens=0)
     data = EvalData(train_split, tokenizer)
 
-    def calibrate(candidates) -> list[np.ndarray]:
-        scored = []
-        for model, config in zip(candidates, candidates.configs):
-            if config.vocab_size < tokenizer.vocab_size:  # seed 002's 49,805: scorable all the same
-                model = TruncatedVocabulary(model, config.vocab_size, tokenizer.vocab_size)
-            scored.append(score(model, family, data, settings).nll)
-        return scored
+    def calibrate(candidates):
+        models = [TruncatedVocabulary(model, config.vocab_size, tokenizer.vocab_size)
+                  if config.vocab_size < tokenizer.vocab_size else model  # seed 002's 49,805: scorable all the same
+                  for model, config in zip(candidates, candidates.configs)]
+        return score_candidates(models, family, data, settings)
 
     return calibrate
 
@@ -305,6 +304,8 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         if getattr(cfg, "n_kv_heads", None) not in (None, cfg.n_heads):  # grouped-query attention
             result["model"]["n_kv_heads"] = cfg.n_kv_heads
         result["warnings"] += d["warnings"]
+        if loaded.calibration_cost is not None:
+            result["calibration_cost"] = loaded.calibration_cost  # in the measurement; not in results.json (seconds)
         result["pad_id"] = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
     result["tokenizer"] = {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
                            "sha256": tokenizer.sha256, "named_by_student": named,
