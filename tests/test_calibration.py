@@ -108,7 +108,7 @@ def test_lecture_gpt_graded_inspected_and_reported_alike(tmp_path):
     course_path.write_text(capped_course_text(512, calibration_tokens=1024))
 
     outcome = check(sub, tmp_path / "out", course_path, GradeOptions(reports=False, timeout_s=300))
-    s = outcome.results["submissions"][0]
+    s = outcome.results.to_json()["submissions"][0]
     assert s["status"] == "graded", s["error"]
     model = s["model"]
     c = model["calibration"]["attn_scale"]
