@@ -189,8 +189,8 @@ class ModelInfo(Record):
 
 @dataclass
 class Metrics(Record):
-    """The recomputed numbers (`ClmResult` / `MlmResult` of harness.metrics.clm, harness.metrics.mlm, without per-target
-    NLLs), and the baselines' perplexities."""
+    """The recomputed numbers (`harness.metrics.clm.ClmResult` / `harness.metrics.mlm.MlmResult`, without
+    per-target NLLs), and the baselines' perplexities."""
 
     SHAPES: ClassVar[dict[str, frozenset[str]]] = {
         "clm": frozenset({"stride", "requested_stride", "documents", "windows", "bytes", "words", "bits_per_byte",
