@@ -32,7 +32,7 @@ from harness.errors import HarnessError
 from harness.families import FAMILIES
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
 from harness.grading.findings import Evaluation, find, finding
-from harness.grading.measure import Job, submission_fingerprint
+from harness.grading.measure import TIMEOUT_S, Job, submission_fingerprint
 from harness.grading.results import (ClassData, ClassResults, ClmProtocol, CourseInfo, Measurement, MlmProtocol,
                                      Protocols, ReferenceResult, References, SandboxRecord, SimilarPair, SimilarTo,
                                      SubmissionResult, Submitted)
@@ -44,13 +44,14 @@ from harness.intake.submission import SubmissionRef, discover
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
-CACHE_FORMAT = "harness-measure/3"
+# /4: calibration scores its candidates in step and stops once one clearly wins; its cost is recorded
+CACHE_FORMAT = "harness-measure/4"
 
 
 @dataclass
 class GradeOptions:
     workers: int = 1
-    timeout_s: float = 900.0
+    timeout_s: float = TIMEOUT_S
     memory_mb: int = 8192
     overrides: Path | None = None
     reports: bool = True

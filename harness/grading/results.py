@@ -189,8 +189,8 @@ class ModelInfo(Record):
 
 @dataclass
 class Metrics(Record):
-    """The recomputed numbers (`ClmResult` / `MlmResult` of harness.metrics.evaluate, without per-target
-    NLLs), and the baselines' perplexities."""
+    """The recomputed numbers (`harness.metrics.clm.ClmResult` / `harness.metrics.mlm.MlmResult`, without
+    per-target NLLs), and the baselines' perplexities."""
 
     SHAPES: ClassVar[dict[str, frozenset[str]]] = {
         "clm": frozenset({"stride", "requested_stride", "documents", "windows", "bytes", "words", "bits_per_byte",
@@ -304,6 +304,9 @@ class Measurement(Record):
     vocab_mismatch: str | None = omitted_when_none()
     signature_key: str | None = omitted_when_none()  # submissions sharing it have comparable weights
     cache_key: str | None = omitted_when_none()
+    # what calibration took (rounds, candidates, targets, stopped_early, seconds): kept with the cached
+    # measurement, never in results.json (its seconds differ from run to run)
+    calibration_cost: dict[str, Any] | None = omitted_when_none()
 
     @classmethod
     def failed(cls, sid: str, code: str, message: str, *, version: str | None = None) -> Measurement:
