@@ -320,3 +320,11 @@ def test_the_pdf_shows_a_masked_lms_fill_ins(tmp_path):
     text = "".join(page.extract_text() or "" for page in PdfReader(str(pdf)).pages)
     assert "What the model writes" in text and "The capital of France is [MASK]." in text
     assert "paris 43.2%" in text and "<b>[red]x[/red]</b>\\x1b[31m 1.0%" in text
+
+
+def test_a_course_without_samples_asks_for_none_and_keeps_its_fingerprint():
+    text = default_course_text()
+    start, end = text.index("[samples]"), text.index("# Rubric")
+    without = parse_course(text[:start] + text[end:])
+    assert without.samples.prompts == () and without.samples.masked == ()
+    assert "samples" not in without.to_dict() and "samples" in parse_course(text).to_dict()
