@@ -224,7 +224,7 @@ def continue_prompts(model: Any, tokenizer: Any, settings: Any, *, context: int)
                                 greedy_tokens=len(new["greedy"]), sampled_tokens=len(new["sampled"]),
                                 greedy_ended=ended["greedy"], sampled_ended=ended["sampled"],
                                 prompt_tokens=len(ids)))
-    return Samples("continuations", _settings(settings, L, tokenizer, causal=True), continuations=tuple(out))
+    return Samples("continuations", _settings(settings, L, causal=True), continuations=tuple(out))
 
 
 @torch.inference_mode()
@@ -268,11 +268,12 @@ def fill_masks(model: Any, tokenizer: Any, settings: Any, *, context: int) -> Sa
             top = top_fill_ins(rounded_logits(logits[0, pos], V), allowed, int(settings.top))
             masks.append(tuple(FillIn(tokenizer.decode([i]), i, p) for i, p in top))
         out.append(MaskedSentence(sentence, masks=tuple(masks)))
-    return Samples("fill-ins", _settings(settings, L, tokenizer, causal=False), fill_ins=tuple(out))
+    return Samples("fill-ins", _settings(settings, L, causal=False), fill_ins=tuple(out))
 
 
-def _settings(settings: Any, L: int, tokenizer: Any, *, causal: bool) -> dict[str, Any]:
-    common = {"context": L, "tokenizer": str(tokenizer.name), "logit_grid": LOGIT_GRID}
+def _settings(settings: Any, L: int, *, causal: bool) -> dict[str, Any]:
+    # the tokenizer is the submission's (results.json's `tokenizer`); its name may be a path of this run's
+    common = {"context": L, "logit_grid": LOGIT_GRID}
     if causal:
         return {"max_new_tokens": int(settings.max_new_tokens), "temperature": float(settings.temperature),
                 "top_k": int(settings.top_k), "seed": int(settings.seed), **common}
