@@ -36,7 +36,8 @@ def sub(sid: str, ppl: float | None, *, family: str = "gpt", bpb: float | None =
 
 def klass(*subs: dict[str, Any], rank_metric: str = "ppl") -> dict[str, Any]:
     return {"course": {"name": "Transformer LMs", "id": "cs-lm"}, "generated": "2026-12-06", "rank_metric": rank_metric,
-            "data": {"split": "validation"}, "reference": {"gpt": {"ppl": 400.0}, "mlm": {"ppl": 30.0}},
+            "data": {"split": "validation", "private_split": "test"},
+            "reference": {"gpt": {"ppl": 400.0, "private": {"split": "test", "ppl": 410.0}}, "mlm": {"ppl": 30.0}},
             "submissions": list(subs)}
 
 
@@ -110,7 +111,10 @@ def test_the_page_hides_private_numbers_until_the_course_shows_them():
     hidden = render_leaderboard(CLASS)
     assert "530.2" not in hidden and "501.0" not in hidden and "not published yet" in hidden
     shown = render_leaderboard(CLASS, LeaderboardSettings(show_private=True))
-    assert "530.2" in shown and "501.0" in shown and "not published" not in shown
+    assert "530.2" in shown and "501.0" in shown and "not published" not in shown and "Perplexity, test" in shown
+    assert "400.0" in shown and "410.0" not in shown  # the reference on the ranking split
+    by_private = render_leaderboard(CLASS, LeaderboardSettings(show_private=True, split="private"))
+    assert "410.0" in by_private and "recomputed on the test split" in by_private
     ctx = leaderboard_context(CLASS, LeaderboardSettings())
     assert [r["rank"] for r in ctx["tables"][0]["rows"]] == [1, 1, 3]
 

@@ -72,7 +72,8 @@ def _family(sub: Mapping[str, Any]) -> str:
 
 
 def _private_metrics(sub: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The private split's metrics of a submission (`private.metrics`), where `harness grade` scored one."""
+    """The private split's metrics of a submission (`private.metrics`, beside `private.split`), where
+    `harness grade` scored one (`results.data.private_split` names it)."""
     return (sub.get("private") or {}).get("metrics") or {}
 
 
@@ -185,7 +186,7 @@ def leaderboard_context(results: Mapping[str, Any], settings: LeaderboardSetting
     course = results.get("course") or {}
     data = results.get("data") or {}
     public_split = data.get("split") or "public"
-    private_split = data.get("private") or "private"
+    private_split = data.get("private_split") or "private"
     rows = standings(results, settings)
     names = pseudonyms(sorted({r.id for r in rows}), secret=settings.secret, course_id=str(course.get("id") or ""))
     tables = []
@@ -195,6 +196,8 @@ def leaderboard_context(results: Mapping[str, Any], settings: LeaderboardSetting
             continue
         metric = mine[0].metric
         ref = (results.get("reference") or {}).get(family) or {}
+        if settings.split == "private":
+            ref = ref.get("private") or {}
         ranked = sorted((r for r in mine if r.rank is not None), key=lambda r: (r.rank, names[r.id]))
         tables.append({
             "title": title, "metric": LABELS[metric],
@@ -210,7 +213,7 @@ def leaderboard_context(results: Mapping[str, Any], settings: LeaderboardSetting
         "public_split": public_split,
         "private_split": private_split,
         "show_private": settings.show_private,
-        "has_private": bool(data.get("private")) or any(r.private is not None for r in rows),
+        "has_private": bool(data.get("private_split")) or any(r.private is not None for r in rows),
         "ranked_by": private_split if settings.split == "private" else public_split,
         "tables": tables,
         "pseudonyms": "keyed by a course secret" if settings.secret else "derived from the submission ids",
