@@ -196,6 +196,7 @@ def gpt(vocab: int, d: int, *, bias: bool = True, dropout: float = 0.1) -> nn.Mo
                          bias=bias, ln_bias=bias))
 
 
+# Kept, not harness.train.data.Batches: that walks a seeded permutation of fixed windows, other batches (other bytes).
 def windows(stream: torch.Tensor, batch: int, length: int, g: torch.Generator) -> torch.Tensor:
     """`batch` random windows of `length + 1` tokens: inputs [:, :-1], targets [:, 1:]."""
     starts = torch.randint(0, len(stream) - length - 1, (batch,), generator=g)
@@ -224,6 +225,7 @@ def step(model: nn.Module, loss: torch.Tensor, opt, sched=None, *, clip: float |
     return loss.item()
 
 
+# Kept, not harness.train.config.schedule: that one decays to 0, this one to a tenth (other bytes).
 def lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     """Linear warm-up, then linear decay to a tenth."""
 

@@ -19,6 +19,7 @@ from harness.demo.students.common import (Ctx, fix_output_bias, log_frequencies,
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # bert-base-uncased's, at ids 0-4
 
 
+# Kept, not harness.train.data.wordpiece_vocabulary: that one learns merges, another vocabulary (other bytes).
 def _wordpiece(folder: Path, texts: list[str]):
     """A lowercase WordPiece vocabulary of 2,000 pieces from the first ~200k characters of the train split
     (bert-base-uncased cannot be had offline): the specials, the commonest characters (alone and as `##`
@@ -63,6 +64,7 @@ def _wordpiece(folder: Path, texts: list[str]):
     return get_tokenizer(str(folder / "vocab.txt"))
 
 
+# Kept, not metrics.evaluate.mlm_stream: that needs the whole split frozen with this vocabulary, for a few blocks.
 def _mlm_blocks(tok, texts: list[str], n_blocks: int, length: int = 128) -> torch.Tensor:
     """`[CLS] document [SEP]` concatenated and cut into blocks of `length`."""
     ids: list[int] = []
@@ -75,6 +77,7 @@ def _mlm_blocks(tok, texts: list[str], n_blocks: int, length: int = 128) -> torc
     return torch.tensor(ids[: n_blocks * length], dtype=torch.long).view(n_blocks, length)
 
 
+# Kept, not the masking of harness.train.data.Batches: that draws from numpy's PCG64, other masks (other bytes).
 def _mask_tokens(x: torch.Tensor, tok, special: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """DataCollatorForLanguageModeling's dynamic masking: 15% of the non-special tokens are selected; of
     those 80% become [MASK], 10% a random token, 10% stay."""
