@@ -15,7 +15,8 @@
   (`{"name", "value", "order": "asc"}`, gradescope-autograders.readthedocs.io/en/latest/leaderboards/);
   Gradescope shows them under the pseudonyms students choose there.
 
-Everything here reads `results.json`'s values (the JSON form) and the course's `LeaderboardSettings`.
+Everything here reads a few attributes of a `ClassResults` (or a results.json's dict) and the course's
+`LeaderboardSettings`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Mapping
 
 from harness.course.config import LeaderboardSettings
 from harness.files import write_atomic
+from harness.grading.results import ClassResults, SubmissionResult, as_class_results
 
 LABELS = {"ppl": "Perplexity", "bits_per_byte": "Bits per byte"}
 FAMILIES = (("gpt", "Causal language models"), ("mlm", "Masked language models"))
@@ -67,49 +69,62 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _family(sub: Mapping[str, Any]) -> str:
-    return (sub.get("model") or {}).get("family") or "gpt"
+def _field(obj: Any, name: str) -> Any:
+    """`obj.name`, a mapping's `name`, or a key of a newer results.json that a record kept as it came."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    if hasattr(obj, name):
+        return getattr(obj, name)
+    return (getattr(obj, "_unknown", None) or {}).get(name)
 
 
-def _private_metrics(sub: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The private split's metrics of a submission (`private.metrics`, beside `private.split`), where
-    `harness grade` scored one (`results.data.private_split` names it)."""
-    return (sub.get("private") or {}).get("metrics") or {}
+def _private(obj: Any, metric: str) -> Any:
+    """The private split's `metric` of a submission or a reference (`private.metrics.<metric>`, or a
+    reference's `private.<metric>`), where `harness grade` scored one (`data.private_split` names it)."""
+    private = _field(obj, "private")
+    return _field(_field(private, "metrics") if _field(private, "metrics") is not None else private, metric)
 
 
-def family_metric(results: Mapping[str, Any], family: str) -> str:
+def _family(sub: SubmissionResult) -> str:
+    return (sub.model.family if sub.model is not None else None) or "gpt"
+
+
+def family_metric(results: ClassResults, family: str) -> str:
     """What ranks a family: the course's chosen metric for causal LMs; an MLM's own (pseudo-)perplexity,
     since bits per byte are defined for causal LMs only."""
-    return (results.get("rank_metric") or "ppl") if family == "gpt" else "ppl"
+    return (results.rank_metric or "ppl") if family == "gpt" else "ppl"
 
 
-def _why_unranked(sub: Mapping[str, Any], value: Any, split: str) -> str | None:
-    metrics = sub.get("metrics") or {}
-    if sub.get("status") != "graded" or not metrics:
+def _why_unranked(sub: SubmissionResult, value: Any, split: str) -> str | None:
+    if sub.status != "graded" or sub.metrics is None:
         return "could not be evaluated"
-    if any(f.get("code") == "causal-leak" for f in sub.get("findings") or ()):
+    if any(f.code == "causal-leak" for f in sub.findings):
         return "looks ahead: its number is invalid"
-    if metrics.get("partial"):
+    if sub.metrics.partial:
         return "evaluated only in part"
     if not _finite(value):
         return f"no number on the {split} split"
     return None
 
 
-def standings(results: Mapping[str, Any], settings: LeaderboardSettings = LeaderboardSettings()) -> list[Standing]:
+def standings(results: ClassResults | Mapping[str, Any],
+              settings: LeaderboardSettings = LeaderboardSettings()) -> list[Standing]:
     """Every submission's standing: causal LMs, then masked LMs, each best first, the unranked last (by id)."""
+    results = as_class_results(results)
     out: list[Standing] = []
     for family, _ in FAMILIES:
         metric = family_metric(results, family)
         rows = []
-        for sub in results.get("submissions") or ():
+        for sub in results.submissions:
             if _family(sub) != family:
                 continue
-            public = (sub.get("metrics") or {}).get(metric)
-            private = _private_metrics(sub).get(metric)
+            public = _field(sub.metrics, metric)
+            private = _private(sub, metric)
             value = private if settings.split == "private" else public
             why = _why_unranked(sub, value, settings.split)
-            rows.append((why is not None, value if why is None else math.inf, str(sub.get("id")),
+            rows.append((why is not None, value if why is None else math.inf, sub.id,
                          public if _finite(public) else None, private if _finite(private) else None, why))
         rows.sort(key=lambda r: r[:3])
         prev, rank = None, 0
@@ -158,7 +173,7 @@ def pseudonym_source(settings: LeaderboardSettings) -> str:
 # --- Gradescope ------------------------------------------------------------------------------------
 
 
-def gradescope_entries(results: Mapping[str, Any], submission_id: str,
+def gradescope_entries(results: ClassResults | Mapping[str, Any], submission_id: str,
                        settings: LeaderboardSettings = LeaderboardSettings()) -> list[dict[str, Any]]:
     """Gradescope's `leaderboard` entries for one submission: its public-split number (and the private
     one where the course publishes them), lower first; none for a submission that is not ranked."""
@@ -181,50 +196,49 @@ def _fmt(metric: str, x: float | None) -> str:
     return f"{x:.3f}" if metric == "bits_per_byte" else f"{x:,.1f}"
 
 
-def leaderboard_context(results: Mapping[str, Any], settings: LeaderboardSettings) -> dict[str, Any]:
+def leaderboard_context(results: ClassResults | Mapping[str, Any], settings: LeaderboardSettings) -> dict[str, Any]:
     """What the page shows, and nothing else: pseudonyms and numbers, never a name, an id or a message."""
-    course = results.get("course") or {}
-    data = results.get("data") or {}
-    public_split = data.get("split") or "public"
-    private_split = data.get("private_split") or "private"
+    results = as_class_results(results)
+    public_split = results.data.split or "public"
+    private_split = _field(results.data, "private_split") or "private"
     rows = standings(results, settings)
-    names = pseudonyms(sorted({r.id for r in rows}), secret=settings.secret, course_id=str(course.get("id") or ""))
+    names = pseudonyms(sorted({r.id for r in rows}), secret=settings.secret, course_id=results.course.id or "")
     tables = []
     for family, title in FAMILIES:
         mine = [r for r in rows if r.family == family]
         if not mine:
             continue
         metric = mine[0].metric
-        ref = (results.get("reference") or {}).get(family) or {}
-        if settings.split == "private":
-            ref = ref.get("private") or {}
+        ref = results.reference.of(family)
+        ref_value = _private(ref, metric) if settings.split == "private" else _field(ref, metric)
         ranked = sorted((r for r in mine if r.rank is not None), key=lambda r: (r.rank, names[r.id]))
         tables.append({
             "title": title, "metric": LABELS[metric],
-            "reference": _fmt(metric, ref.get(metric)) if _finite(ref.get(metric)) else None,
+            "reference": _fmt(metric, ref_value) if _finite(ref_value) else None,
             "rows": [{"rank": r.rank, "name": names[r.id], "public": _fmt(metric, r.public),
                       "private": _fmt(metric, r.private)} for r in ranked],
             "unranked": sorted(({"name": names[r.id], "why": r.unranked} for r in mine if r.rank is None),
                                key=lambda u: u["name"]),
         })
     return {
-        "course": course.get("name") or "",
-        "generated": results.get("generated") or "",
+        "course": results.course.name or "",
+        "generated": results.generated or "",
         "public_split": public_split,
         "private_split": private_split,
         "show_private": settings.show_private,
-        "has_private": bool(data.get("private_split")) or any(r.private is not None for r in rows),
+        "has_private": bool(_field(results.data, "private_split")) or any(r.private is not None for r in rows),
         "ranked_by": private_split if settings.split == "private" else public_split,
         "tables": tables,
         "pseudonyms": "keyed by a course secret" if settings.secret else "derived from the submission ids",
     }
 
 
-def render_leaderboard(results: Mapping[str, Any], settings: LeaderboardSettings = LeaderboardSettings()) -> str:
-    from harness.reporting.report import render_html
+def render_leaderboard(results: ClassResults | Mapping[str, Any],
+                       settings: LeaderboardSettings = LeaderboardSettings()) -> str:
+    from harness.reporting.pdf import render_html
 
     return render_html("leaderboard.html", leaderboard_context(results, settings))
 
 
-def write_leaderboard(results: Mapping[str, Any], settings: LeaderboardSettings, path: Path) -> Path:
+def write_leaderboard(results: ClassResults | Mapping[str, Any], settings: LeaderboardSettings, path: Path) -> Path:
     return write_atomic(Path(path), render_leaderboard(results, settings))

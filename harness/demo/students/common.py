@@ -93,7 +93,7 @@ class Data:
         from harness.course.config import load_course
         from harness.course.data import freeze
         from harness.course.tokenizers import get_tokenizer
-        from harness.metrics.evaluate import clm_stream
+        from harness.metrics.windows import clm_stream
 
         self.tokenizer = get_tokenizer("gpt2")
         frozen = freeze("wiki-vital", self.tokenizer)
@@ -249,7 +249,7 @@ def clean_loop(model: nn.Module, ctx: Ctx, g: torch.Generator, opt, sched, steps
 def honest_val(model: nn.Module, data: Data, tokens: int) -> float:
     """The validation loss the grader will recompute (clm-v1, the course's context), on the first `tokens`
     targets of the split: a student who evaluated properly."""
-    from harness.metrics.evaluate import evaluate_clm
+    from harness.metrics.clm import evaluate_clm
 
     model.eval()
     r = evaluate_clm(model, data.val_split, data.tokenizer, context=data.context, max_tokens=tokens)

@@ -64,7 +64,7 @@ def _wordpiece(folder: Path, texts: list[str]):
     return get_tokenizer(str(folder / "vocab.txt"))
 
 
-# Kept, not metrics.evaluate.mlm_stream: that needs the whole split frozen with this vocabulary, for a few blocks.
+# Kept, not metrics.windows.mlm_stream: that needs the whole split frozen with this vocabulary, for a few blocks.
 def _mlm_blocks(tok, texts: list[str], n_blocks: int, length: int = 128) -> torch.Tensor:
     """`[CLS] document [SEP]` concatenated and cut into blocks of `length`."""
     ids: list[int] = []
