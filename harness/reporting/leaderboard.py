@@ -84,7 +84,8 @@ def _private(obj: Any, metric: str) -> Any:
     """The private split's `metric` of a submission or a reference (`private.metrics.<metric>`, or a
     reference's `private.<metric>`), where `harness grade` scored one (`data.private_split` names it)."""
     private = _field(obj, "private")
-    return _field(_field(private, "metrics") if _field(private, "metrics") is not None else private, metric)
+    metrics = _field(private, "metrics")
+    return _field(private if metrics is None else metrics, metric)
 
 
 def _family(sub: SubmissionResult) -> str:
