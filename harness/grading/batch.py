@@ -32,24 +32,26 @@ from harness.errors import HarnessError
 from harness.families import FAMILIES
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
 from harness.grading.findings import Evaluation, find, finding
-from harness.grading.measure import Job, submission_fingerprint
+from harness.grading.measure import TIMEOUT_S, Job, submission_fingerprint
 from harness.grading.results import (ClassData, ClassResults, ClmProtocol, CourseInfo, Measurement, MlmProtocol,
                                      Protocols, ReferenceResult, References, SandboxRecord, SimilarPair, SimilarTo,
-                                     SubmissionResult)
-from harness.grading.rubric import read_overrides, score
+                                     SubmissionResult, Submitted)
+from harness.grading.rubric import LATE_PENALTY, read_overrides, score
+from harness.intake.deadlines import UNKNOWN, SubmittedAt, check_time, submission_times
 from harness.intake.claims import Claims
 from harness.intake.logs import number, read_rows
 from harness.intake.submission import SubmissionRef, discover
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
-CACHE_FORMAT = "harness-measure/3"
+# /4: calibration scores its candidates in step and stops once one clearly wins; its cost is recorded
+CACHE_FORMAT = "harness-measure/4"
 
 
 @dataclass
 class GradeOptions:
     workers: int = 1
-    timeout_s: float = 900.0
+    timeout_s: float = TIMEOUT_S
     memory_mb: int = 8192
     overrides: Path | None = None
     reports: bool = True
@@ -70,8 +72,10 @@ class GradeOutcome:
 
 
 def _cache_key(ref: SubmissionRef, course: Course, unsandboxed: bool = False) -> str:
+    # a deadline changes scores, never a measurement (without one this is the course's own fingerprint)
+    measuring = fingerprint({k: v for k, v in course.to_dict().items() if k != "deadline"})
     key = {"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.key_paths or ref.paths)),
-           "course": course.fingerprint, "harness": __version__}
+           "course": measuring, "harness": __version__}
     if unsandboxed:  # what was measured without the sandbox is never mistaken for what was measured in it
         key["unsandboxed"] = True
     return fingerprint(key)[:24]
@@ -166,7 +170,8 @@ def rank_metric(course: Course, measured: list[Measurement]) -> str:
 
 
 def assemble(course: Course, measured: list[Measurement], reference: References, cache_dir: Path,
-             overrides: list[dict[str, Any]]) -> ClassResults:
+             overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None) -> ClassResults:
+    """`times`: when each submission was handed in (harness.intake.deadlines), for the course's [deadline]."""
     pairs = similarity_pairs(measured, cache_dir, course.tolerances.similar_weights)
     subs = []
     manifests = sorted({m.data.manifest_sha256 for m in measured if m.data is not None} - {None})
@@ -183,11 +188,14 @@ def assemble(course: Course, measured: list[Measurement], reference: References,
         for s in similar:
             fs.append(finding("similar-weights", f"Weights {s.similarity:.4f} similar to submission {s.id}.",
                               grader_only=True))
-        sc = score(ev, fs, course, ref_ppl, overrides, reference=ref_json)
+        submitted = (times or {}).get(ev.id, UNKNOWN)
+        sc = score(ev, fs, course, ref_ppl, overrides, reference=ref_json, submitted=submitted)
         subs.append(SubmissionResult(
             id=ev.id, student=ev.student, status=m.status, error=m.error, checkpoint=m.checkpoint, model=m.model,
             metrics=m.metrics, claims=m.claims, causal=m.causal, tokenizer=m.tokenizer, findings=fs, score=sc,
-            similar_to=similar, data=m.data, warnings=m.warnings, device=m.device, report_file=m.report_file))
+            similar_to=similar, data=m.data, warnings=m.warnings, device=m.device, report_file=m.report_file,
+            # only with a [deadline]: results of courses without one stay as they were
+            submitted=Submitted(**submitted.to_dict()) if course.deadline is not None else None))
     dates = sorted(m.measured_on or "" for m in measured)
     return ClassResults(
         harness_version=__version__,
@@ -195,7 +203,7 @@ def assemble(course: Course, measured: list[Measurement], reference: References,
         generated=dates[-1] if dates and dates[-1] else None,
         course=CourseInfo(name=course.name, id=course.id, fingerprint=course.fingerprint,
                           requirements={f: {k: list(v) for k, v in r.items()} for f, r in course.requirements.items()},
-                          tolerances=course.to_dict()["tolerances"]),
+                          tolerances=course.to_dict()["tolerances"], deadline=course.to_dict().get("deadline")),
         data=ClassData(source=course.data_source, split=course.data_split, tokenizer=course.clm.tokenizer,
                        manifest_sha256=manifests[0] if len(manifests) == 1 else manifests),
         protocol=Protocols(
@@ -216,7 +224,8 @@ GRADES_COLUMNS = ("id", "student", "score", "max", "ppl", "loss", "bits_per_byte
 def grades_csv(results: ClassResults) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(GRADES_COLUMNS)
+    late = results.course.deadline is not None  # the late columns only where the course has a deadline
+    w.writerow(GRADES_COLUMNS + (LATE_COLUMNS if late else ()))
     for s in results.submissions:
         m = s.metrics
         codes = ";".join(f.code for f in s.findings if not f.grader_only) or ""
@@ -224,14 +233,23 @@ def grades_csv(results: ClassResults) -> str:
                     f"{m.ppl:.4f}" if m is not None and m.ppl is not None else "",
                     f"{m.loss:.6f}" if m is not None and m.loss is not None else "",
                     f"{m.bits_per_byte:.6f}" if m is not None and m.bits_per_byte is not None else "",
-                    s.status, codes])
+                    s.status, codes] + (_late_cells(s) if late else []))
     return buf.getvalue()
+
+
+LATE_COLUMNS = ("late_penalty", "submitted_at")
+
+
+def _late_cells(s: SubmissionResult) -> list[str]:
+    line = next((c for c in s.score.criteria if c.name == LATE_PENALTY), None)
+    return [f"{line.points:g}" if line else "", s.submitted.at if s.submitted and s.submitted.at else "unknown"]
 
 
 def grade(directory: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
     """Grade a class folder into `out`: results.json, grades.csv, the PDFs."""
     overrides = read_overrides(opts.overrides if opts.overrides else directory / "overrides.csv")
-    return grade_refs(discover(directory), out, course_path, opts, overrides)
+    refs = discover(directory)
+    return grade_refs(refs, out, course_path, opts, overrides, times=submission_times(directory, refs))
 
 
 def check(submission: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
@@ -239,11 +257,12 @@ def check(submission: Path, out: Path, course_path: Path | None = None, opts: Gr
     if not submission.exists():
         raise HarnessError("submission-missing", f"{submission} does not exist")
     sid = submission.name if submission.is_dir() else submission.stem
-    return grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [])
+    return grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [],
+                      times={sid or "submission": check_time(submission)})
 
 
 def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, opts: GradeOptions,
-               overrides: list[dict[str, Any]]) -> GradeOutcome:
+               overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None) -> GradeOutcome:
     run = backend(opts.backend, workers=opts.workers, address=opts.ray_address)
     course = load_course(course_path)
     refs = refs + reference_refs(course)
@@ -294,7 +313,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
 
     keep = {f"{m.id}.{m.cache_key}" for m in measured.values()}
     reference = _reference(course, measured)
-    results = assemble(course, list(measured.values()), reference, cache_dir, overrides)
+    results = assemble(course, list(measured.values()), reference, cache_dir, overrides, times)
     results.custom_code_sandbox = _sandbox_record(measured.values(), opts.allow_unsandboxed_code)
     write_atomic(out / "results.json", pretty_json(results.to_json()))
     write_atomic(out / "grades.csv", grades_csv(results))
