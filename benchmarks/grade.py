@@ -29,10 +29,11 @@ def cached_class() -> tuple[Path, float | None]:
     same call writes the same files. Returns the folder and the seconds spent writing it (None: reused)."""
     import torch
 
-    from harness.demo import example_class
+    from harness.demo import example_class, students
     from harness.course.data import cache_root
 
-    key = hashlib.sha256(Path(example_class.__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    writers = [Path(example_class.__file__), *sorted(Path(students.__file__).parent.glob("*.py"))]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in writers) + torch.__version__.encode()).hexdigest()[:16]
     base = cache_root() / "bench"
     folder = base / f"example-class-test-{key}"
     if folder.is_dir():

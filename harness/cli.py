@@ -518,6 +518,8 @@ def grade(
     canvas_column: Annotated[Optional[str], typer.Option("--canvas-column", help="The assignment column to fill: "
                                                          "header, name or assignment id.")] = None,
     gradescope: Annotated[bool, typer.Option("--gradescope", help="Also write OUT/gradescope/<id>/results.json.")] = False,
+    leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", help="Also write a leaderboard page to "
+                                                        "publish (HTML, pseudonyms only; see [leaderboard]).")] = None,
     backend: Annotated[str, typer.Option("--backend", help="local: processes on this machine; ray: one Ray task per "
                                          "submission (pip install 'harness[ray]'; paths must be the same on every "
                                          "node).")] = "local",
@@ -527,6 +529,7 @@ def grade(
     as_json: JsonOpt = False,
 ) -> None:
     """Grade a class: results.json, grades.csv, PDFs; a Canvas gradebook CSV and Gradescope results on request."""
+    from harness.course.config import load_course
     from harness.reporting import exports
     from harness.grading.batch import grade as run_grade
     from harness.progress import progress_bar
@@ -537,6 +540,7 @@ def grade(
     template_text = None
     if canvas_template is not None:  # a wrong template or column fails now, not after the whole class is graded
         template_text = exports.read_canvas_template(canvas_template, canvas_column)
+    board = load_course(course).leaderboard  # a wrong [leaderboard] fails now too
     with progress_bar("grading (submissions)", enabled=not as_json) as update:
         outcome = run_grade(directory, out_dir, course,
                             _grade_options(workers, timeout, reports, update, overrides=overrides, backend=backend,
@@ -548,8 +552,13 @@ def grade(
         lines.append(f"canvas   {path}: {export.summary()}")
         lines += [f"         ambiguous: {note}" for note in export.ambiguous]
     if gradescope:
-        exports.write_gradescope_all(outcome.results, out_dir)
+        exports.write_gradescope_all(outcome.results, out_dir, board)
         lines.append(f"gradescope {out_dir}/gradescope/<id>/results.json")
+    if leaderboard is not None:
+        from harness.reporting.leaderboard import pseudonym_source, write_leaderboard
+
+        write_leaderboard(outcome.results, board, leaderboard)
+        lines.append(f"leaderboard {leaderboard}: pseudonyms {pseudonym_source(board)}")
     if as_json:
         _print_json(outcome.results.to_json())
         for line in lines:  # stdout holds the JSON alone
