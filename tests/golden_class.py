@@ -67,7 +67,6 @@ def _hf_gpt2(folder: Path) -> None:
 def _nano_ckpt(folder: Path) -> None:
     import torch
 
-    sys.path.insert(0, str(HERE))
     from test_layouts import D, H, L, T, V, NanoGPT, randomize
 
     torch.manual_seed(1)
