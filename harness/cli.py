@@ -256,19 +256,14 @@ def reference_train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a reference model (GPU when present, CPU otherwise); resumes an interrupted run."""
-    import subprocess
-
     from harness.progress import progress_bar
-    from harness.train import torchrun_command, train_reference
+    from harness.train import train_distributed, train_reference
 
     if family not in FAMILIES:
         raise HarnessError("family-unknown", f"family {family!r} is not gpt or mlm")
     if nproc > 1:
-        args = [a for k, v in (("--config", config), ("--out", out_dir), ("--course", course), ("--max-steps", max_steps),
-                               ("--max-tokens", max_tokens), ("--max-minutes", max_minutes)) if v is not None
-                for a in (k, str(v))]
-        args += [a for o in overrides or () for a in ("--set", o)] + (["--no-resume"] if fresh else [])
-        raise typer.Exit(subprocess.call(torchrun_command(nproc, family, args)))
+        raise typer.Exit(train_distributed(nproc, family, config, overrides, out_dir, course=course, max_steps=max_steps,
+                                           max_tokens=max_tokens, max_minutes=max_minutes, fresh=fresh))
     with progress_bar(f"training {family} (steps)", enabled=not as_json) as update:
         r = train_reference(family, config, overrides or [], out_dir, max_steps=max_steps, max_tokens=max_tokens,
                             max_minutes=max_minutes, progress=update, resume=not fresh, course=course)
@@ -419,12 +414,13 @@ def eval_(
 
 
 def _grade_options(workers: int, timeout: float, reports: bool, progress, grader: bool = False, overrides=None,
-                   backend: str = "local", address: str | None = None, unsandboxed: bool = False):
+                   backend: str = "local", address: str | None = None, unsandboxed: bool = False, exports=None):
     from harness.grading.batch import GradeOptions
+    from harness.grading.outputs import Exports
 
     return GradeOptions(workers=workers, timeout_s=timeout, reports=reports, progress=progress,
                         grader_reports=grader, overrides=overrides, backend=backend, ray_address=address,
-                        allow_unsandboxed_code=unsandboxed)
+                        allow_unsandboxed_code=unsandboxed, exports=exports or Exports())
 
 
 UnsandboxedOpt = Annotated[bool, typer.Option(
@@ -461,16 +457,14 @@ def check(
     """A student's self-check: the grader's verdict for one submission."""
     from harness.grading.findings import CATALOGUE
     from harness.grading.batch import check as run_check
+    from harness.grading.outputs import Exports
     from harness.progress import progress_bar
 
     with progress_bar("grading", enabled=not as_json) as update:
         outcome = run_check(submission, out_dir, course, _grade_options(1, timeout, reports, update,
-                                                                        unsandboxed=unsandboxed))
+                                                                        unsandboxed=unsandboxed,
+                                                                        exports=Exports(gradescope_file=gradescope)))
     s = outcome.results.submissions[0]
-    if gradescope is not None:  # before the exit code: a submission that is not gradable still gets its score
-        from harness.reporting.exports import write_gradescope
-
-        write_gradescope(outcome.results, s.id, gradescope)
     if as_json:
         _print_json(s.to_json())
     else:
@@ -498,8 +492,8 @@ def check(
         pdf = out_dir / f"{s.id}.pdf"
         if pdf.exists():
             out.print(f"report: {pdf}")
-        if gradescope is not None:
-            out.print(f"gradescope: {gradescope}")
+        for line in outcome.exports:
+            out.print(line)
     if s.status != "graded":
         raise typer.Exit(1)
 
@@ -527,29 +521,16 @@ def grade(
     as_json: JsonOpt = False,
 ) -> None:
     """Grade a class: results.json, grades.csv, PDFs; a Canvas gradebook CSV and Gradescope results on request."""
-    from harness.reporting import exports
     from harness.grading.batch import grade as run_grade
+    from harness.grading.outputs import Exports
     from harness.progress import progress_bar
 
-    if canvas_column is not None and canvas_template is None:
-        raise HarnessError("canvas-template-missing", "--canvas-column needs --canvas-template FILE (the gradebook "
-                           "exported from Canvas)")
-    template_text = None
-    if canvas_template is not None:  # a wrong template or column fails now, not after the whole class is graded
-        template_text = exports.read_canvas_template(canvas_template, canvas_column)
+    exports = Exports(canvas_template=canvas_template, canvas_column=canvas_column, gradescope=gradescope)
     with progress_bar("grading (submissions)", enabled=not as_json) as update:
         outcome = run_grade(directory, out_dir, course,
                             _grade_options(workers, timeout, reports, update, overrides=overrides, backend=backend,
-                                           address=address, unsandboxed=unsandboxed))
-    lines = []
-    if template_text is not None:
-        path, export = exports.write_canvas_csv(outcome.results, template_text, canvas_column, out_dir,
-                                                source=str(canvas_template))
-        lines.append(f"canvas   {path}: {export.summary()}")
-        lines += [f"         ambiguous: {note}" for note in export.ambiguous]
-    if gradescope:
-        exports.write_gradescope_all(outcome.results, out_dir)
-        lines.append(f"gradescope {out_dir}/gradescope/<id>/results.json")
+                                           address=address, unsandboxed=unsandboxed, exports=exports))
+    lines = outcome.exports
     if as_json:
         _print_json(outcome.results.to_json())
         for line in lines:  # stdout holds the JSON alone
