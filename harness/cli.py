@@ -19,7 +19,7 @@ from rich.text import Text
 
 from harness import __version__
 from harness.errors import HarnessError
-from harness.families import FAMILIES
+from harness.families import check_family
 
 
 def _typer(help: str, **kwargs) -> typer.Typer:
@@ -259,8 +259,7 @@ def reference_train(
     from harness.progress import progress_bar
     from harness.train import train_distributed, train_reference
 
-    if family not in FAMILIES:
-        raise HarnessError("family-unknown", f"family {family!r} is not gpt or mlm")
+    check_family(family)
     if nproc > 1:
         raise typer.Exit(train_distributed(nproc, family, config, overrides, out_dir, course=course, max_steps=max_steps,
                                            max_tokens=max_tokens, max_minutes=max_minutes, fresh=fresh))
