@@ -267,9 +267,9 @@ def reference_train(
         r = train_reference(family, config, overrides or [], out_dir, max_steps=max_steps, max_tokens=max_tokens,
                             max_minutes=max_minutes, progress=update, resume=not fresh, course=course)
     if as_json:
-        from harness.train.run import finite
+        from harness.metrics.common import plain
 
-        _print_json(finite(r.to_dict()))
+        _print_json(plain(r.to_dict()))
     else:
         _train_summary(r)
 
