@@ -3,6 +3,8 @@
 Every `HarnessError` becomes one line on stderr and exit code 2; `--json` puts machine-readable output
 on stdout and nothing else there. Nothing printed is read as rich markup, help texts included: a message
 that says `[model]` or `pip install 'harness[ray]'` prints those very words (styles come from `Text`).
+
+Stays whole (over 500 lines): options and printing only, one command a function, sharing options and consoles.
 """
 
 from __future__ import annotations
