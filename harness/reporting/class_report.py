@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from harness import __version__
+from harness.families import FAMILIES
 from harness.grading.findings import CATALOGUE
 from harness.grading.results import ClassResults, as_class_results
 from harness.intake.claims import Claims
@@ -49,7 +50,7 @@ def class_context(results: ClassResults | dict, *, grader: bool = True) -> dict:
     scores = [s.score.total for s in subs if finite(s.score.total)]
     ppls = [s.metrics.ppl for s in graded if finite(s.metrics.ppl)]
     # the figures draw plain values
-    refs = [{"family": f, **r.to_json()} for f in ("gpt", "mlm") if (r := getattr(results.reference, f))]
+    refs = [{"family": f, **r.to_json()} for f in FAMILIES if (r := getattr(results.reference, f))]
     main_ref = next((r for r in refs if r["family"] == "gpt"), refs[0] if refs else None)
     stats = [
         (str(len(subs)), "submissions"),
