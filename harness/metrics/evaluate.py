@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
+from harness.metrics.fused import FusedScorer, Tiling
 
 CLM_PROTOCOL = "clm-v1"
 MLM_PROTOCOL = "mlm-v1"
@@ -141,6 +142,14 @@ class TorchLogitsModel:
                 f"the model returned logits of shape {tuple(logits.shape)} for input {tuple(input_ids.shape)}; "
                 "it must return [B, T, V], one row per input position (not only the last one)")
         return logits
+
+    def hidden_and_head(self, input_ids: torch.Tensor):
+        """The module's final hidden states and output layer (harness.metrics.fused), where it offers them."""
+        ask = getattr(self.module, "hidden_and_head", None)
+        if not callable(ask):
+            return None
+        with torch.inference_mode():
+            return ask(input_ids.to(self.device))
 
 
 def _max_positions_of(module: torch.nn.Module) -> int | None:
@@ -476,6 +485,7 @@ def evaluate_clm(
     train_split: Any | None = None,
     progress: Progress | None = None,
     logits_budget: int | None = None,
+    fused: bool | Tiling = True,
 ) -> ClmResult:
     """clm-v1 of `model` on `split` (see SPEC "Evaluation protocols").
 
@@ -484,7 +494,11 @@ def evaluate_clm(
     as many windows as keep one batch of float32 logits under `logits_budget` bytes: 16 MiB on a CPU,
     1 GiB on a GPU). `train_split` gives the unigram baseline's counts (its clm-v1 stream: EOT and tokens
     per document); without it they come from the evaluated split (`unigram_source = "evaluated"`).
-    `progress(done, total)` is called with scored targets after each batch.
+    `progress(done, total)` is called with scored targets after each batch. A model that hands over its
+    hidden states and output layer (`hidden_and_head`) is scored through the fused head
+    (harness.metrics.fused): the head runs on the scored positions only, chunk by chunk, never a batch's
+    full logits; its batches hold `Tiling.batch_rows` scored rows. `fused=False` takes the logits path
+    always; a `Tiling` sets the fused head's tiles (default: this machine's).
     """
     model = as_logits_model(model)
     _check_split(split, tokenizer)
@@ -507,23 +521,34 @@ def evaluate_clm(
     s_t = torch.from_numpy(s)
     total_targets = n - 1
     done = 0
+    scorer = None
+    if fused is not False:
+        probe = s_t[plan[0].start : plan[0].start + min(plan[0].length, 8)][None]
+        scorer = FusedScorer.for_model(model, probe, n_outputs, fused if isinstance(fused, Tiling) else None)
+    if scorer is not None and batch_tokens is None:
+        batch_tokens = scorer.batch_tokens(L, stride_used)
     batches = _Batches(plan, lambda w: w.length, batch_tokens=batch_tokens, n_outputs=n_outputs,
                        budget=logits_budget)
     for length, batch in batches:
         ar = torch.arange(length)
         starts = torch.tensor([w.start for w in batch], dtype=torch.long)
         inputs = s_t[starts[:, None] + ar[None, :]]  # [B, T]
-        logits = _checked_logits(model, inputs, n_outputs)
-        batches.saw(logits)
-        # each window's scored rows are a view of the logits: nothing is copied
         positions = np.concatenate([np.arange(w.targets.start, w.targets.stop) for w in batch])
-        targets = s_t[torch.from_numpy(positions)].to(logits.device)
-        parts, o = [], 0
-        for k, w in enumerate(batch):
-            parts.append(_row_nll(logits[k, w.first_scored :], targets[o : o + w.scored])[0])
-            o += w.scored
-        del logits  # never two batches of full-vocabulary logits at once
-        nll[positions] = torch.cat(parts).double().cpu().numpy()
+        targets = s_t[torch.from_numpy(positions)]
+        if scorer is not None:
+            row_nll = scorer.nll(inputs, [w.first_scored for w in batch], targets)
+        else:
+            logits = _checked_logits(model, inputs, n_outputs)
+            batches.saw(logits)
+            targets = targets.to(logits.device)
+            # each window's scored rows are a view of the logits: nothing is copied
+            parts, o = [], 0
+            for k, w in enumerate(batch):
+                parts.append(_row_nll(logits[k, w.first_scored :], targets[o : o + w.scored])[0])
+                o += w.scored
+            del logits  # never two batches of full-vocabulary logits at once
+            row_nll = torch.cat(parts)
+        nll[positions] = row_nll.double().cpu().numpy()
         seen[positions] += 1
         done += int(positions.size)
         if progress is not None:

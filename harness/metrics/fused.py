@@ -215,8 +215,10 @@ class FusedScorer:
         self.model, self.head = model, head
 
     @classmethod
-    def for_model(cls, model: Any, probe: torch.Tensor, n_outputs: int) -> FusedScorer | None:
-        """Asks the model about `probe` [1, t], a few tokens; None if it declines or its head does not fit."""
+    def for_model(cls, model: Any, probe: torch.Tensor, n_outputs: int,
+                  tiling: Tiling | None = None) -> FusedScorer | None:
+        """Asks the model about `probe` [1, t], a few tokens; None if it declines or its head does not fit.
+        `tiling`: the tiles (default: this machine's, `tiling_for`)."""
         ask = getattr(model, "hidden_and_head", None)
         if not callable(ask):
             return None
@@ -226,7 +228,7 @@ class FusedScorer:
         hidden, head = got
         if not FusedHead.accepts(head, n_outputs) or not _fits(hidden, probe, head):
             return None
-        return cls(model, FusedHead(head))
+        return cls(model, FusedHead(head, tiling))
 
     @property
     def tiling(self) -> Tiling:
@@ -237,24 +239,33 @@ class FusedScorer:
         windows to give the head `tiling.batch_rows` rows."""
         return length * max(1, -(-self.tiling.batch_rows // max(1, scored)))
 
-    def nll(self, inputs: torch.Tensor, first_scored: list[int], targets: torch.Tensor) -> torch.Tensor | None:
-        """NLL (float32) of `targets`, the scored positions of each window of `inputs` [B, T] in order;
-        None if the model declined this batch (the caller then takes the plain path)."""
+    def nll(self, inputs: torch.Tensor, first_scored: list[int], targets: torch.Tensor) -> torch.Tensor:
+        """NLL (float32) of `targets`, the scored positions of each window of `inputs` [B, T] in order."""
         got = self.model.hidden_and_head(inputs)
         if got is None:
-            return None
+            return self._plain(inputs, first_scored, targets)
         hidden, head = got
         if not self.head.same_head(head):  # a model may hand back a fresh head object: prepare it again
             if not FusedHead.accepts(head, self.head.n_outputs):
-                return None
+                return self._plain(inputs, first_scored, targets)
             self.head = FusedHead(head, self.head.tiling)
         if not _fits(hidden, inputs, head):
-            return None
+            return self._plain(inputs, first_scored, targets)
         if not any(first_scored):
             rows = hidden.reshape(-1, hidden.shape[-1])
         else:
             rows = torch.cat([hidden[k, f:] for k, f in enumerate(first_scored)])
         return self.head.nll(rows, targets)
+
+    def _plain(self, inputs: torch.Tensor, first_scored: list[int], targets: torch.Tensor) -> torch.Tensor:
+        """A model that declined after its probe: the plain path, one window at a time (the batch was sized
+        for hidden states, not for full rows of logits)."""
+        parts, o = [], 0
+        for k, f in enumerate(first_scored):
+            rows = self.model.logits(inputs[k : k + 1])[0, f:].float()
+            parts.append(F.cross_entropy(rows, targets[o : o + rows.shape[0]].to(rows.device), reduction="none"))
+            o += rows.shape[0]
+        return torch.cat(parts)
 
 
 def _fits(hidden: Any, inputs: torch.Tensor, head: OutputHead) -> bool:
