@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 # per-core L2 when the machine does not say: what most x86 server cores of the last decade have or exceed
 _DEFAULT_L2 = 1 * 2**20
-_GPU_ROWS, _GPU_CHUNK = 8192, 16384
+_GPU_ROWS, _GPU_CHUNK = 4096, 8192  # a 128 MiB tile of float32 logits
 
 
 @dataclass(frozen=True)
