@@ -10,7 +10,8 @@ What is measured (the scripts beside this file, each also runnable alone):
 - train (train.py): tokens/s of the harness's training step against a plain PyTorch loop, same model, batches
   and optimizer (the reference GPT; the full run adds the reference MLM);
 - grade (grade.py): a test-scale example class graded from scratch, 2 workers against 1 (submissions per
-  minute), and the cached rerun's time against the first run's; (sandbox.py) an honest custom-code
+  minute), and the cached rerun's time against the first run's; (full size only) a class of 30 at the demo's
+  scale, every validation target, per stage and whole, against the 5-minute aim and its arithmetic limit; (sandbox.py) an honest custom-code
   submission graded inside the sandbox's boundary against the same without it;
 - arch (arch.py): seconds per submission of a Llama-style model (RMSNorm, RoPE, SwiGLU) against the
   GPT-2-style one of the same non-embedding size, each graded by the grading worker's own function, warm:
@@ -61,7 +62,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "eval": dict(tokens=8192, rounds=5, strides=(64, 32)),
         "train": dict(families=("gpt", "mlm"), steps=6, repeat=2, overrides=()),
-        "grade": dict(tiny=False, keep=None, max_tokens=4096, timeout_s=300, sandbox_rounds=3, sandbox_tokens=4096),
+        "grade": dict(tiny=False, keep=None, max_tokens=4096, timeout_s=300, sandbox_rounds=3, sandbox_tokens=4096,
+                      limit=dict(submissions=30, scale="demo")),
         "arch": dict(d_model=256, n_layers=6, n_heads=8, rounds=5, max_tokens=4096, warmup=True),
         "report": dict(repeat=2, students=None, class_report=True),
         "scaling": dict(tokens=2048, rounds=5),
@@ -180,6 +182,30 @@ def run_grade(size: dict, device: str, log: Callable[[str], None]) -> list[dict]
         row("grade", "cached rerun, 2 workers", r2["cached_s"], r2["first_s"], "s", r2["ratio"],
             "baseline: the first run"),
         *_sandbox_rows(size, log),
+        *_limit_rows(size, log),
+    ]
+
+
+def _limit_rows(size: dict, log: Callable[[str], None]) -> list[dict]:
+    """The class at the limit (full size only: it writes the demo-scale class once, then grades 30)."""
+    from benchmarks import grade as bench
+
+    if not size.get("limit"):
+        return []
+    r = bench.measure_limit(**size["limit"], log=log)
+    for line in bench.limit_lines(r):
+        log(line)
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages_s"].items()) + f", PDF {r['pdf_s'] or 0:.0f} s"
+    setting = (f"{r['submissions']} submissions (the {r['scale']}-scale class's folders in turn), "
+               f"{'every validation target' if r['max_tokens'] is None else 'max_tokens %d' % r['max_tokens']}, "
+               f"{r['workers']} workers")
+    return [
+        row("grade", f"class of {r['submissions']}, whole, vs the 5 min aim", r["whole_s"], 300.0, "s",
+            300.0 / r["whole_s"], f"{setting}; stages summed over workers: {stages}"),
+        row("grade", f"class of {r['submissions']}, whole, vs its arithmetic limit", r["whole_s"], r["limit_s"], "s",
+            r["limit_s"] / r["whole_s"] if r["limit_s"] else None,
+            f"limit: {r['eval_flops'] / 1e12:.2f} TFLOP of evaluation / {r['peak_flops'] / 1e9:.0f} GFLOP/s "
+            f"({r['workers']} threads' fp32 matmul peak); aim: within 2x"),
     ]
 
 

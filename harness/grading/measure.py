@@ -256,7 +256,9 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
                            ".safetensors or a Hugging Face folder)")
     weights = root / sub.weights if root.is_dir() else root
+    lap = _Laps(result)
     raw = read_checkpoint(weights, root=root if root.is_dir() else root.parent)
+    lap("read")
     stored = checkpoint_claims(raw.meta, sub.weights, root if root.is_dir() else None)
     if stored:
         result["claims"] = with_checkpoint_claims(sub.claims, stored).to_dict()
@@ -271,6 +273,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         from harness.sandbox.custom_code import load_custom
 
         custom = load_custom(job, sub, root, raw, course.eval_settings(sub.family or "gpt").context)
+        lap("read")  # the student's class constructed in the sandbox
         if isinstance(custom, str):
             result["code_fallback"], custom = custom, None
     if custom is not None:
@@ -281,6 +284,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         result["model"] = custom.info
     else:
         scored = _build_scored(raw, sub, course, root, source, result["warnings"])
+        lap("calibrate")  # recognising the layout, building the model and calibrating what weights cannot tell
         loaded, tokenizer, named, frozen, train = (scored.loaded, scored.tokenizer, scored.named, scored.frozen,
                                                    scored.train)
         family = loaded.family
@@ -332,8 +336,10 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     else:
         r = evaluate_clm(model, split, tokenizer, context=settings.context, stride=settings.stride or None,
                          max_tokens=settings.max_tokens or None, train_split=train)
+        lap("evaluate")
         result["causal"] = check_causal(model, context=r.context, vocab_size=min(tokenizer.vocab_size, n_outputs),
                                         seed_material=raw.sha256).to_dict()
+    lap("evaluate" if family == "mlm" else "causality")
     metrics = r.to_dict()
     if isinstance(model, TruncatedVocabulary):
         metrics["partial"] = (f"the model has {model.n_own:,} outputs for {model.n_outputs:,} token ids: ids it lacks "
@@ -346,6 +352,20 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
                       "source": source.name}
     if custom is not None:
         custom.finish(result)
+
+
+class _Laps:
+    """Seconds per stage of one measurement, in `result["stages_s"]` (the cached measurement keeps them, as it
+    keeps `seconds`; results.json does not): what benchmarks/grade.py adds up over a class."""
+
+    def __init__(self, result: dict[str, Any]):
+        self.stages = result.setdefault("stages_s", {})
+        self.t = time.monotonic()
+
+    def __call__(self, stage: str) -> None:
+        now = time.monotonic()
+        self.stages[stage] = round(self.stages.get(stage, 0.0) + now - self.t, 4)
+        self.t = now
 
 
 class TruncatedVocabulary:
