@@ -41,7 +41,9 @@ def cached_class(scale: str = "test") -> tuple[Path, float | None]:
     from harness.demo import example_class
     from harness.course.data import cache_root
 
-    key = hashlib.sha256(Path(example_class.__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    # every source the class's writer is made of (harness/demo/, its student models included), and torch
+    writer = sorted(Path(example_class.__file__).parent.rglob("*.py"))
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in writer) + torch.__version__.encode()).hexdigest()[:16]
     base = cache_root() / "bench"
     folder = base / f"example-class-{scale}-{key}"
     if folder.is_dir():
