@@ -142,12 +142,13 @@ class FusedHead:
         k = int(hidden.shape[0])
         out = torch.empty(k, dtype=torch.float32, device=self.device)
         r = self.tiling.rows
-        for i in range(0, k, r):
-            out[i : i + r] = self._block(hidden[i : i + r], targets[i : i + r])
-        bad = ~torch.isfinite(out)
-        if bool(bad.any()):
-            where = bad.nonzero().squeeze(1)
-            out[where] = self.plain_nll(hidden[where], targets[where])
+        with torch.autocast(self.device.type, enabled=False):  # the protocol's float32, whoever called
+            for i in range(0, k, r):
+                out[i : i + r] = self._block(hidden[i : i + r], targets[i : i + r])
+            bad = ~torch.isfinite(out)
+            if bool(bad.any()):
+                where = bad.nonzero().squeeze(1)
+                out[where] = self.plain_nll(hidden[where], targets[where])
         return out
 
     def plain_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
