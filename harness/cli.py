@@ -19,6 +19,7 @@ from rich.text import Text
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.families import FAMILIES
 
 
 def _typer(help: str, **kwargs) -> typer.Typer:
@@ -135,8 +136,10 @@ def data_show(
     """What a source holds: splits, documents, tokens, fingerprints."""
     frozen = _freeze(course, data, tokenizer, None, as_json)
     if as_json:
+        from harness.course.data import split_summary
+
         rows = []
-        for row in _split_rows(frozen):
+        for row in split_summary(frozen):
             row["first_ids"] = frozen.split(row["split"]).tokens[:first].tolist()
             rows.append(row)
         _print_json({"source": frozen.manifest["source"], "tokenizer": frozen.manifest["tokenizer"],
@@ -145,12 +148,6 @@ def data_show(
     else:
         _print_data(frozen, "reused" if frozen.reused else "written")
         out.print(f"split rule        {frozen.manifest['split_rule']}")
-
-
-def _split_rows(frozen):
-    from harness.course.data import split_summary
-
-    return split_summary(frozen)
 
 
 # --- course --------------------------------------------------------------------------------------
@@ -264,7 +261,7 @@ def reference_train(
     from harness.progress import progress_bar
     from harness.train import torchrun_command, train_reference
 
-    if family not in ("gpt", "mlm"):
+    if family not in FAMILIES:
         raise HarnessError("family-unknown", f"family {family!r} is not gpt or mlm")
     if nproc > 1:
         args = [a for k, v in (("--config", config), ("--out", out_dir), ("--course", course), ("--max-steps", max_steps),

@@ -91,7 +91,8 @@ def test_lecture_gpt_graded_inspected_and_reported_alike(tmp_path):
     finding, and the graded loss is the student's own forward's. `inspect` agrees on all of it."""
     from harness.course.config import capped_course_text, load_course
     from harness.course.data import freeze, load_source
-    from harness.metrics.evaluate import TorchLogitsModel, evaluate_clm
+    from harness.metrics.clm import evaluate_clm
+    from harness.metrics.protocol import TorchLogitsModel
     from harness.grading.batch import GradeOptions, check
     from harness.grading.measure import inspect_checkpoint
     from harness.reporting.report import student_context

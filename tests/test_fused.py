@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from harness.checkpoint.read import read_checkpoint
 from harness.course.data import TokenizedSplit
-from harness.metrics.evaluate import as_logits_model, evaluate_clm
+from harness.metrics.clm import evaluate_clm
 from harness.metrics.fused import FusedHead, FusedScorer, OutputHead, Tiling, tiling_for
+from harness.metrics.protocol import as_logits_model
 from harness.models import GPT, GPTConfig
 from harness.models.build import build_model
 

@@ -20,7 +20,8 @@ from harness.course.config import load_course
 from harness.grading.findings import Evaluation, find
 from harness.models.gpt import GPT, GPTConfig
 from harness.grading.rubric import score
-from harness.intake.submission import Claims, checkpoint_claims, read_submission, with_checkpoint_claims
+from harness.intake.claims import Claims, checkpoint_claims, with_checkpoint_claims
+from harness.intake.submission import read_submission
 
 ARGS = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, bias=True, vocab_size=50257, dropout=0.0)
 

@@ -38,7 +38,7 @@ import torch
 
 from harness.course.config import default_course_text, load_course
 from harness.course.data import freeze, load_source
-from harness.metrics.evaluate import evaluate_clm
+from harness.metrics.clm import evaluate_clm
 from harness.grading.batch import assemble
 from harness.grading.measure import Job, measure
 from harness.course.tokenizers import get_tokenizer

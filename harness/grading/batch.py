@@ -29,11 +29,14 @@ from harness import __version__
 from harness.grading.backends import Measured, backend
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
+from harness.families import FAMILIES
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
 from harness.grading.findings import Evaluation, find, finding
 from harness.grading.measure import Job, submission_fingerprint
 from harness.grading.rubric import read_overrides, score
-from harness.intake.submission import CLAIM_KEYS, Claims, CurvePoint, SubmissionRef, discover
+from harness.intake.claims import CLAIM_KEYS, Claims
+from harness.intake.logs import CurvePoint, number, read_rows
+from harness.intake.submission import SubmissionRef, discover
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
@@ -129,7 +132,7 @@ REFERENCE_ID = "_reference_{}"
 def reference_refs(course: Course) -> list[SubmissionRef]:
     """The course's reference models, measured exactly like submissions (same worker, same cache)."""
     refs = []
-    for family in ("gpt", "mlm"):
+    for family in FAMILIES:
         folder = course.resolve(course.references[family])
         weights = (folder / "model.safetensors", folder / "config.json")
         if all(p.is_file() for p in weights):
@@ -141,7 +144,7 @@ def reference_refs(course: Course) -> list[SubmissionRef]:
 def _reference(course: Course, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The reference models' recomputed numbers, and their training curves, for the rubric and reports."""
     out: dict[str, Any] = {}
-    for family in ("gpt", "mlm"):
+    for family in FAMILIES:
         m = measured.pop(REFERENCE_ID.format(family), None)
         if m is None or not m.get("metrics"):
             out[family] = None
@@ -149,8 +152,7 @@ def _reference(course: Course, measured: dict[str, dict[str, Any]]) -> dict[str,
         folder = course.resolve(course.references[family])
         curve = []
         if (folder / "metrics.csv").is_file():
-            for row in csv.DictReader(io.StringIO((folder / "metrics.csv").read_text())):
-                curve.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+            curve = [{k: number(v) for k, v in row.items()} for row in read_rows(folder / "metrics.csv")]
         out[family] = {"path": course.references[family], "loss": m["metrics"]["loss"], "ppl": m["metrics"]["ppl"],
                        "bits_per_byte": m["metrics"].get("bits_per_byte"), "tokenizer": m.get("tokenizer"),
                        "params": (m.get("model") or {}).get("params"), "model": m.get("model"),

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +67,7 @@ def submission_fingerprint(paths: list[Path]) -> str:
 
 def _materialise(job: Job, tmp: Path) -> Path:
     """The submission as a folder or a single file we may read: zips extracted, bulk files gathered."""
-    from harness.checkpoint.read import extract_zip
+    from harness.checkpoint.archive import extract_zip
     from harness.intake.submission import lms_file_name
 
     paths = [Path(p) for p in job.paths]
@@ -108,24 +108,22 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
     """Scores candidate models by the course's protocol on the start of the *train* split (never on the
     graded split): each candidate's per-target NLLs, from which `harness.models.build` decides, or says that it
     cannot; None where the course turns calibration off."""
-    from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
+    from harness.metrics.protocol import TruncatedVocabulary
+    from harness.metrics.score import EvalData, score
 
     settings = course.eval_settings(family)
     if settings.calibration_tokens <= 0:
         return None
+    # the start of the train split, every window apart (stride L), no pseudo-perplexity, no baseline's counts
+    settings = replace(settings, max_tokens=settings.calibration_tokens, stride=0, pseudo_ppl_tokens=0)
+    data = EvalData(train_split, tokenizer)
 
     def calibrate(candidates) -> list[np.ndarray]:
         scored = []
         for model, config in zip(candidates, candidates.configs):
             if config.vocab_size < tokenizer.vocab_size:  # seed 002's 49,805: scorable all the same
                 model = TruncatedVocabulary(model, config.vocab_size, tokenizer.vocab_size)
-            if family == "mlm":
-                r = evaluate_mlm(model, train_split, tokenizer, context=settings.context, seed=settings.seed,
-                                 max_tokens=settings.calibration_tokens)
-            else:
-                r = evaluate_clm(model, train_split, tokenizer, context=settings.context,
-                                 max_tokens=settings.calibration_tokens)
-            scored.append(r.nll)
+            scored.append(score(model, family, data, settings).nll)
         return scored
 
     return calibrate
@@ -247,10 +245,11 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     from harness.metrics.causality import check_causal
     from harness.checkpoint.read import read_checkpoint
     from harness.course.data import load_source
-    from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
     from harness.grading.findings import vocab_finding
+    from harness.metrics.protocol import TruncatedVocabulary
+    from harness.metrics.score import EvalData, score
     from harness.models.build import SPELLINGS, read_values
-    from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
+    from harness.intake.claims import checkpoint_claims, with_checkpoint_claims
 
     if sub.weights is None:
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
@@ -315,7 +314,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
         result["signature_key"] = key
 
     if job.device.startswith("cuda") and custom is None:
-        from harness.metrics.evaluate import as_logits_model
+        from harness.metrics.protocol import as_logits_model
 
         # the worker sees its one GPU only (CUDA_VISIBLE_DEVICES): "cuda:3" of the grader is cuda:0 here
         model = as_logits_model(model, device="cuda")
@@ -329,17 +328,12 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
 
     split = frozen.split(course.data_split)
     settings = course.eval_settings(family)
-    if family == "mlm":
-        r = evaluate_mlm(model, split, tokenizer, context=settings.context, seed=settings.seed,
-                         max_tokens=settings.max_tokens or None, pseudo_ppl_tokens=settings.pseudo_ppl_tokens,
-                         train_split=train)
-    else:
-        r = evaluate_clm(model, split, tokenizer, context=settings.context, stride=settings.stride or None,
-                         max_tokens=settings.max_tokens or None, train_split=train)
-        lap("evaluate")
+    r = score(model, family, EvalData(split, tokenizer, train), settings)
+    lap("evaluate")
+    if family != "mlm":
         result["causal"] = check_causal(model, context=r.context, vocab_size=min(tokenizer.vocab_size, n_outputs),
                                         seed_material=raw.sha256).to_dict()
-    lap("evaluate" if family == "mlm" else "causality")
+    lap("causality")
     metrics = r.to_dict()
     if isinstance(model, TruncatedVocabulary):
         metrics["partial"] = (f"the model has {model.n_own:,} outputs for {model.n_outputs:,} token ids: ids it lacks "
@@ -368,27 +362,6 @@ class _Laps:
         self.t = now
 
 
-class TruncatedVocabulary:
-    """A model with fewer outputs than the tokenizer has ids (seed 002's 49,805), made scorable all the
-    same, so that what else is wrong with it (memorisation) still shows: an input id it has no embedding
-    for becomes its last id, and an output it lacks gets the row's lowest logit. Its metrics are marked
-    `partial` and earn no perplexity points: they are not comparable with the class's."""
-
-    def __init__(self, model: Any, n_outputs: int, vocab_size: int):
-        from harness.metrics.evaluate import as_logits_model
-
-        self.inner = as_logits_model(model)
-        self.n_own, self.n_outputs = n_outputs, vocab_size
-        self.max_positions = self.inner.max_positions
-
-    def logits(self, input_ids, attention_mask=None):
-        import torch
-
-        inner = self.inner.logits(input_ids.clamp(max=self.n_own - 1))
-        floor = inner.min(dim=-1, keepdim=True).values
-        return torch.cat([inner, floor.expand(*inner.shape[:-1], self.n_outputs - self.n_own)], dim=-1)
-
-
 def _limit_self(job: Job) -> None:
     if job.timeout_s:
         import signal
@@ -396,7 +369,7 @@ def _limit_self(job: Job) -> None:
         signal.alarm(int(job.timeout_s) + 30)  # the parent kills at timeout_s; this catches orphans
     # On a GPU no address-space limit: CUDA reserves far more address space than any such limit allows (its
     # initialisation fails with "out of memory" under one). What is untrusted there runs in children with
-    # their own limits: the checkpoint's unpickling (_reader_child) and student code (the sandbox, on the CPU).
+    # their own limits: the checkpoint's unpickling (checkpoint/child.py) and student code (the sandbox, on the CPU).
     if job.memory_mb and not job.device.startswith("cuda"):
         mem = job.memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -455,7 +428,7 @@ def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[s
                             "refused_globals": list(raw.refused_globals), "nonfinite": list(raw.nonfinite),
                             "reader_warnings": list(raw.warnings), "tensors": len(raw.tensors)}
     if sub is not None:
-        from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
+        from harness.intake.claims import checkpoint_claims, with_checkpoint_claims
 
         claims = with_checkpoint_claims(sub.claims, checkpoint_claims(raw.meta, sub.weights, path))
         info["submission"] = {"student": sub.student, "weights": sub.weights.as_posix(), "family": sub.family,
@@ -489,7 +462,8 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
     import torch
 
     from harness.course.data import load_source
-    from harness.metrics.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
+    from harness.metrics.protocol import as_logits_model
+    from harness.metrics.score import EvalData, score
 
     course = load_course(course_path)
     raw, sub = _read_for_tools(path)
@@ -504,13 +478,9 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
     target = frozen.split(split_name)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = as_logits_model(loaded.model, device=dev)
-    if family == "mlm":
-        r = evaluate_mlm(model, target, tok, context=context or settings.context, seed=settings.seed,
-                         max_tokens=max_tokens or settings.max_tokens or None, train_split=train, progress=progress)
-    else:
-        r = evaluate_clm(model, target, tok, context=context or settings.context,
-                         stride=stride or settings.stride or None, max_tokens=max_tokens or settings.max_tokens or None,
-                         train_split=train, progress=progress)
+    settings = replace(settings, context=context or settings.context, stride=stride or settings.stride,
+                       max_tokens=max_tokens or settings.max_tokens)
+    r = score(model, family, EvalData(target, tok, train), settings, progress=progress)
     return {"harness_version": __version__, "course_fingerprint": course.fingerprint,
             "checkpoint": {"path": str(path), "sha256": raw.sha256, "format": raw.format, "layout": loaded.layout},
             "model": {"family": family, "params": loaded.params, "n_outputs": loaded.n_outputs},

@@ -19,12 +19,10 @@ import contextlib
 import csv
 import datetime as dt
 import functools
-import io
 import json
 import logging
 import math
 import os
-import re
 import statistics
 import warnings
 from collections.abc import Iterator, Sequence
@@ -39,6 +37,7 @@ from harness.reporting import figures as figs
 from harness.errors import HarnessError
 from harness.files import write_atomic
 from harness.grading.findings import CATALOGUE
+from harness.intake.logs import METRICS, curve_rows, find_columns, read_rows
 from harness.sources import UNESTABLISHED
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -804,75 +803,11 @@ def render_class_report(results: dict, out_pdf: Path | str, *, grader: bool = Tr
 
 # --- runs: load and compare ----------------------------------------------------------------------
 
-_CURVE_COLUMNS = {
-    "step": ("step", "steps", "iter", "iteration", "global_step"),
-    "epoch": ("epoch", "epochs"),
-    "tokens": ("tokens", "tokens_seen", "n_tokens"),
-    "lr": ("lr", "learning_rate"),
-    "train_loss": ("train_loss", "training_loss", "loss", "train loss"),
-    "val_loss": ("val_loss", "valid_loss", "validation_loss", "eval_loss", "val loss"),
-    "train_ppl": ("train_ppl", "train_perplexity", "training_perplexity", "perplexity", "ppl"),
-    "val_ppl": ("val_ppl", "val_perplexity", "valid_ppl", "validation_perplexity", "eval_ppl"),
-}
-_SWEEP_METRICS = {
-    "train_loss": ("train_loss", "final_train_loss", "final_loss", "loss", "training_loss"),
-    "val_loss": ("val_loss", "final_val_loss", "valid_loss", "validation_loss", "eval_loss"),
-    "train_ppl": ("train_ppl", "final_train_ppl", "final_ppl", "perplexity", "ppl", "final_perplexity",
-                  "train_perplexity"),
-    "val_ppl": ("val_ppl", "final_val_ppl", "val_perplexity", "validation_perplexity", "eval_ppl"),
-}
-_NAME_COLUMNS = ("experiment", "name", "run", "run_name", "config")
 METRIC_ORDER = ("val_loss", "val_ppl", "train_loss", "train_ppl", "bits_per_byte", "word_ppl", "accuracy", "params",
                 "steps", "tokens", "tokens_per_s", "wall_s", "time_s", "score")
 # Outcomes of a run, not settings: recognised by name (`max_steps`, `warmup_steps` are settings; `steps` is not).
 _METRIC_WORDS = ("loss", "ppl", "perplexity", "accuracy", "bits_per_byte", "score")
 _METRIC_NAMES = set(METRIC_ORDER) | {"complete", "wall_time", "time", "elapsed", "duration"}
-
-
-def _norm(h: str) -> str:
-    return re.sub(r"[\s\-]+", "_", h.strip().lower())
-
-
-def _cell(v: Any) -> Any:
-    """A CSV cell as a number where it is one."""
-    if v is None:
-        return None
-    if isinstance(v, (int, float)):
-        return v
-    text = str(v).strip()
-    if text == "":
-        return None
-    try:
-        f = float(text.replace(",", "")) if re.fullmatch(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?", text, re.I) else None
-    except ValueError:
-        f = None
-    if f is None:
-        return {"true": True, "false": False}.get(text.lower(), text)
-    return int(f) if f.is_integer() and "." not in text and "e" not in text.lower() else f
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise HarnessError("run-invalid", f"cannot read {path}: {e}") from None
-    dialect = csv.excel_tab if text.count("\t") > text.count(",") else csv.excel
-    return [{_norm(k): _cell(v) for k, v in row.items() if k is not None} for row in csv.DictReader(io.StringIO(text), dialect=dialect)]
-
-
-def _curve_rows(rows: list[dict]) -> list[dict]:
-    cols: dict[str, str] = {}
-    keys = {k for r in rows for k in r}
-    for canon, names in _CURVE_COLUMNS.items():
-        hit = next((n for n in names if n in keys), None)
-        if hit:
-            cols[canon] = hit
-    out = []
-    for r in rows:
-        p = {canon: (r.get(col) if _finite(r.get(col)) else None) for canon, col in cols.items()}
-        if any(p.get(k) is not None for k in ("train_loss", "val_loss", "train_ppl", "val_ppl")):
-            out.append(p)
-    return out
 
 
 def _read_json(path: Path) -> Any:
@@ -883,7 +818,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _reference_run(folder: Path) -> dict:
-    curve = _curve_rows(_read_csv(folder / "metrics.csv")) if (folder / "metrics.csv").is_file() else []
+    curve = curve_rows(read_rows(folder / "metrics.csv")) if (folder / "metrics.csv").is_file() else []
     info = _read_json(folder / "run.json") if (folder / "run.json").is_file() else {}
     info = info if isinstance(info, dict) else {}
     final = info.get("final") if isinstance(info.get("final"), dict) else {}
@@ -934,16 +869,13 @@ def _submission_run(results: dict, sub: dict, source: str) -> dict:
 
 
 def _sweep_runs(folder: Path, table: Path) -> list[dict]:
-    rows = _read_csv(table)
+    rows = read_rows(table)
     if not rows:
         raise HarnessError("run-invalid", f"{table} has no rows")
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    metric_cols: dict[str, str] = {}
-    for canon, names in _SWEEP_METRICS.items():
-        hit = next((n for n in names if n in keys and n not in metric_cols.values()), None)
-        if hit:
-            metric_cols[canon] = hit
-    name_col = next((n for n in _NAME_COLUMNS if n in keys), None)
+    columns = find_columns(keys)
+    metric_cols = {k: columns[k] for k in METRICS if k in columns}
+    name_col = columns.get("run")
     other_metrics = [k for k in keys if k not in metric_cols.values() and k != name_col and _is_metric(k)]
     config_cols = [k for k in keys if k not in metric_cols.values() and k != name_col and k not in other_metrics]
     runs = []
@@ -957,7 +889,7 @@ def _sweep_runs(folder: Path, table: Path) -> list[dict]:
         for cand in (folder / name / "metrics.csv", folder / name / "log.csv", folder / f"metrics_{name}.csv",
                      folder / f"log_{name}.csv", folder / f"{name}.csv"):
             if cand.is_file() and cand != table:
-                curve = _curve_rows(_read_csv(cand))
+                curve = curve_rows(read_rows(cand))
                 break
         runs.append({"name": name, "curve": curve, "summary": summary, "config": config,
                      "source": f"{table}#{name}"})
@@ -996,7 +928,7 @@ def load_runs(path: str | Path) -> list[dict]:
         if selector is not None and not runs:
             _find_submission(results, selector)  # raises with the ids it holds
     elif p.suffix.lower() in (".csv", ".tsv"):
-        curve = _curve_rows(_read_csv(p))
+        curve = curve_rows(read_rows(p))
         if not curve:
             raise HarnessError("run-invalid", f"{p} has no loss or perplexity column")
         summary = {k: next((q[k] for q in reversed(curve) if q.get(k) is not None), None)
