@@ -371,7 +371,12 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, vocab_size]; the evaluator computes its losses itself."""
-        return self.output_head().logits(self.hidden_states(input_ids))
+        # through the lm_head module: training swaps it for an identity to take the hidden states
+        logits = self.lm_head(self.hidden_states(input_ids))
+        cap = self.config.logit_softcap
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def output_head(self) -> OutputHead:
         """The output layer as the evaluator's fused path takes it: weight, bias, soft-cap."""
