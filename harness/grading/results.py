@@ -350,6 +350,8 @@ class Measurement(Record):
     # what calibration took (rounds, candidates, targets, stopped_early, seconds): kept with the cached
     # measurement, never in results.json (its seconds differ from run to run)
     calibration_cost: dict[str, Any] | None = omitted_when_none()
+    # seconds per stage (read, calibrate, evaluate, causality): the cached measurement only, as `seconds`
+    stages_s: dict[str, float] | None = omitted_when_none()
 
     @classmethod
     def failed(cls, sid: str, code: str, message: str, *, version: str | None = None) -> Measurement:
