@@ -185,3 +185,6 @@ def test_calibration_stops_once_a_candidate_clearly_wins(graded):
         assert {k: calibration[k]["chosen"] for k in chosen} == chosen and all(c["decided"] for c in calibration.values())
         assert cost["stopped_early"] == cost["rounds"] >= 1 and cost["targets"] < 1024 * cost["rounds"], sid
         assert all(c["tokens"] < 1024 for c in calibration.values()) and cost["candidates"] >= 2 and cost["seconds"] > 0
+        # results.json says what it cost, without the seconds (they differ from run to run)
+        shown = next(s for s in graded["results"]["submissions"] if s["id"] == sid)["model"]["calibration_work"]
+        assert shown == {k: v for k, v in cost.items() if k != "seconds"}, sid

@@ -306,6 +306,8 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
             result.model.n_kv_heads = cfg.n_kv_heads
         result.warnings += d["warnings"]
         result.calibration_cost = loaded.calibration_cost  # in the measurement; not in results.json (seconds)
+        if loaded.calibration_cost and loaded.calibration_cost.get("rounds"):
+            result.model.calibration_work = {k: v for k, v in loaded.calibration_cost.items() if k != "seconds"}
         result.pad_id = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
     result.tokenizer = TokenizerInfo(name=tokenizer.name, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id,
                                      sha256=tokenizer.sha256, named_by_student=named,

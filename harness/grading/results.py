@@ -154,7 +154,8 @@ class ModelInfo(Record):
     the student's own code (run in the sandbox) reported."""
 
     SHAPES: ClassVar[dict[str, frozenset[str]]] = {
-        "layout": frozenset({"tied", "norm", "activation", "positions", "causal_mask", "calibration", "facts"}),
+        "layout": frozenset({"tied", "norm", "activation", "positions", "causal_mask", "calibration", "calibration_work",
+                             "facts"}),
         "custom-code": frozenset({"code", "built", "sandbox"}),
     }
 
@@ -177,6 +178,9 @@ class ModelInfo(Record):
     positions: str | None = None
     causal_mask: bool | None = None
     calibration: dict[str, Any] | None = None
+    # what calibration cost: rounds, candidates, targets scored (summed), rounds stopped early; its seconds
+    # stay with the cached measurement (Measurement.calibration_cost), so reruns give the same results.json
+    calibration_work: dict[str, int] | None = omitted_when_none()
     facts: dict[str, Any] | None = None
     # the student's code
     code: str | None = None  # "model.py:ClassName"
