@@ -2,8 +2,8 @@
 of 30 at the demo's scale, stage by stage, beside its arithmetic limit.
 
 Prints submissions/minute of the first run, the cached rerun's time, their ratio, and workers 1 vs 2.
-Usage: python benchmarks/grade.py [--workers 1 2]
-       python benchmarks/grade.py --limit [--submissions 30] [--max-tokens N] [--scale demo|test]
+Usage: python -m benchmarks.grade [--workers 1 2]
+       python -m benchmarks.grade --limit [--submissions 30] [--max-tokens N] [--scale demo|test]
 
 `measure()` returns the rows that `main()` prints and `python -m benchmarks` tabulates; the suite grades a copy
 of `cached_class()` (written once, kept in the harness's cache) less custom_loop, or `tiny_class()` for tests.
