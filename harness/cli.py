@@ -562,7 +562,8 @@ def grade(
             err.print(line, highlight=False)
         return
     out.print(_class_table(outcome.results))
-    out.print(f"{len(outcome.measured)} evaluated, {len(outcome.cached)} from the cache")
+    out.print(f"{len(outcome.measured)} evaluated, {len(outcome.cached)} from the cache"
+              + ("; re-scored" if outcome.rescored and not outcome.measured else ""))
     out.print(f"results  {out_dir / 'results.json'}")
     out.print(f"grades   {out_dir / 'grades.csv'}")
     if reports:

@@ -223,3 +223,126 @@ def test_mlm_document_losses_add_up_to_the_masked_positions(tmp_path):
     assert all(t <= len(split.document(i)) for i, t in enumerate(d.tokens))
     assert d.tokens[-1] == 0 or sum(split.document(i).size + 2 for i in range(12)) <= 300  # the cap cut the end off
     assert DocumentLosses.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+
+
+# --- through `harness grade` and `harness check` ------------------------------------------------------------
+
+
+def _write_class(root: Path, corpus: dict, models: dict) -> dict:
+    from harness.models import save_canonical
+
+    class_dir = root / "class"
+    for sid in ("clean", "contaminated"):
+        sub = class_dir / sid
+        save_canonical(models[sid], sub / "model")
+        (sub / "submission.toml").write_text(f'[submission]\nstudent = "Student {sid}"\nfamily = "gpt"\n'
+                                             f'checkpoint = "model"\n[claims]\nval_loss = 2.5\n', encoding="utf-8")
+    save_canonical(models["reference"], root / "reference")
+    course = root / "course.toml"
+    course.write_text(f"""
+[data]
+source = "{corpus['data']}"
+public = "validation"
+private = "test"
+[eval.clm]
+tokenizer = "char:{corpus['vocab']}"
+context = {DOC_CHARS}
+calibration_tokens = 0
+[reference]
+gpt = "{root / 'reference'}"
+mlm = "{root / 'no-mlm-reference'}"
+[[rubric]]
+name = "Loads"
+kind = "loads"
+points = 20
+[[rubric]]
+name = "Held-out perplexity"
+kind = "perplexity"
+points = 35
+split = "private"
+""", encoding="utf-8")
+    return {"class": class_dir, "course": course}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, corpus, models, run_cli_module):
+    root = tmp_path_factory.mktemp("graded")
+    paths = _write_class(root, corpus, models)
+    out = root / "out"
+    args = ("grade", paths["class"], "--out", out, "--course", paths["course"], "--workers", "1", "--no-reports")
+    proc = run_cli_module(*args)
+    assert proc.returncode == 0, proc.stderr
+    return {**paths, "root": root, "out": out, "args": args, "proc": proc,
+            "results": json.loads((out / "results.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def run_cli_module():
+    import os
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
+                              timeout=600, env=os.environ.copy())
+    return run
+
+
+@pytest.mark.slow
+def test_grade_scores_both_splits_and_finds_the_contaminated_model(graded):
+    r = graded["results"]
+    subs = {s["id"]: s for s in r["submissions"]}
+    assert r["data"]["split"] == "validation" and r["data"]["private_split"] == "test"
+    assert r["reference"]["gpt"]["private"]["split"] == "test"
+    for sid, s in subs.items():
+        assert s["private"]["split"] == "test" and s["private"]["metrics"]["tokens"] == 24 * DOC_CHARS - 1
+        assert s["split_gap"]["paired"], sid
+    codes = {sid: {f["code"] for f in s["findings"]} for sid, s in subs.items()}
+    assert "trained-on-validation" in codes["contaminated"] and "trained-on-validation" not in codes["clean"]
+    gap = subs["contaminated"]["split_gap"]
+    assert gap["flagged"] and gap["below_every_private"] >= 8
+    assert all(d["title"].startswith("validation.jsonl:") for d in gap["documents"])
+    # the documents it was trained on are the ones named: lines 1-12 of validation.jsonl
+    assert {int(d["title"].split(":")[1]) for d in gap["documents"] if d["below_every_private"]} <= set(range(1, 13))
+    message = next(f["message"] for f in subs["contaminated"]["findings"] if f["code"] == "trained-on-validation")
+    assert "validation.jsonl:" in message
+    # the rubric scores the private split
+    why = {c["name"]: c["why"] for c in subs["clean"]["score"]["criteria"]}["Held-out perplexity"]
+    assert why.startswith("private split (test):")
+
+
+@pytest.mark.slow
+def test_a_rubric_change_rescores_from_the_cache_without_evaluating(graded, run_cli_module):
+    """Issue #17 item 6: a changed weight keeps every measurement (the key holds what measures, not the rubric)."""
+    course = graded["course"]
+    before = graded["results"]
+    course.write_text(course.read_text().replace("points = 35", "points = 50"), encoding="utf-8")
+    try:
+        proc = run_cli_module(*graded["args"])
+        assert proc.returncode == 0, proc.stderr
+        assert "0 evaluated, 3 from the cache; re-scored" in proc.stdout
+        after = json.loads((graded["out"] / "results.json").read_text())
+    finally:
+        course.write_text(course.read_text().replace("points = 50", "points = 35"), encoding="utf-8")
+    for a, b in zip(before["submissions"], after["submissions"]):
+        assert (a["metrics"], a["private"], a["split_gap"]) == (b["metrics"], b["private"], b["split_gap"])
+        assert a["score"]["max"] == 55 and b["score"]["max"] == 70 and a["score"]["total"] != b["score"]["total"]
+    assert before["course"]["fingerprint"] != after["course"]["fingerprint"]
+
+
+@pytest.mark.slow
+def test_check_shows_the_public_split_only(graded, run_cli_module):
+    out = graded["root"] / "check"
+    proc = run_cli_module("check", graded["class"] / "contaminated", "--course", graded["course"], "--out", out,
+                          "--json", "--no-reports")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    graded_s = next(x for x in graded["results"]["submissions"] if x["id"] == "contaminated")
+    assert s["private"] is None and s["split_gap"] is None and s["metrics"] == graded_s["metrics"]
+    assert "trained-on-validation" not in {f["code"] for f in s["findings"]}
+    # no private number anywhere: neither in what it printed nor in what it wrote, nor in its cache
+    private_loss = graded_s["private"]["metrics"]["total_nll"]
+    written = proc.stdout + "".join(p.read_text() for p in out.rglob("*.json"))
+    assert repr(private_loss) not in written and '"test"' not in written
+    why = {c["name"]: c["why"] for c in s["score"]["criteria"]}["Held-out perplexity"]
+    assert why.startswith("public split (validation) here:") and "only the grader runs" in why

@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,9 +27,11 @@ import numpy as np
 
 from harness import __version__
 from harness.grading.backends import Measured, backend
+from harness.grading.cache_key import CACHE_FORMAT, measurement_basis, measurement_key  # noqa: F401 (CACHE_FORMAT)
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
+from harness.grading.contamination import measured_gap, reference_gap_documents
 from harness.grading.findings import Evaluation, find, finding
 from harness.grading.measure import Job, submission_fingerprint
 from harness.grading.rubric import read_overrides, score
@@ -37,7 +39,7 @@ from harness.intake.submission import CLAIM_KEYS, Claims, CurvePoint, Submission
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
-CACHE_FORMAT = "harness-measure/3"
+# /4: harness.grading.cache_key (what measures, not the whole course)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class GradeOptions:
     backend: str = "local"  # local: processes on this machine; ray: a Ray task per submission
     ray_address: str | None = None  # for ray.init: None starts a Ray on this machine (or joins RAY_ADDRESS); "auto"
     allow_unsandboxed_code: bool = False  # custom code runs even where no sandbox can be made (recorded)
+    private: bool = True  # score the course's private split too (`harness check`: never)
 
 
 @dataclass
@@ -61,14 +64,12 @@ class GradeOutcome:
     results: dict[str, Any]
     measured: list[str] = field(default_factory=list)  # ids evaluated in this run (not from the cache)
     cached: list[str] = field(default_factory=list)
+    rescored: bool = False  # results.json was there and changed: scores recomputed from what was measured
 
 
-def _cache_key(ref: SubmissionRef, course: Course, unsandboxed: bool = False) -> str:
-    key = {"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.key_paths or ref.paths)),
-           "course": course.fingerprint, "harness": __version__}
-    if unsandboxed:  # what was measured without the sandbox is never mistaken for what was measured in it
-        key["unsandboxed"] = True
-    return fingerprint(key)[:24]
+def _cache_key(ref: SubmissionRef, basis: dict[str, Any], unsandboxed: bool = False) -> str:
+    """Keyed by what measures (`harness.grading.cache_key`): a rubric or tolerance change keeps every entry."""
+    return measurement_key(submission_fingerprint(list(ref.key_paths or ref.paths)), basis, unsandboxed)
 
 
 def _store(m: Measured, cache_dir: Path, sid: str, key: str) -> dict[str, Any]:
@@ -97,7 +98,8 @@ def evaluation_of(m: dict[str, Any]) -> Evaluation:
                       model=m.get("model") or {}, metrics=metrics, claims=_claims(m.get("claims")),
                       causal=m.get("causal"), nonfinite=tuple(m.get("nonfinite") or ()),
                       tokenizer=m.get("tokenizer") or {}, error=m.get("error"),
-                      warnings=tuple(m.get("warnings") or ()), pad_id=m.get("pad_id"))
+                      warnings=tuple(m.get("warnings") or ()), pad_id=m.get("pad_id"),
+                      private_metrics=(m.get("private") or {}).get("metrics"))
 
 
 def similarity_pairs(measured: list[dict[str, Any]], cache_dir: Path, threshold: float) -> list[dict[str, Any]]:
@@ -155,6 +157,10 @@ def _reference(course: Course, measured: dict[str, dict[str, Any]]) -> dict[str,
                        "bits_per_byte": m["metrics"].get("bits_per_byte"), "tokenizer": m.get("tokenizer"),
                        "params": (m.get("model") or {}).get("params"), "model": m.get("model"),
                        "checkpoint": m.get("checkpoint"), "curve": curve}
+        if (m.get("private") or {}).get("metrics"):
+            p = m["private"]["metrics"]
+            out[family]["private"] = {"split": m["private"]["split"], "loss": p["loss"], "ppl": p["ppl"],
+                                      "bits_per_byte": p.get("bits_per_byte")}
     return out
 
 
@@ -170,7 +176,7 @@ def rank_metric(course: Course, measured: list[dict[str, Any]]) -> str:
 
 
 def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str, Any], cache_dir: Path,
-             overrides: list[dict[str, Any]]) -> dict[str, Any]:
+             overrides: list[dict[str, Any]], reference_documents: dict[str, Any] | None = None) -> dict[str, Any]:
     pairs = similarity_pairs(measured, cache_dir, course.tolerances.similar_weights)
     subs = []
     manifests = sorted({(m.get("data") or {}).get("manifest_sha256") for m in measured} - {None})
@@ -188,6 +194,9 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
         for s in similar:
             fs.append(finding("similar-weights", f"Weights {s['similarity']:.4f} similar to submission {s['id']}.",
                               grader_only=True))
+        gap = measured_gap(m, (reference_documents or {}).get(family or "gpt"), course.tolerances)
+        if gap is not None and gap.flagged:
+            fs.append(finding("trained-on-validation", gap.message()))
         sc = score(ev, fs, course, ref.get("ppl"), overrides, reference=ref)
         subs.append({
             "id": ev.id, "student": ev.student, "status": m["status"], "error": m.get("error"),
@@ -196,6 +205,7 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
             "findings": [f.to_dict() for f in fs], "score": sc.to_dict(), "similar_to": similar,
             "data": m.get("data"), "warnings": m.get("warnings", []), "device": m.get("device", "cpu"),
             "report_file": m.get("report_file"),
+            "private": m.get("private"), "split_gap": gap.to_dict() if gap is not None else None,
         })
     dates = sorted(m.get("measured_on") or "" for m in measured)
     return {
@@ -206,6 +216,7 @@ def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str
                    "requirements": {f: {k: list(v) for k, v in r.items()} for f, r in course.requirements.items()},
                    "tolerances": course.to_dict()["tolerances"]},
         "data": {"source": course.data_source, "split": course.data_split, "tokenizer": course.clm.tokenizer,
+                 "private_split": next((m["private"]["split"] for m in measured if m.get("private")), None),
                  "manifest_sha256": manifests[0] if len(manifests) == 1 else manifests},
         "protocol": {"clm": {"protocol": course.clm.protocol, "context": course.clm.context,
                              "stride": course.clm.stride or course.clm.context, "max_tokens": course.clm.max_tokens or None},
@@ -247,6 +258,7 @@ def check(submission: Path, out: Path, course_path: Path | None = None, opts: Gr
     if not submission.exists():
         raise HarnessError("submission-missing", f"{submission} does not exist")
     sid = submission.name if submission.is_dir() else submission.stem
+    opts = replace(opts, private=False)  # the student's view: the private split is neither scored nor shown
     return grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [])
 
 
@@ -266,12 +278,17 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
         freeze(source, course.clm.tokenizer)
     except HarnessError:
         pass
+    private = opts.private and course.data_private is not None
+    if private and course.data_private not in source.splits:
+        raise HarnessError("course-invalid", f"the course's private split {course.data_private!r} is not in "
+                           f"{source.name} (it has {', '.join(source.splits)}); set [data] private = \"none\"")
+    basis = measurement_basis(course, source_sha256=source.sha256, split_rule=source.split_rule, private=private)
 
     measured: dict[str, dict[str, Any]] = {}
     todo = []
     outcome = GradeOutcome(out, {})
     for ref in refs:
-        key = _cache_key(ref, course, opts.allow_unsandboxed_code)
+        key = _cache_key(ref, basis, opts.allow_unsandboxed_code)
         cached = cache_dir / f"{ref.id}.{key}.json"
         if cached.is_file():
             try:
@@ -289,7 +306,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     jobs = [Job(id=ref.id, paths=[str(p.resolve()) for p in ref.paths],
                 course_path=str(course_path.resolve()) if course_path else None, threads=threads,
                 memory_mb=opts.memory_mb, timeout_s=opts.timeout_s,
-                allow_unsandboxed_code=opts.allow_unsandboxed_code) for ref, _ in todo]
+                allow_unsandboxed_code=opts.allow_unsandboxed_code, private=private) for ref, _ in todo]
     keys = {ref.id: key for ref, key in todo}
     for job, result in run(jobs, lambda job, m: _store(m, cache_dir, job.id, keys[job.id])):
         measured[job.id] = result
@@ -301,10 +318,17 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
             opts.progress(done, total)
 
     keep = {f"{m['id']}.{m.get('cache_key')}" for m in measured.values()}
+    reference_documents = {f: reference_gap_documents(measured.get(REFERENCE_ID.format(f))) for f in ("gpt", "mlm")}
     reference = _reference(course, measured)
-    results = assemble(course, list(measured.values()), reference, cache_dir, overrides)
+    results = assemble(course, list(measured.values()), reference, cache_dir, overrides, reference_documents)
     results["custom_code_sandbox"] = _sandbox_record(measured.values(), opts.allow_unsandboxed_code)
-    write_atomic(out / "results.json", pretty_json(results))
+    text = pretty_json(results)
+    try:
+        before = (out / "results.json").read_text(encoding="utf-8")
+    except OSError:
+        before = None
+    outcome.rescored = before is not None and before != text
+    write_atomic(out / "results.json", text)
     write_atomic(out / "grades.csv", grades_csv(results))
     outcome.results = results
     _prune_cache(cache_dir, keep)

@@ -122,6 +122,7 @@ class Evaluation:
     error: dict[str, str] | None = None  # {"code", "message"}: loading or evaluating failed
     warnings: tuple[str, ...] = ()
     pad_id: int | None = None  # a padding id read from the checkpoint's config, if any
+    private_metrics: dict[str, Any] | None = None  # the private split's, where `harness grade` scored it
 
 
 def _fmt(x: float) -> str:

@@ -48,6 +48,7 @@ class Job:
     memory_mb: int = 0  # address-space limit of the worker itself; 0: none
     timeout_s: float = 0  # the worker ends itself after this long, even if its parent died; 0: never
     allow_unsandboxed_code: bool = False  # run custom code even where no sandbox boundary can be made
+    private: bool = False  # also score the course's private split (`harness grade`; `harness check` never)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
@@ -344,6 +345,9 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     result["metrics"] = metrics
     result["data"] = {"manifest_sha256": frozen.manifest_sha256, "split": course.data_split,
                       "source": source.name}
+    from harness.grading.private import measure_private
+
+    measure_private(job, course, family, model, frozen, tokenizer, train, source, r, result)
     if custom is not None:
         custom.finish(result)
 
