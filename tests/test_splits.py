@@ -334,7 +334,7 @@ def test_a_rubric_change_rescores_from_the_cache_without_evaluating(graded, run_
 def test_check_shows_the_public_split_only(graded, run_cli_module):
     out = graded["root"] / "check"
     proc = run_cli_module("check", graded["class"] / "contaminated", "--course", graded["course"], "--out", out,
-                          "--json", "--no-reports")
+                          "--json")
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
     graded_s = next(x for x in graded["results"]["submissions"] if x["id"] == "contaminated")
@@ -346,3 +346,25 @@ def test_check_shows_the_public_split_only(graded, run_cli_module):
     assert repr(private_loss) not in written and '"test"' not in written
     why = {c["name"]: c["why"] for c in s["score"]["criteria"]}["Held-out perplexity"]
     assert why.startswith("public split (validation) here:") and "only the grader runs" in why
+    from pypdf import PdfReader
+
+    pdf = " ".join(" ".join(p.extract_text() or "" for p in PdfReader(str(out / "contaminated.pdf")).pages).split())
+    assert "Perplexity" in pdf and "Perplexity, private split" not in pdf and "Public − private" not in pdf
+
+
+@pytest.mark.slow
+def test_the_graders_pdf_shows_both_splits_and_the_evidence(graded, tmp_path):
+    from pypdf import PdfReader
+
+    from harness.reporting.report import render_class_report, render_student_report
+
+    def text(pdf):
+        return " ".join(" ".join(p.extract_text() or "" for p in PdfReader(str(pdf)).pages).split())
+
+    results = graded["results"]
+    student = text(render_student_report(results, "contaminated", tmp_path / "c.pdf", grader=True))
+    assert "Perplexity, private split (test)" in student and "Trained on the evaluation data" in student
+    assert "validation.jsonl:" in student and "Public − private loss" in student
+    clean = text(render_student_report(results, "clean", tmp_path / "ok.pdf", grader=True))
+    assert "Perplexity, private split (test)" in clean and "Trained on the evaluation data" not in clean
+    assert "Private" in text(render_class_report(results, tmp_path / "class.pdf"))

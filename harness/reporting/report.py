@@ -39,6 +39,7 @@ from harness.reporting import figures as figs
 from harness.errors import HarnessError
 from harness.files import write_atomic
 from harness.grading.findings import CATALOGUE
+from harness.reporting.splits import private_notes, private_rows
 from harness.sources import UNESTABLISHED
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -442,6 +443,7 @@ def _metrics(results: dict, sub: dict, codes: set[str]) -> dict:
                                                            fmt_ppl(ref.get("word_ppl")), DASH, DASH]})
     rows.append({"label": "Masked positions scored" if family == "mlm" else "Targets scored",
                  "cells": [fmt_int(m.get("tokens")), DASH, DASH, fmt_int(ref.get("tokens")), DASH, DASH]})
+    rows += private_rows(sub, ref, unit)  # harness.reporting.splits
     parts = [proto.get("protocol") or ("mlm-v1" if family == "mlm" else "clm-v1")]
     if proto.get("context"):
         parts.append(f"context {proto['context']}")
@@ -464,6 +466,7 @@ def _metrics(results: dict, sub: dict, codes: set[str]) -> dict:
                      "the report.")
     if not ref:
         notes.append("No reference model is recorded for this family.")
+    notes += private_notes(sub)
     return {"rows": rows, "columns": columns, "protocol": protocol, "notes": notes}
 
 
@@ -694,6 +697,7 @@ def class_context(results: dict, *, grader: bool = True) -> dict:
                      "status": "graded" if graded else "error",
                      "score": fmt_points(score), "ppl": fmt_ppl(m.get("ppl")), "loss": fmt_loss(m.get("loss")),
                      "bpb": fmt_loss(m.get("bits_per_byte")),
+                     "private_ppl": fmt_ppl(((s.get("private") or {}).get("metrics") or {}).get("ppl")),
                      "family": _family(s), "findings": findings, "_total": score,
                      "_score": -(score if _finite(score) else -1),
                      "_ppl": tie if _finite(tie) else math.inf})
@@ -774,6 +778,7 @@ def class_context(results: dict, *, grader: bool = True) -> dict:
         "stats": stats,
         "rows": rows,
         "by_bpb": by_bpb,
+        "private": (results.get("data") or {}).get("private_split"),  # the column only `harness grade` fills
         "max": fmt_points(mx),
         "dist_svg": dist_svg,
         "scatter_svg": scatter_svg,
