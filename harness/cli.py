@@ -181,7 +181,7 @@ def course_show(course: CourseOpt = None, as_json: JsonOpt = False) -> None:
         _print_json({"fingerprint": c.fingerprint, "origin": c.origin, "course": c.to_dict()})
         return
     out.print(_styled(c.name, "bold", f" ({c.origin})"))
-    out.print(f"data       {c.data_source}, split {c.data_split}")
+    out.print(f"data       {c.data_source}, public split {c.data_split}, private split {c.data_private or 'none'}")
     for fam, s in (("clm", c.clm), ("mlm", c.mlm)):
         out.print(f"{fam}        {s.protocol}, tokenizer {s.tokenizer}, context {s.context}, "
                   f"stride {s.stride or 'L'}, max tokens {s.max_tokens or 'all'}")

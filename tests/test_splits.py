@@ -368,3 +368,29 @@ def test_the_graders_pdf_shows_both_splits_and_the_evidence(graded, tmp_path):
     clean = text(render_student_report(results, "clean", tmp_path / "ok.pdf", grader=True))
     assert "Perplexity, private split (test)" in clean and "Trained on the evaluation data" not in clean
     assert "Private" in text(render_class_report(results, tmp_path / "class.pdf"))
+
+
+# --- the cache key: what measures, nothing else -------------------------------------------------------------
+
+
+def test_the_measurement_key_follows_what_measures_and_nothing_else():
+    from harness.grading.cache_key import measurement_basis, measurement_key, measuring_code
+
+    text = default_course_text()
+
+    def key(t: str, **kw) -> str:
+        return measurement_key("files", measurement_basis(parse_course(t), source_sha256="s", split_rule="r", **kw))
+
+    base = key(text)
+    for same in (text.replace("points = 35", "points = 50"), text.replace("val_loss_nats = 0.25", "val_loss_nats = 0.5"),
+                 text.replace('name = "Small', 'name = "Big'), text.replace("d_model = [64, 256]", "d_model = [32, 256]"),
+                 text.replace('split = "private"', 'split = "public"'), text.replace("full_ratio = 1.10", "full_ratio = 1.2")):
+        assert same != text and key(same) == base
+    for other in (text.replace("context = 64 ", "context = 32 "), text.replace('private = "test"', 'private = "validation"').replace('public = "validation"', 'public = "test"'),
+                  text.replace("calibration_tokens = 4096    #", "calibration_tokens = 1024    #"),
+                  text.replace('tokenizer = "gpt2"', 'tokenizer = "char:vocab.txt"')):
+        assert other != text and key(other) != base
+    assert key(text, private=False) != base  # `harness check` never takes a grader's entry, nor the other way
+    assert measurement_key("files", measurement_basis(parse_course(text), source_sha256="t", split_rule="r")) != base
+    assert measurement_key("other files", measurement_basis(parse_course(text), source_sha256="s", split_rule="r")) != base
+    assert len(measuring_code()) == 64
