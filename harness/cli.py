@@ -217,7 +217,9 @@ def demo(
     out.print(_class_table(r.grading.results))
     ref = r.grading.results["reference"].get("gpt") or {}
     if ref:
-        out.print(f"reference GPT (recomputed like a submission): perplexity {ref['ppl']:,.1f}")
+        out.print(f"reference GPT (recomputed like a submission): perplexity {ref['ppl']:,.1f}"
+                  + (f"; on the private split ({ref['private']['split']}) {ref['private']['ppl']:,.1f}"
+                     if ref.get("private") else ""))
     out.print(f"{len(r.grading.measured)} evaluated, {len(r.grading.cached)} from the cache; "
               f"wall time {r.timings['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in r.timings.items()
                                                            if k != "total") + ")")
@@ -439,16 +441,19 @@ UnsandboxedOpt = Annotated[bool, typer.Option(
 
 
 def _class_table(results: dict) -> Table:
-    table = Table("id", "student", "score", "ppl", "loss", "status", "findings", title=results["course"]["name"],
-                  title_justify="left")
-    for col in (2, 3, 4):
+    private = (results.get("data") or {}).get("private_split")  # `harness grade` only: its perplexity beside
+    table = Table("id", "student", "score", "ppl", *([f"ppl {private}"] if private else []), "loss", "status",
+                  "findings", title=results["course"]["name"], title_justify="left")
+    for col in (2, 3, 4, 5) if private else (2, 3, 4):
         table.columns[col].justify = "right"
     for s in results["submissions"]:
         m = s.get("metrics") or {}
+        pm = ((s.get("private") or {}).get("metrics") or {}) if private else None
         codes = ", ".join(f["code"] for f in s["findings"] if f["code"] != "submission-warning")
         table.add_row(s["id"], s["student"], f"{s['score']['total']:g}/{s['score']['max']:g}",
-                      f"{m['ppl']:,.1f}" if m.get("ppl") else "—", f"{m['loss']:.3f}" if m.get("loss") else "—",
-                      s["status"], codes or "—")
+                      f"{m['ppl']:,.1f}" if m.get("ppl") else "—",
+                      *([f"{pm['ppl']:,.1f}" if pm.get("ppl") else "—"] if private else []),
+                      f"{m['loss']:.3f}" if m.get("loss") else "—", s["status"], codes or "—")
     return table
 
 
