@@ -146,3 +146,12 @@ def test_every_unigram_baseline_counts_the_train_split(graded):
     metrics = {s["id"]: s["metrics"] for s in graded["results"]["submissions"] if s.get("metrics")}
     assert "s004_bert" in metrics and metrics["s004_bert"]["protocol"] == "mlm-v1"
     assert {m["unigram_source"] for m in metrics.values()} == {"train"}
+
+
+def test_no_example_model_is_found_trained_on_validation(graded):
+    """Issue #17: the example class trains on the train split only, so the private split finds none of it."""
+    subs = {s["id"]: s for s in graded["results"]["submissions"]}
+    assert graded["results"]["data"]["private_split"] == "test"
+    gaps = {sid: s["split_gap"] for sid, s in subs.items() if s["status"] == "graded" and s.get("split_gap")}
+    assert {"nanogpt_clean", "hf_gpt2_clean", "s001_pre_ln"} <= set(gaps)
+    assert not [sid for sid, s in subs.items() if "trained-on-validation" in {f["code"] for f in s["findings"]}]
