@@ -27,7 +27,7 @@ import numpy as np
 
 from harness import __version__
 from harness.grading.backends import Measured, backend
-from harness.grading.cache_key import CACHE_FORMAT, measurement_basis, measurement_key  # noqa: F401 (CACHE_FORMAT)
+from harness.grading.cache_key import measurement_basis, measurement_key
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
@@ -39,7 +39,7 @@ from harness.intake.submission import CLAIM_KEYS, Claims, CurvePoint, Submission
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
-# /4: harness.grading.cache_key (what measures, not the whole course)
+# /4 and on: harness.grading.cache_key.CACHE_FORMAT (what measures, not the whole course)
 
 
 @dataclass
