@@ -173,13 +173,13 @@ def _measure(*, d_model: int, n_layers: int, n_heads: int, rounds: int, max_toke
         course = root / "course.toml"
         course.write_text(capped_course_text(max_tokens))
 
-        def once(sub: Path) -> tuple[float, float, dict]:
+        def once(sub: Path):
             job = Job(id=sub.name, paths=[str(sub)], course_path=str(course))
             t0, c0 = time.perf_counter(), _cpu_s()
             result = grade_one(job)
             seconds, cpu = time.perf_counter() - t0, _cpu_s() - c0
-            if result["status"] != "graded":
-                raise RuntimeError(f"{sub.name} was not graded: {result['error']}")
+            if result.status != "graded":
+                raise RuntimeError(f"{sub.name} was not graded: {result.error}")
             return seconds, cpu, result
 
         for path in paths:
@@ -197,8 +197,8 @@ def _measure(*, d_model: int, n_layers: int, n_heads: int, rounds: int, max_toke
             row = {"path": path, "gpt2_s": g, "llama_s": l_, "ratio": l_ / g, "aim": AIM, "rounds": rounds,
                    "gpt2_cpu_s": gc, "llama_cpu_s": lc, "cpu_ratio": lc / gc,
                    "gpt2_times": times["gpt2"], "llama_times": times["llama"],
-                   "gpt2_layout": results["gpt2"]["checkpoint"]["layout"],
-                   "llama_layout": results["llama"]["checkpoint"]["layout"],
+                   "gpt2_layout": results["gpt2"].checkpoint.layout,
+                   "llama_layout": results["llama"].checkpoint.layout,
                    **{k: pair[k] for k in ("d_ff", "kv_heads", "gpt2_params", "llama_params", "gpt2_blocks",
                                            "llama_blocks")},
                    "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "max_tokens": max_tokens}

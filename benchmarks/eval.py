@@ -41,7 +41,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.course.data import TokenizedSplit  # noqa: E402
-from harness.metrics.evaluate import clm_stream, clm_windows, evaluate_clm  # noqa: E402
+from harness.metrics.clm import evaluate_clm  # noqa: E402
+from harness.metrics.windows import clm_stream, clm_windows  # noqa: E402
 from harness.course.tokenizers import get_tokenizer  # noqa: E402
 
 CONTEXT = 64

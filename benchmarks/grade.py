@@ -93,10 +93,10 @@ def measure(*, workers: tuple[int, ...] = (1, 2), max_tokens: int = 4096, timeou
             t1 = time.perf_counter()
             again = grade(root / "class", out, course, opts)
             t2 = time.perf_counter()
-            subs = first.results["submissions"]
+            subs = first.results.submissions
             assert not again.measured, "the cached rerun evaluated something"
-            codes = [(s.get("error") or {}).get("code") for s in subs]
-            row = {"workers": w, "submissions": len(subs), "ids": [s["id"] for s in subs],
+            codes = [s.error.code if s.error else None for s in subs]
+            row = {"workers": w, "submissions": len(subs), "ids": [s.id for s in subs],
                    "first_s": t1 - t0, "subs_per_min": len(subs) / (t1 - t0) * 60, "cached_s": t2 - t1,
                    "ratio": (t1 - t0) / (t2 - t1), "errors": sum(c is not None for c in codes),
                    "timeouts": codes.count("grading-timeout"), "timeout_s": timeout_s, "max_tokens": max_tokens}

@@ -38,13 +38,15 @@ def measure(*, repeat: int = 3, out: Path | None = None, students: int | None = 
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    from harness.reporting import report  # noqa: PLC0415
+    from harness.reporting import pdf, report  # noqa: PLC0415
 
-    weasyprint = report._weasyprint()
+    weasyprint = pdf._weasyprint()
 
     t_import = time.perf_counter() - t0
-    results = make_results()
-    ids = [s["id"] for s in results["submissions"]][:students]
+    from harness.grading.results import ClassResults  # noqa: PLC0415
+
+    results = ClassResults.from_json(make_results())
+    ids = [s.id for s in results.submissions][:students]
 
     t0 = time.perf_counter()
     report.render_student_report(results, ids[0], out / f"cold-{ids[0]}.pdf")
@@ -63,7 +65,7 @@ def measure(*, repeat: int = 3, out: Path | None = None, students: int | None = 
             t2 = time.perf_counter()
             doc = weasyprint.HTML(string=html, base_url=str(report.TEMPLATES)).render()
             t3 = time.perf_counter()
-            with report._source_date(ctx["page"]["created"]):
+            with pdf._source_date(ctx["page"]["created"]):
                 data = doc.write_pdf()
             t4 = time.perf_counter()
             (out / f"{sid}.pdf").write_bytes(data)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.eval import (  # noqa: E402
     CONTEXT, build_gpt, flops_per_token, load_text, make_clock, non_embedding_params)
-from harness.metrics.evaluate import evaluate_clm  # noqa: E402
+from harness.metrics.clm import evaluate_clm  # noqa: E402
 from harness.course.tokenizers import get_tokenizer  # noqa: E402
 
 SCALES = (1, 2, 4)

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.families import FAMILIES
 
 
 def _typer(help: str, **kwargs) -> typer.Typer:
@@ -135,8 +136,10 @@ def data_show(
     """What a source holds: splits, documents, tokens, fingerprints."""
     frozen = _freeze(course, data, tokenizer, None, as_json)
     if as_json:
+        from harness.course.data import split_summary
+
         rows = []
-        for row in _split_rows(frozen):
+        for row in split_summary(frozen):
             row["first_ids"] = frozen.split(row["split"]).tokens[:first].tolist()
             rows.append(row)
         _print_json({"source": frozen.manifest["source"], "tokenizer": frozen.manifest["tokenizer"],
@@ -145,12 +148,6 @@ def data_show(
     else:
         _print_data(frozen, "reused" if frozen.reused else "written")
         out.print(f"split rule        {frozen.manifest['split_rule']}")
-
-
-def _split_rows(frozen):
-    from harness.course.data import split_summary
-
-    return split_summary(frozen)
 
 
 # --- course --------------------------------------------------------------------------------------
@@ -215,11 +212,10 @@ def demo(
         _train_summary(t)
     out.print()
     out.print(_class_table(r.grading.results))
-    ref = r.grading.results["reference"].get("gpt") or {}
-    if ref:
-        out.print(f"reference GPT (recomputed like a submission): perplexity {ref['ppl']:,.1f}"
-                  + (f"; on the private split ({ref['private']['split']}) {ref['private']['ppl']:,.1f}"
-                     if ref.get("private") else ""))
+    ref = r.grading.results.reference.gpt
+    if ref is not None:
+        out.print(f"reference GPT (recomputed like a submission): perplexity {ref.ppl:,.1f}"
+                  + (f"; on the private split ({ref.private.split}) {ref.private.ppl:,.1f}" if ref.private else ""))
     out.print(f"{len(r.grading.measured)} evaluated, {len(r.grading.cached)} from the cache; "
               f"wall time {r.timings['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in r.timings.items()
                                                            if k != "total") + ")")
@@ -266,7 +262,7 @@ def reference_train(
     from harness.progress import progress_bar
     from harness.train import torchrun_command, train_reference
 
-    if family not in ("gpt", "mlm"):
+    if family not in FAMILIES:
         raise HarnessError("family-unknown", f"family {family!r} is not gpt or mlm")
     if nproc > 1:
         args = [a for k, v in (("--config", config), ("--out", out_dir), ("--course", course), ("--max-steps", max_steps),
@@ -440,20 +436,20 @@ UnsandboxedOpt = Annotated[bool, typer.Option(
     "missing): it then sees this machine's files. Recorded in results.json. Default: such code is refused.")]
 
 
-def _class_table(results: dict) -> Table:
-    private = (results.get("data") or {}).get("private_split")  # `harness grade` only: its perplexity beside
+def _class_table(results) -> Table:
+    """`results`: a ClassResults; `harness grade`'s has the private split's perplexity beside the public one's."""
+    private = results.data.private_split
     table = Table("id", "student", "score", "ppl", *([f"ppl {private}"] if private else []), "loss", "status",
-                  "findings", title=results["course"]["name"], title_justify="left")
+                  "findings", title=results.course.name, title_justify="left")
     for col in (2, 3, 4, 5) if private else (2, 3, 4):
         table.columns[col].justify = "right"
-    for s in results["submissions"]:
-        m = s.get("metrics") or {}
-        pm = ((s.get("private") or {}).get("metrics") or {}) if private else None
-        codes = ", ".join(f["code"] for f in s["findings"] if f["code"] != "submission-warning")
-        table.add_row(s["id"], s["student"], f"{s['score']['total']:g}/{s['score']['max']:g}",
-                      f"{m['ppl']:,.1f}" if m.get("ppl") else "—",
-                      *([f"{pm['ppl']:,.1f}" if pm.get("ppl") else "—"] if private else []),
-                      f"{m['loss']:.3f}" if m.get("loss") else "—", s["status"], codes or "—")
+    for s in results.submissions:
+        ppl, loss = (s.metrics.ppl, s.metrics.loss) if s.metrics else (None, None)
+        pp = s.private.metrics.ppl if s.private and s.private.metrics else None
+        codes = ", ".join(f.code for f in s.findings if f.code != "submission-warning")
+        table.add_row(s.id, s.student, f"{s.score.total:g}/{s.score.max:g}", f"{ppl:,.1f}" if ppl else "—",
+                      *([f"{pp:,.1f}" if pp else "—"] if private else []), f"{loss:.3f}" if loss else "—",
+                      s.status, codes or "—")
     return table
 
 
@@ -477,41 +473,41 @@ def check(
     with progress_bar("grading", enabled=not as_json) as update:
         outcome = run_check(submission, out_dir, course, _grade_options(1, timeout, reports, update,
                                                                         unsandboxed=unsandboxed))
-    s = outcome.results["submissions"][0]
+    s = outcome.results.submissions[0]
     if gradescope is not None:  # before the exit code: a submission that is not gradable still gets its score
         from harness.reporting.exports import write_gradescope
 
-        write_gradescope(outcome.results, s["id"], gradescope)
+        write_gradescope(outcome.results, s.id, gradescope)
     if as_json:
-        _print_json(s)
+        _print_json(s.to_json())
     else:
-        m = s.get("metrics") or {}
-        verdict = "graded" if s["status"] == "graded" else f"NOT gradable: {s['error']['message']}"
-        out.print(_styled(s["student"], "bold", f": {s['score']['total']:g} / {s['score']['max']:g} points — {verdict}"))
-        if m:
-            ref = (outcome.results["reference"] or {}).get((s.get("model") or {}).get("family") or "gpt")
-            out.print(f"recomputed {m['protocol']}: loss {m['loss']:.4f}, perplexity {m['ppl']:,.2f} on "
-                      f"{m['tokens']:,} tokens" + (f" (reference {ref['ppl']:,.2f})" if ref else ""))
+        m = s.metrics
+        verdict = "graded" if s.status == "graded" else f"NOT gradable: {s.error.message if s.error else ''}"
+        out.print(_styled(s.student, "bold", f": {s.score.total:g} / {s.score.max:g} points — {verdict}"))
+        if m is not None:
+            ref = outcome.results.reference.of(s.model.family if s.model else None)
+            out.print(f"recomputed {m.protocol}: loss {m.loss:.4f}, perplexity {m.ppl:,.2f} on "
+                      f"{m.tokens:,} tokens" + (f" (reference {ref.ppl:,.2f})" if ref else ""))
         table = Table("criterion", "points", "why")
-        for c in s["score"]["criteria"]:
-            table.add_row(c["name"], f"{c['points']:g}/{c['max']:g}", c["why"])
+        for c in s.score.criteria:
+            table.add_row(c.name, f"{c.points:g}/{c.max:g}", c.why)
         out.print(table)
-        if (s.get("model") or {}).get("sandbox"):
-            out.print(f"your model code ran in the sandbox: {s['model']['sandbox']} (it may read only its own "
+        if s.model is not None and s.model.sandbox:
+            out.print(f"your model code ran in the sandbox: {s.model.sandbox} (it may read only its own "
                       "submission and the Python environment, write only in a private /tmp, no network)",
                       markup=False)
-        for f in s["findings"]:
-            if f.get("grader_only"):
+        for f in s.findings:
+            if f.grader_only:
                 continue
-            out.print(_styled(f["code"], "red" if f["severity"] == "error" else "yellow", f": {f['message']}"))
-            if f["code"] in CATALOGUE:
-                out.print(f"    {CATALOGUE[f['code']][2]}")
-        pdf = out_dir / f"{s['id']}.pdf"
+            out.print(_styled(f.code, "red" if f.severity == "error" else "yellow", f": {f.message}"))
+            if f.code in CATALOGUE:
+                out.print(f"    {CATALOGUE[f.code][2]}")
+        pdf = out_dir / f"{s.id}.pdf"
         if pdf.exists():
             out.print(f"report: {pdf}")
         if gradescope is not None:
             out.print(f"gradescope: {gradescope}")
-    if s["status"] != "graded":
+    if s.status != "graded":
         raise typer.Exit(1)
 
 
@@ -562,7 +558,7 @@ def grade(
         exports.write_gradescope_all(outcome.results, out_dir)
         lines.append(f"gradescope {out_dir}/gradescope/<id>/results.json")
     if as_json:
-        _print_json(outcome.results)
+        _print_json(outcome.results.to_json())
         for line in lines:  # stdout holds the JSON alone
             err.print(line, highlight=False)
         return
@@ -585,7 +581,7 @@ def report_compare(
     title: Annotated[str, typer.Option("--title")] = "Run comparison",
 ) -> None:
     """Side-by-side comparison PDF of runs or submissions."""
-    from harness.reporting.report import load_runs, render_comparison
+    from harness.reporting.compare import load_runs, render_comparison
 
     loaded = [run for path in runs for run in load_runs(str(path))]
     if not loaded:

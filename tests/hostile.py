@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from harness.checkpoint.read import Limits
+from harness.checkpoint.limits import Limits
 
 MB = 1 << 20
 

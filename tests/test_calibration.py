@@ -91,7 +91,8 @@ def test_lecture_gpt_graded_inspected_and_reported_alike(tmp_path):
     finding, and the graded loss is the student's own forward's. `inspect` agrees on all of it."""
     from harness.course.config import capped_course_text, load_course
     from harness.course.data import freeze, load_source
-    from harness.metrics.evaluate import TorchLogitsModel, evaluate_clm
+    from harness.metrics.clm import evaluate_clm
+    from harness.metrics.protocol import TorchLogitsModel
     from harness.grading.batch import GradeOptions, check
     from harness.grading.measure import inspect_checkpoint
     from harness.reporting.report import student_context
@@ -106,7 +107,7 @@ def test_lecture_gpt_graded_inspected_and_reported_alike(tmp_path):
     course_path.write_text(capped_course_text(512, calibration_tokens=1024))
 
     outcome = check(sub, tmp_path / "out", course_path, GradeOptions(reports=False, timeout_s=300))
-    s = outcome.results["submissions"][0]
+    s = outcome.results.to_json()["submissions"][0]
     assert s["status"] == "graded", s["error"]
     model = s["model"]
     c = model["calibration"]["attn_scale"]

@@ -26,21 +26,14 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import hostile
-from harness.checkpoint.read import (
-    CheckpointError,
-    Limits,
-    RawCheckpoint,
-    _child_env,
-    called_unsafely,
-    check_safetensors_header,
-    extract_zip,
-    find_weights,
-    read_checkpoint,
-    scan_pickle,
-    strip_prefixes,
-    unsafe_reason,
-    unwrap,
-)
+from harness.checkpoint.archive import extract_zip
+from harness.checkpoint.errors import CheckpointError
+from harness.checkpoint.hf_folder import check_safetensors_header
+from harness.checkpoint.limits import Limits
+from harness.checkpoint.pickle_policy import called_unsafely, scan_pickle, unsafe_reason
+from harness.checkpoint.read import RawCheckpoint, find_weights, read_checkpoint
+from harness.checkpoint.runner import _child_env
+from harness.checkpoint.unwrap import strip_prefixes, unwrap
 from harness.files import fingerprint, sha256_file
 
 # --------------------------------------------------------------------------------------------------

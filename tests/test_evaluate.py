@@ -18,17 +18,10 @@ import torch
 
 from harness.course.data import TokenizedSplit
 from harness.errors import HarnessError
-from harness.metrics.evaluate import (
-    ClmWindow,
-    TorchLogitsModel,
-    clm_stream,
-    clm_windows,
-    evaluate_clm,
-    evaluate_mlm,
-    mlm_blocks,
-    mlm_masks,
-    mlm_stream,
-)
+from harness.metrics.clm import evaluate_clm
+from harness.metrics.mlm import evaluate_mlm
+from harness.metrics.protocol import TorchLogitsModel
+from harness.metrics.windows import ClmWindow, clm_stream, clm_windows, mlm_blocks, mlm_masks, mlm_stream
 from harness.course.tokenizers import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -536,3 +529,33 @@ def test_clm_equals_lm_eval_loglikelihood_rolling(gpt_model, gpt2_tok, tmp_path,
         ours_tokens += r.tokens
     assert rel(ours_total, -sum(theirs)) < REL
     assert ours_tokens == sum(len(lm.tok_encode(d)) for d in docs)
+
+
+def test_score_dispatches_every_setting_to_the_familys_protocol(gpt_model, bert_model, gpt2_tok):
+    """`score` is the one place a family meets its protocol: each setting reaches it (0 meaning "unset")."""
+    from dataclasses import replace
+
+    from harness.course.config import EvalSettings
+    from harness.metrics.score import EvalData, score
+
+    split, train = make_split(DOCS, gpt2_tok), make_split(TRAIN_DOCS, gpt2_tok, "train")
+    clm = EvalSettings(protocol="clm-v1", tokenizer="gpt2", context=32, stride=16, max_tokens=150)
+    got = score(gpt_model, "gpt", EvalData(split, gpt2_tok, train), clm)
+    want = evaluate_clm(gpt_model, split, gpt2_tok, context=32, stride=16, max_tokens=150, train_split=train)
+    assert got.to_dict() == want.to_dict() and got.unigram_source == "train"
+    whole = score(gpt_model, "gpt", EvalData(split, gpt2_tok), replace(clm, stride=0, max_tokens=0))
+    assert whole.to_dict() == evaluate_clm(gpt_model, split, gpt2_tok, context=32).to_dict()
+
+    tok = MlmTokenizer(gpt2_tok)
+    msplit = make_split(DOCS, tok)
+    mlm = EvalSettings(protocol="mlm-v1", tokenizer="x", context=32, seed=5, max_tokens=100, pseudo_ppl_tokens=3)
+    got = score(bert_model, "mlm", EvalData(msplit, tok), mlm)
+    want = evaluate_mlm(bert_model, msplit, tok, context=32, seed=5, max_tokens=100, pseudo_ppl_tokens=3)
+    assert got.to_dict() == want.to_dict() and got.pseudo_tokens == 3
+
+    with pytest.raises(HarnessError) as e:
+        score(gpt_model, "gpt", EvalData(split, gpt2_tok), replace(mlm, tokenizer="gpt2"))
+    assert e.value.code == "protocol-unknown"
+    with pytest.raises(HarnessError) as e:
+        score(gpt_model, "rnn", EvalData(split, gpt2_tok), clm)
+    assert e.value.code == "family-unknown"

@@ -7,7 +7,7 @@ import pytest
 from harness.course.config import load_course
 from harness.grading.findings import Evaluation, find, vocab_finding
 from harness.grading.rubric import read_overrides, score
-from harness.intake.submission import Claims
+from harness.intake.claims import Claims
 
 COURSE = load_course()
 GPT_ARCH = {"n_layers": 2, "d_model": 128, "n_heads": 4, "context": 64, "vocab_size": 50257, "params": 6_900_000}

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from harness.course.config import capped_course_text, load_course
-from harness.metrics.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
+from harness.metrics.clm import evaluate_clm
+from harness.metrics.mlm import evaluate_mlm
+from harness.metrics.protocol import as_logits_model
 from harness.models import load_canonical
 from harness.train import train_reference
 from harness.train.config import load_config

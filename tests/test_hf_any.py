@@ -21,7 +21,10 @@ import torch
 from harness.checkpoint.read import read_checkpoint
 from harness.course.data import TokenizedSplit
 from harness.errors import HarnessError
-from harness.metrics.evaluate import as_logits_model, evaluate_clm, evaluate_mlm, mlm_masks, mlm_stream
+from harness.metrics.clm import evaluate_clm
+from harness.metrics.mlm import evaluate_mlm
+from harness.metrics.protocol import as_logits_model
+from harness.metrics.windows import mlm_masks, mlm_stream
 from harness.metrics.causality import check_causal
 from harness.models.build import build_model, checkpoint_family
 

@@ -372,7 +372,7 @@ def test_a_hostile_neighbour_changes_no_other_grade(tmp_path):
         outcome = grade(klass, out, course, GradeOptions(workers=1, timeout_s=300, reports=False))
         assert {p: p.read_bytes() for p in sorted(klass.rglob("*")) if p.is_file()} == before  # the class untouched
         assert not list((out / ".cache").glob("*poison*"))
-        graded[run] = (outcome.results, (out / "grades.csv").read_text().splitlines(), out)
+        graded[run] = (outcome.results.to_json(), (out / "grades.csv").read_text().splitlines(), out)
 
     results, rows, out = graded["hostile"]
     mallory = next(s for s in results["submissions"] if s["id"] == "mallory")
@@ -387,7 +387,7 @@ def test_a_hostile_neighbour_changes_no_other_grade(tmp_path):
     assert [r for r in rows if not r.startswith("mallory,")] == graded["clean"][1]
     # the cache the next run reads is what the grader wrote: a rerun gives the same files
     again = grade(tmp_path / "hostile" / "class", out, course, GradeOptions(workers=1, timeout_s=300, reports=False))
-    assert sorted(again.cached) == ["alice", "bob", "mallory"] and again.results == results
+    assert sorted(again.cached) == ["alice", "bob", "mallory"] and again.results.to_json() == results
 
 
 @pytest.mark.slow  # a tiny class graded twice
@@ -405,7 +405,7 @@ def test_grading_without_a_boundary_refuses_the_code_alone_and_records_the_opt_i
     import harness.sandbox.jail as jail
 
     monkeypatch.setattr(jail, "_BOUNDARY", None)
-    refused = grade(klass, out, course, GradeOptions(workers=1, timeout_s=300, reports=False)).results
+    refused = grade(klass, out, course, GradeOptions(workers=1, timeout_s=300, reports=False)).results.to_json()
     subs = {s["id"]: s for s in refused["submissions"]}
     assert subs["alice"]["status"] == "graded"
     assert subs["mallory"]["error"]["code"] == "sandbox-unavailable"
@@ -417,7 +417,7 @@ def test_grading_without_a_boundary_refuses_the_code_alone_and_records_the_opt_i
                                               "allow_unsandboxed_code": False, "unsandboxed": []}
 
     allowed = grade(klass, out, course, GradeOptions(workers=1, timeout_s=300, reports=False,
-                                                     allow_unsandboxed_code=True)).results
+                                                     allow_unsandboxed_code=True)).results.to_json()
     mallory = next(s for s in allowed["submissions"] if s["id"] == "mallory")
     assert mallory["status"] == "graded" and mallory["model"]["sandbox"].startswith("none: run unsandboxed")
     assert allowed["custom_code_sandbox"]["allow_unsandboxed_code"] is True

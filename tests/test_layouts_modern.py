@@ -694,7 +694,7 @@ def test_every_family_graded_by_harness_grade_equals_its_own_forward(tmp_path, m
 
     from harness.course.config import capped_course_text, load_course
     from harness.course.data import freeze, load_source
-    from harness.metrics.evaluate import evaluate_clm
+    from harness.metrics.clm import evaluate_clm
     from harness.course.tokenizers import get_tokenizer
 
     vocab = {"vocab_size": GPT2_VOCAB}

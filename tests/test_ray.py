@@ -76,19 +76,18 @@ def test_ray_writes_the_very_files_the_local_backend_writes(graded):
     for name in OUTPUTS:
         assert (remote / name).read_bytes() == (local / name).read_bytes(), name
     results = graded["ray"].results
-    errors = {s["id"]: s["error"]["code"] for s in results["submissions"] if s["status"] == "error"}
-    assert errors == {s["id"]: s["error"]["code"] for s in graded["local"].results["submissions"]
-                      if s["status"] == "error"}
+    errors = {s.id: s.error.code for s in results.submissions if s.status == "error"}
+    assert errors == {s.id: s.error.code for s in graded["local"].results.submissions if s.status == "error"}
     assert list(errors) == ["broken"]
     assert sorted(graded["ray"].measured) == ["broken", "nanogpt_ann", "nanogpt_bob"]
     # the weights signatures came back from the tasks: the copy is found
-    assert [(p["a"], p["b"]) for p in results["similar_pairs"]] == [("nanogpt_ann", "nanogpt_bob")]
+    assert [(p.a, p.b) for p in results.similar_pairs] == [("nanogpt_ann", "nanogpt_bob")]
     _assert_same_cache(local, remote)
 
 
 @pytest.mark.slow
 def test_progress_and_each_result_are_reported_as_tasks_finish(graded):
-    assert sorted(r["id"] for r in graded["seen"]) == ["broken", "nanogpt_ann", "nanogpt_bob"]
+    assert sorted(r.id for r in graded["seen"]) == ["broken", "nanogpt_ann", "nanogpt_bob"]
     assert graded["progress"] == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
 

@@ -357,7 +357,26 @@ def test_the_perplexity_curve_smooths_the_loss_not_the_perplexity():
 
 
 def test_the_footer_names_several_data_manifests_by_their_hashes_not_as_a_python_list():
-    from harness.reporting.report import _fingerprints
+    from harness.grading.results import ClassResults
+    from harness.reporting.views import fingerprints
 
-    text = _fingerprints({"course": {"fingerprint": "c" * 64}, "data": {"manifest_sha256": ["a" * 64, "b" * 64, "a" * 64]}})
+    results = ClassResults.from_json({"course": {"fingerprint": "c" * 64},
+                                      "data": {"manifest_sha256": ["a" * 64, "b" * 64, "a" * 64]}})
+    text = fingerprints(results)
     assert f"data {'a' * 12} + {'b' * 12}" in text and "[" not in text and "'" not in text
+    # a student's report names the data that submission was scored on: one short hex
+    assert f"data {'b' * 12}  ·" in fingerprints(results, "d" * 64, "b" * 64)
+
+
+def test_the_provenance_names_the_data_fingerprints_as_hex_not_as_a_python_list():
+    from harness.reporting.class_report import class_context
+    from harness.reporting.student import student_context
+
+    results = {"course": {"fingerprint": "c" * 64}, "data": {"manifest_sha256": ["a" * 64, "b" * 64]},
+               "submissions": [{"id": "x", "status": "error", "data": {"manifest_sha256": "b" * 64}}]}
+    ctx = student_context(results, "x")
+    rows = {label: value for group in ctx["provenance"] for label, value, _ in group["rows"]}
+    assert rows["Manifest sha256"] == "b" * 64  # the data this submission was scored on
+    assert f"data {'b' * 12}  ·" in ctx["page"]["footer"]
+    rows = {label: value for group in class_context(results)["provenance"] for label, value, _ in group["rows"]}
+    assert rows["Manifest sha256"] == f"{'a' * 64}, {'b' * 64}"

@@ -20,7 +20,8 @@ from harness.course.config import load_course
 from harness.grading.findings import Evaluation, find
 from harness.models.gpt import GPT, GPTConfig
 from harness.grading.rubric import score
-from harness.intake.submission import Claims, checkpoint_claims, read_submission, with_checkpoint_claims
+from harness.intake.claims import Claims, checkpoint_claims, with_checkpoint_claims
+from harness.intake.submission import read_submission
 
 ARGS = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, bias=True, vocab_size=50257, dropout=0.0)
 
@@ -134,7 +135,7 @@ def test_a_nanogpt_checkpoint_keeps_its_validation_points(tmp_path):
     _nanogpt_ckpt(sub)
     course = tmp_path / "course.toml"
     course.write_text(capped_course_text(256, calibration_tokens=0))
-    s = check(sub, tmp_path / "out", course, GradeOptions(reports=False, timeout_s=300)).results["submissions"][0]
+    s = check(sub, tmp_path / "out", course, GradeOptions(reports=False, timeout_s=300)).results.to_json()["submissions"][0]
     assert s["status"] == "graded", s["error"]
     assert s["claims"]["val_loss"] == pytest.approx(5.4321, abs=1e-6)
     assert s["claims"]["sources"] == {"val_loss": "ckpt.pt: best_val_loss"}

@@ -38,9 +38,10 @@ import torch
 
 from harness.course.config import default_course_text, load_course
 from harness.course.data import freeze, load_source
-from harness.metrics.evaluate import evaluate_clm
+from harness.metrics.clm import evaluate_clm
 from harness.grading.batch import assemble
 from harness.grading.measure import Job, measure
+from harness.grading.results import References
 from harness.course.tokenizers import get_tokenizer
 
 
@@ -1085,8 +1086,8 @@ def graded(tmp_path_factory):
         forward = build(folder)
         own[sid] = evaluate_clm(OwnForward(forward, V), split, tok, context=CONTEXT).loss
         measured.append(measure(Job(id=sid, paths=[str(folder)], course_path=str(root / "course.toml"))))
-    report = assemble(course, measured, {}, root / "cache", [])
-    return {"own": own, "results": {m["id"]: m for m in measured},
+    report = assemble(course, measured, References(), root / "cache", []).to_json()
+    return {"own": own, "results": {m.id: m.to_json() for m in measured},
             "graded": {s["id"]: s for s in report["submissions"]}}
 
 

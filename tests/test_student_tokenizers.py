@@ -20,6 +20,7 @@ from harness.course.config import parse_course
 from harness.errors import HarnessError
 from harness.grading.findings import Evaluation
 from harness.grading.measure import Job, measure
+from harness.grading.results import Measurement
 from harness.models import GPT, BertConfig, BertMLM, GPTConfig, save_canonical
 from harness.grading.rubric import score
 from harness.course.tokenizers import get_tokenizer
@@ -74,9 +75,9 @@ def _submission(root: Path, model, family: str, tokenizer: str) -> Path:
     return sub
 
 
-def _measure(sub: Path, course: Path) -> dict:
+def _measure(sub: Path, course: Path) -> Measurement:
     result = measure(Job(id="sub", paths=[str(sub)], course_path=str(course)))
-    assert result["status"] == "graded", result["error"]
+    assert result.status == "graded", result.error
     return result
 
 
@@ -150,7 +151,7 @@ def test_a_bert_student_with_its_own_wordpiece_is_graded_as_an_mlm(tmp_path):
                                max_positions=64, dropout=0.0, pad_id=pad)).eval()
     result = _measure(_submission(tmp_path, model, "mlm", "tokenizer"), course)
     cls_id, sep_id, mask_id = (tok.token_to_id(s) for s in ("[CLS]", "[SEP]", "[MASK]"))
-    roles = result["tokenizer"]["roles"]
+    roles = result.tokenizer.roles
     assert (roles["cls"]["id"], roles["sep"]["id"], roles["mask"]["id"]) == (cls_id, sep_id, mask_id)
 
     stream = []
@@ -173,10 +174,10 @@ def test_a_bert_student_with_its_own_wordpiece_is_graded_as_an_mlm(tmp_path):
         nll += F.cross_entropy(logits[at], target, reduction="sum").item()
         hits += int((logits[at].argmax(-1) == target).sum())
         n += len(at)
-    m = result["metrics"]
-    assert m["tokens"] == n > 0
-    assert m["loss"] == pytest.approx(nll / n, rel=1e-6)
-    assert m["accuracy"] == pytest.approx(hits / n)
+    m = result.metrics
+    assert m.tokens == n > 0
+    assert m.loss == pytest.approx(nll / n, rel=1e-6)
+    assert m.accuracy == pytest.approx(hits / n)
 
 
 # --- causal tokenizers ----------------------------------------------------------------------------
@@ -203,13 +204,13 @@ def test_a_byte_level_bpe_tokenizer_json(tmp_path, special):
     model = _tiny_gpt(tok.get_vocab_size())
     result = _measure(_submission(tmp_path, model, "gpt", "tokenizer.json"), course)
     eot = tok.token_to_id("<|endoftext|>") if special else None
-    assert result["tokenizer"]["eot_id"] == eot and result["tokenizer"]["vocab_size"] == tok.get_vocab_size()
+    assert result.tokenizer.eot_id == eot and result.tokenizer.vocab_size == tok.get_vocab_size()
     loss, tokens = _direct_clm(model, [tok.encode(d).ids for d in DOCS], eot)
-    m = result["metrics"]
-    assert m["tokens"] == tokens and m["loss"] == pytest.approx(loss, rel=1e-6)
+    m = result.metrics
+    assert m.tokens == tokens and m.loss == pytest.approx(loss, rel=1e-6)
     if special:  # every byte scored, EOT counting none
         nbytes = sum(len(d.encode()) for d in DOCS)
-        assert m["bits_per_byte"] == pytest.approx(loss * tokens / math.log(2) / nbytes, rel=1e-6)
+        assert m.bits_per_byte == pytest.approx(loss * tokens / math.log(2) / nbytes, rel=1e-6)
 
 
 @pytest.mark.slow  # grading in-process: a few seconds each
@@ -235,9 +236,9 @@ def test_a_gpt2_style_vocab_json_and_merges_txt(tmp_path):
     model = _tiny_gpt(tok.get_vocab_size())
     result = _measure(_submission(tmp_path, model, "gpt", "bpe"), course)
     eot = tok.token_to_id("<|endoftext|>")
-    assert result["tokenizer"]["eot_id"] == eot
+    assert result.tokenizer.eot_id == eot
     loss, tokens = _direct_clm(model, [tok.encode(d).ids for d in DOCS], eot)
-    assert result["metrics"]["tokens"] == tokens and result["metrics"]["loss"] == pytest.approx(loss, rel=1e-6)
+    assert result.metrics.tokens == tokens and result.metrics.loss == pytest.approx(loss, rel=1e-6)
 
 
 def test_a_sentencepiece_tokenizer_model(tmp_path):
@@ -252,16 +253,16 @@ def test_a_sentencepiece_tokenizer_model(tmp_path):
     sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
     model = _tiny_gpt(sp.get_piece_size())
     result = _measure(_submission(tmp_path, model, "gpt", "tokenizer.model"), course)
-    assert result["tokenizer"]["eot_id"] == sp.eos_id() == 2
-    assert result["tokenizer"]["roles"]["eos"]["source"] == "tokenizer.model eos_id"
+    assert result.tokenizer.eot_id == sp.eos_id() == 2
+    assert result.tokenizer.roles["eos"]["source"] == "tokenizer.model eos_id"
     loss, tokens = _direct_clm(model, [sp.encode(d) for d in DOCS], sp.eos_id())
-    assert result["metrics"]["tokens"] == tokens and result["metrics"]["loss"] == pytest.approx(loss, rel=1e-6)
+    assert result.metrics.tokens == tokens and result.metrics.loss == pytest.approx(loss, rel=1e-6)
     # the model file is the fingerprint: a retrained one freezes the data anew
     again = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(_lines()[:-20]), model_writer=again, vocab_size=100, hard_vocab_limit=False,
                                    model_type="unigram", minloglevel=2, num_threads=1)
     (tmp_path / "other.model").write_bytes(again.getvalue())
-    assert get_tokenizer(str(tmp_path / "other.model")).sha256 != result["tokenizer"]["sha256"]
+    assert get_tokenizer(str(tmp_path / "other.model")).sha256 != result.tokenizer.sha256
 
 
 # --- bad files -----------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def test_a_malformed_tokenizer_json_is_one_clear_line(tmp_path, content, words):
     sub = _submission(tmp_path, _tiny_gpt(50), "gpt", "tokenizer.json")
     shutil.copy(tmp_path / "tokenizer.json", sub / "tokenizer.json")
     result = measure(Job(id="sub", paths=[str(sub)], course_path=str(_course(tmp_path / "c"))))
-    assert result["status"] == "error" and result["error"]["code"] == "tokenizer-invalid"
+    assert result.status == "error" and result.error.code == "tokenizer-invalid"
 
 
 def test_a_vocab_json_without_its_merges_says_what_is_missing(tmp_path):
@@ -348,9 +349,10 @@ def test_the_leaderboard_ranks_by_bits_per_byte_when_tokenizers_differ():
                 "score": {"total": 50.0, "max": 100.0, "criteria": []}, "findings": []}
 
     subs = [sub("a", "g", 30.0, 1.5), sub("b", "own", 80.0, 1.2)]
-    assert rank_metric(_rubric_course(), subs) == "bits_per_byte"
-    assert rank_metric(_rubric_course(), subs[:1]) == "ppl"
-    assert rank_metric(_rubric_course("ppl"), subs) == "ppl"
+    measured = [Measurement.from_json(s) for s in subs]
+    assert rank_metric(_rubric_course(), measured) == "bits_per_byte"
+    assert rank_metric(_rubric_course(), measured[:1]) == "ppl"
+    assert rank_metric(_rubric_course("ppl"), measured) == "ppl"
     rows = class_context({"submissions": subs, "rank_metric": "bits_per_byte"})["rows"]
     assert [r["id"] for r in rows] == ["b", "a"] and rows[0]["bpb"] == "1.200"
     rows = class_context({"submissions": subs, "rank_metric": "ppl"})["rows"]
@@ -375,7 +377,7 @@ def test_a_students_own_tokenizer_is_scored_in_bits_per_byte_against_a_gpt2_refe
     measured = {ref_id: measure(Job(id=ref_id, paths=[str(tmp_path / "no-reference-gpt")], course_path=str(course_path)))}
     course = load_course(course_path)
     reference = _reference(course, measured)
-    results = assemble(course, [student], reference, tmp_path / "cache", [])
+    results = assemble(course, [student], reference, tmp_path / "cache", []).to_json()
     s, ref = results["submissions"][0], results["reference"]["gpt"]
     assert s["status"] == "graded" and ref["tokenizer"]["name"] == "gpt2" and ref["bits_per_byte"] > 0
     assert s["tokenizer"]["sha256"] != ref["tokenizer"]["sha256"] and results["rank_metric"] == "ppl"  # one student
@@ -436,7 +438,7 @@ def test_char_corpus_named_inside_the_submission(tmp_path):
     (sub / "input.txt").write_text(corpus, encoding="utf-8")
     result = _measure(sub, course)
     want, n = _direct_clm(model, [[stoi[c] for c in d] for d in DOCS], None)
-    assert result["metrics"]["tokens"] == n and result["metrics"]["loss"] == pytest.approx(want, rel=1e-6)
+    assert result.metrics.tokens == n and result.metrics.loss == pytest.approx(want, rel=1e-6)
     (sub / "submission.toml").write_text((sub / "submission.toml").read_text().replace("char:input.txt", "char:../x"))
     refused = measure(Job(id="sub", paths=[str(sub)], course_path=str(course)))
-    assert refused["status"] != "graded" and "outside the submission" in json.dumps(refused)
+    assert refused.status != "graded" and "outside the submission" in json.dumps(refused.to_json())

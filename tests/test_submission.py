@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.intake.submission import claims_from_report, curve_from_log, discover, lms_file_name, read_submission
+from harness.intake.claims import claims_from_report
+from harness.intake.logs import curve_from_log, curve_rows, read_rows
+from harness.intake.submission import discover, lms_file_name, read_submission
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
@@ -65,6 +67,19 @@ def test_jsonl_and_column_json_logs(tmp_path):
     (tmp_path / "hist.json").write_text(json.dumps({"train_loss": [3, 2], "val_loss": [3.5, 2.5]}))
     points, final = curve_from_log(tmp_path / "hist.json")
     assert final == {"train_loss": 2, "val_loss": 2.5} and points[1].step == 2
+
+
+def test_one_reader_for_claims_and_comparison(tmp_path):
+    """A tab-separated log with a byte-order mark and headers as people write them: intake's claims and
+    `harness report compare` read the same columns from it."""
+    (tmp_path / "log.csv").write_text("\ufeffStep\tTrain Loss\tval-loss\tLearning Rate\n100\t5.5\t\t1e-3\n"
+                                      "200\t4.5\t4.75\t5e-4\n", encoding="utf-8")
+    points, final = curve_from_log(tmp_path / "log.csv")
+    assert [(p.step, p.train_loss, p.val_loss) for p in points] == [(100, 5.5, None), (200, 4.5, 4.75)]
+    assert final == {"train_loss": 4.5, "val_loss": 4.75}
+    rows = curve_rows(read_rows(tmp_path / "log.csv"))
+    assert rows == [{"step": 100, "lr": 1e-3, "train_loss": 5.5, "val_loss": None},
+                    {"step": 200, "lr": 5e-4, "train_loss": 4.5, "val_loss": 4.75}]
 
 
 def test_a_sweep_table_gives_the_row_of_the_graded_run(tmp_path):

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.families import FAMILIES
 from harness.files import fingerprint
 
 PROTOCOLS = {"clm": ("clm-v1",), "mlm": ("mlm-v1",)}
 RUBRIC_KINDS = ("loads", "architecture", "perplexity", "validation", "claims", "causal")
 REQUIREMENT_KEYS = ("n_layers", "d_model", "n_heads", "context", "d_ff", "params")
-FAMILIES = ("gpt", "mlm")
 # what the perplexity criterion compares with the reference's: perplexity, bits per byte (comparable across
 # tokenizers), or auto: perplexity where the submission's tokenizer is the reference's, bits per byte where not
 PERPLEXITY_METRICS = ("auto", "ppl", "bits_per_byte")

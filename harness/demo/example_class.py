@@ -229,7 +229,7 @@ def _first(out: Any) -> torch.Tensor:
 def _honest_val(model: nn.Module, data: _Data, tokens: int) -> float:
     """The validation loss the grader will recompute (clm-v1, the course's context), on the first `tokens`
     targets of the split: a student who evaluated properly."""
-    from harness.metrics.evaluate import evaluate_clm
+    from harness.metrics.clm import evaluate_clm
 
     model.eval()
     r = evaluate_clm(model, data.val_split, data.tokenizer, context=64, max_tokens=tokens)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 from harness import __version__
 from harness.errors import HarnessError
 from harness.grading.measure import Job
+from harness.grading.results import Measurement
 
 # what the measuring process reads from its environment, sent along to a Ray node whose own may lack it
 FORWARDED_ENV = ("HARNESS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
@@ -39,19 +40,17 @@ CANCEL_WAIT_S = 10.0  # how long a stopped batch waits for its cancelled Ray tas
 
 @dataclass
 class Measured:
-    result: dict[str, Any]
+    result: Measurement
     signature: bytes | None = None  # the weights signature, an .npy file's bytes
     cacheable: bool = True  # False: a crash that may be the machine's doing (memory taken by others), or ours
 
 
-Finish = Callable[[Job, Measured], dict[str, Any]]
-Backend = Callable[[list[Job], Finish], Iterator[tuple[Job, dict[str, Any]]]]
+Finish = Callable[[Job, Measured], Measurement]
+Backend = Callable[[list[Job], Finish], Iterator[tuple[Job, Measurement]]]
 
 
-def error_result(sid: str, code: str, message: str) -> dict[str, Any]:
-    return {"id": sid, "student": sid, "status": "error", "error": {"code": code, "message": message},
-            "checkpoint": None, "model": None, "metrics": None, "claims": None, "causal": None, "nonfinite": [],
-            "tokenizer": None, "warnings": [], "harness_version": __version__}
+def error_result(sid: str, code: str, message: str) -> Measurement:
+    return Measurement.failed(sid, code, message, version=__version__)
 
 
 def measure_in_process(job: Job, env: dict[str, str] | None = None) -> Measured:
@@ -85,7 +84,8 @@ def measure_in_process(job: Job, env: dict[str, str] | None = None) -> Measured:
             last = tail[-1][:200] if tail else ""
             message = f"grading crashed ({why}){': ' + last if last else ''}"
             return Measured(error_result(job.id, "grading-crashed", message), cacheable=False)
-        return Measured(json.loads(out_file.read_text()), sig_file.read_bytes() if sig_file.is_file() else None)
+        return Measured(Measurement.from_json(json.loads(out_file.read_text())),
+                        sig_file.read_bytes() if sig_file.is_file() else None)
 
 
 def backend(name: str, *, workers: int, address: str | None = None) -> Backend:
@@ -111,7 +111,7 @@ def _devices(workers: int) -> list[str]:
     return [f"cuda:{i % n}" for i in range(workers)] if n else ["cpu"] * workers
 
 
-def run_local(jobs: list[Job], finish: Finish, *, workers: int) -> Iterator[tuple[Job, dict[str, Any]]]:
+def run_local(jobs: list[Job], finish: Finish, *, workers: int) -> Iterator[tuple[Job, Measurement]]:
     """`workers` threads; each measures one job at a time and caches it (`finish`) as soon as it is done."""
     workers = max(1, workers)
     devices = _devices(workers)
@@ -148,7 +148,7 @@ def _ray_task(job: Job, env: dict[str, str]) -> Measured:
     return measure_in_process(job, env)
 
 
-def run_ray(jobs: list[Job], finish: Finish, *, address: str | None = None) -> Iterator[tuple[Job, dict[str, Any]]]:
+def run_ray(jobs: list[Job], finish: Finish, *, address: str | None = None) -> Iterator[tuple[Job, Measurement]]:
     """Every job a Ray task at once; the cluster's free CPUs (and GPUs) decide how many run together. Each
     result is cached by `finish` here, on the grader, as it arrives: a batch stopped half-way resumes."""
     if not jobs:

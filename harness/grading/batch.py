@@ -30,12 +30,18 @@ from harness.grading.backends import Measured, backend
 from harness.grading.cache_key import measurement_basis, measurement_key
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
+from harness.families import FAMILIES
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
 from harness.grading.contamination import measured_gap, reference_gap_documents
 from harness.grading.findings import Evaluation, find, finding
 from harness.grading.measure import Job, submission_fingerprint
+from harness.grading.results import (ClassData, ClassResults, ClmProtocol, CourseInfo, Measurement, MlmProtocol,
+                                     PrivateNumbers, Protocols, ReferenceResult, References, SandboxRecord, SimilarPair,
+                                     SimilarTo, SubmissionResult)
 from harness.grading.rubric import read_overrides, score
-from harness.intake.submission import CLAIM_KEYS, Claims, CurvePoint, SubmissionRef, discover
+from harness.intake.claims import Claims
+from harness.intake.logs import number, read_rows
+from harness.intake.submission import SubmissionRef, discover
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
@@ -51,7 +57,7 @@ class GradeOptions:
     reports: bool = True
     grader_reports: bool = False  # per-student PDFs with grader-only findings
     progress: Callable[[int, int], None] | None = None
-    on_result: Callable[[dict[str, Any]], None] | None = None
+    on_result: Callable[[Measurement], None] | None = None
     backend: str = "local"  # local: processes on this machine; ray: a Ray task per submission
     ray_address: str | None = None  # for ray.init: None starts a Ray on this machine (or joins RAY_ADDRESS); "auto"
     allow_unsandboxed_code: bool = False  # custom code runs even where no sandbox can be made (recorded)
@@ -61,7 +67,7 @@ class GradeOptions:
 @dataclass
 class GradeOutcome:
     out: Path
-    results: dict[str, Any]
+    results: ClassResults
     measured: list[str] = field(default_factory=list)  # ids evaluated in this run (not from the cache)
     cached: list[str] = field(default_factory=list)
     rescored: bool = False  # results.json was there and changed: scores recomputed from what was measured
@@ -72,46 +78,38 @@ def _cache_key(ref: SubmissionRef, basis: dict[str, Any], unsandboxed: bool = Fa
     return measurement_key(submission_fingerprint(list(ref.key_paths or ref.paths)), basis, unsandboxed)
 
 
-def _store(m: Measured, cache_dir: Path, sid: str, key: str) -> dict[str, Any]:
+def _store(m: Measured, cache_dir: Path, sid: str, key: str) -> Measurement:
     """A measurement into the cache (the signature first, then the result that names it); a crash is not
     cached: a dead worker may be the machine's doing (memory taken by others) or ours."""
-    if not m.cacheable or (m.result.get("error") or {}).get("code") == "sandbox-unavailable":
-        return {**m.result, "cache_key": key}  # the machine's doing: graded again once it has a sandbox
+    result = m.result
+    result.cache_key = key
+    if not m.cacheable or result.error is not None and result.error.code == "sandbox-unavailable":
+        return result  # the machine's doing: graded again once it has a sandbox
     if m.signature is not None:
         write_atomic(cache_dir / f"{sid}.{key}.npy", m.signature)
-    result = {**m.result, "cache_key": key}
-    write_json(cache_dir / f"{sid}.{key}.json", result)  # the cache entry: written whole or not at all
+    write_json(cache_dir / f"{sid}.{key}.json", result.to_json())  # the cache entry: written whole or not at all
     return result
 
 
-def _claims(d: dict[str, Any] | None) -> Claims:
-    if not d:
-        return Claims()
-    curve = tuple(CurvePoint(**p) for p in d.get("curve", ()))
-    return Claims(**{k: d.get(k) for k in CLAIM_KEYS},
-                  sources=d.get("sources", {}), curve=curve, curve_source=d.get("curve_source"))
+def evaluation_of(m: Measurement) -> Evaluation:
+    """The input of findings and rubric (plain values: they are pure functions tested on values)."""
+    return Evaluation(id=m.id, student=m.student or m.id, family=m.model.family if m.model else None,
+                      model=m.model.to_json() if m.model else {}, metrics=m.metrics.to_json() if m.metrics else None,
+                      claims=m.claims or Claims(), causal=m.causal.to_json() if m.causal else None,
+                      nonfinite=tuple(m.nonfinite), tokenizer=m.tokenizer.to_json() if m.tokenizer else {},
+                      error=m.error.to_json() if m.error else None, warnings=tuple(m.warnings), pad_id=m.pad_id,
+                      private_metrics=m.private.metrics.to_json() if m.private and m.private.metrics else None)
 
 
-def evaluation_of(m: dict[str, Any]) -> Evaluation:
-    metrics = m.get("metrics")
-    return Evaluation(id=m["id"], student=m.get("student", m["id"]), family=(m.get("model") or {}).get("family"),
-                      model=m.get("model") or {}, metrics=metrics, claims=_claims(m.get("claims")),
-                      causal=m.get("causal"), nonfinite=tuple(m.get("nonfinite") or ()),
-                      tokenizer=m.get("tokenizer") or {}, error=m.get("error"),
-                      warnings=tuple(m.get("warnings") or ()), pad_id=m.get("pad_id"),
-                      private_metrics=(m.get("private") or {}).get("metrics"))
-
-
-def similarity_pairs(measured: list[dict[str, Any]], cache_dir: Path, threshold: float) -> list[dict[str, Any]]:
+def similarity_pairs(measured: list[Measurement], cache_dir: Path, threshold: float) -> list[SimilarPair]:
     """Pairs of submissions whose weights (same names and shapes) are nearly identical: cosine ≥ threshold
     of the centred weight samples."""
     groups: dict[str, list[tuple[str, np.ndarray]]] = {}
     for m in measured:
-        key = m.get("signature_key")
-        path = cache_dir / f"{m['id']}.{m.get('cache_key')}.npy"
-        if key and path.exists():
+        path = cache_dir / f"{m.id}.{m.cache_key}.npy"
+        if m.signature_key and path.exists():
             v = np.load(path, allow_pickle=False).astype(np.float64)
-            groups.setdefault(key, []).append((m["id"], v))
+            groups.setdefault(m.signature_key, []).append((m.id, v))
     pairs = []
     for members in groups.values():
         for i in range(len(members)):
@@ -121,8 +119,8 @@ def similarity_pairs(measured: list[dict[str, Any]], cache_dir: Path, threshold:
                 denom = float(np.linalg.norm(ca) * np.linalg.norm(cb))
                 sim = float(ca @ cb / denom) if denom > 0 else 1.0
                 if sim >= threshold:
-                    pairs.append({"a": a, "b": b, "similarity": round(sim, 6)})
-    return sorted(pairs, key=lambda p: (p["a"], p["b"]))
+                    pairs.append(SimilarPair(a, b, round(sim, 6)))
+    return sorted(pairs, key=lambda p: (p.a, p.b))
 
 
 REFERENCE_ID = "_reference_{}"
@@ -131,7 +129,7 @@ REFERENCE_ID = "_reference_{}"
 def reference_refs(course: Course) -> list[SubmissionRef]:
     """The course's reference models, measured exactly like submissions (same worker, same cache)."""
     refs = []
-    for family in ("gpt", "mlm"):
+    for family in FAMILIES:
         folder = course.resolve(course.references[family])
         weights = (folder / "model.safetensors", folder / "config.json")
         if all(p.is_file() for p in weights):
@@ -140,110 +138,103 @@ def reference_refs(course: Course) -> list[SubmissionRef]:
     return refs
 
 
-def _reference(course: Course, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _reference(course: Course, measured: dict[str, Measurement]) -> References:
     """The reference models' recomputed numbers, and their training curves, for the rubric and reports."""
-    out: dict[str, Any] = {}
-    for family in ("gpt", "mlm"):
+    out = References()
+    for family in FAMILIES:
         m = measured.pop(REFERENCE_ID.format(family), None)
-        if m is None or not m.get("metrics"):
-            out[family] = None
+        if m is None or m.metrics is None:
             continue
         folder = course.resolve(course.references[family])
         curve = []
         if (folder / "metrics.csv").is_file():
-            for row in csv.DictReader(io.StringIO((folder / "metrics.csv").read_text())):
-                curve.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
-        out[family] = {"path": course.references[family], "loss": m["metrics"]["loss"], "ppl": m["metrics"]["ppl"],
-                       "bits_per_byte": m["metrics"].get("bits_per_byte"), "tokenizer": m.get("tokenizer"),
-                       "params": (m.get("model") or {}).get("params"), "model": m.get("model"),
-                       "checkpoint": m.get("checkpoint"), "curve": curve}
-        if (m.get("private") or {}).get("metrics"):
-            p = m["private"]["metrics"]
-            out[family]["private"] = {"split": m["private"]["split"], "loss": p["loss"], "ppl": p["ppl"],
-                                      "bits_per_byte": p.get("bits_per_byte")}
+            curve = [{k: number(v) for k, v in row.items()} for row in read_rows(folder / "metrics.csv")]
+        setattr(out, family, ReferenceResult(
+            path=course.references[family], loss=m.metrics.loss, ppl=m.metrics.ppl,
+            bits_per_byte=m.metrics.bits_per_byte, tokenizer=m.tokenizer, params=m.model.params if m.model else None,
+            model=m.model, checkpoint=m.checkpoint, curve=curve,
+            private=PrivateNumbers(split=m.private.split, loss=m.private.metrics.loss, ppl=m.private.metrics.ppl,
+                                   bits_per_byte=m.private.metrics.bits_per_byte)
+            if m.private is not None and m.private.metrics is not None else None))
     return out
 
 
-def rank_metric(course: Course, measured: list[dict[str, Any]]) -> str:
+def rank_metric(course: Course, measured: list[Measurement]) -> str:
     """What orders submissions of equal score: `ppl`, or `bits_per_byte` where the course's perplexity
     criterion says so or (`auto`) where the graded causal models do not all share one tokenizer."""
     metric = next((c.metric for c in course.rubric if c.kind == "perplexity"), "auto")
     if metric != "auto":
         return metric
-    tokenizers = {(m.get("tokenizer") or {}).get("sha256") for m in measured
-                  if (m.get("model") or {}).get("family") == "gpt" and m.get("metrics")}
+    tokenizers = {m.tokenizer.sha256 if m.tokenizer else None for m in measured
+                  if m.model is not None and m.model.family == "gpt" and m.metrics is not None}
     return "bits_per_byte" if len(tokenizers - {None}) > 1 else "ppl"
 
 
-def assemble(course: Course, measured: list[dict[str, Any]], reference: dict[str, Any], cache_dir: Path,
-             overrides: list[dict[str, Any]], reference_documents: dict[str, Any] | None = None) -> dict[str, Any]:
+def assemble(course: Course, measured: list[Measurement], reference: References, cache_dir: Path,
+             overrides: list[dict[str, Any]], reference_documents: dict[str, Any] | None = None) -> ClassResults:
     pairs = similarity_pairs(measured, cache_dir, course.tolerances.similar_weights)
     subs = []
-    manifests = sorted({(m.get("data") or {}).get("manifest_sha256") for m in measured} - {None})
-    for m in sorted(measured, key=lambda m: m["id"]):
+    manifests = sorted({m.data.manifest_sha256 for m in measured if m.data is not None} - {None})
+    for m in sorted(measured, key=lambda m: m.id):
         ev = evaluation_of(m)
-        family = ev.family
-        ref = reference.get(family or "gpt") or {}
-        fs = find(ev, course, ref.get("ppl"))
-        if m.get("vocab_mismatch"):
-            fs.insert(0, finding("vocab-mismatch", m["vocab_mismatch"]))
-        if m.get("code_fallback"):
-            fs.insert(0, finding("model-code-fallback", m["code_fallback"]))
-        similar = [{"id": p["b"] if p["a"] == ev.id else p["a"], "similarity": p["similarity"]}
-                   for p in pairs if ev.id in (p["a"], p["b"])]
+        ref = reference.of(ev.family)
+        ref_ppl, ref_json = (ref.ppl, ref.to_json()) if ref is not None else (None, {})
+        fs = find(ev, course, ref_ppl)
+        if m.vocab_mismatch:
+            fs.insert(0, finding("vocab-mismatch", m.vocab_mismatch))
+        if m.code_fallback:
+            fs.insert(0, finding("model-code-fallback", m.code_fallback))
+        similar = [SimilarTo(p.b if p.a == ev.id else p.a, p.similarity) for p in pairs if ev.id in (p.a, p.b)]
         for s in similar:
-            fs.append(finding("similar-weights", f"Weights {s['similarity']:.4f} similar to submission {s['id']}.",
+            fs.append(finding("similar-weights", f"Weights {s.similarity:.4f} similar to submission {s.id}.",
                               grader_only=True))
-        gap = measured_gap(m, (reference_documents or {}).get(family or "gpt"), course.tolerances)
+        gap = measured_gap(m, (reference_documents or {}).get(ev.family or "gpt"), course.tolerances)
         if gap is not None and gap.flagged:
             fs.append(finding("trained-on-validation", gap.message()))
-        sc = score(ev, fs, course, ref.get("ppl"), overrides, reference=ref)
-        subs.append({
-            "id": ev.id, "student": ev.student, "status": m["status"], "error": m.get("error"),
-            "checkpoint": m.get("checkpoint"), "model": m.get("model"), "metrics": m.get("metrics"),
-            "claims": m.get("claims"), "causal": m.get("causal"), "tokenizer": m.get("tokenizer"),
-            "findings": [f.to_dict() for f in fs], "score": sc.to_dict(), "similar_to": similar,
-            "data": m.get("data"), "warnings": m.get("warnings", []), "device": m.get("device", "cpu"),
-            "report_file": m.get("report_file"),
-            "private": m.get("private"), "split_gap": gap.to_dict() if gap is not None else None,
-        })
-    dates = sorted(m.get("measured_on") or "" for m in measured)
-    return {
-        "harness_version": __version__,
+        sc = score(ev, fs, course, ref_ppl, overrides, reference=ref_json)
+        subs.append(SubmissionResult(
+            id=ev.id, student=ev.student, status=m.status, error=m.error, checkpoint=m.checkpoint, model=m.model,
+            metrics=m.metrics, claims=m.claims, causal=m.causal, tokenizer=m.tokenizer, findings=fs, score=sc,
+            similar_to=similar, data=m.data, warnings=m.warnings, device=m.device, report_file=m.report_file,
+            private=m.private, split_gap=gap.to_dict() if gap is not None else None))
+    dates = sorted(m.measured_on or "" for m in measured)
+    return ClassResults(
+        harness_version=__version__,
         # the day of the newest measurement, not of this run: unchanged inputs give identical files
-        "generated": dates[-1] if dates and dates[-1] else None,
-        "course": {"name": course.name, "id": course.id, "fingerprint": course.fingerprint,
-                   "requirements": {f: {k: list(v) for k, v in r.items()} for f, r in course.requirements.items()},
-                   "tolerances": course.to_dict()["tolerances"]},
-        "data": {"source": course.data_source, "split": course.data_split, "tokenizer": course.clm.tokenizer,
-                 "private_split": next((m["private"]["split"] for m in measured if m.get("private")), None),
-                 "manifest_sha256": manifests[0] if len(manifests) == 1 else manifests},
-        "protocol": {"clm": {"protocol": course.clm.protocol, "context": course.clm.context,
-                             "stride": course.clm.stride or course.clm.context, "max_tokens": course.clm.max_tokens or None},
-                     "mlm": {"protocol": course.mlm.protocol, "context": course.mlm.context, "seed": course.mlm.seed,
-                             "max_tokens": course.mlm.max_tokens or None, "tokenizer": course.mlm.tokenizer}},
-        "reference": reference,
-        "rank_metric": rank_metric(course, measured),
-        "similar_pairs": pairs,
-        "submissions": subs,
-    }
+        generated=dates[-1] if dates and dates[-1] else None,
+        course=CourseInfo(name=course.name, id=course.id, fingerprint=course.fingerprint,
+                          requirements={f: {k: list(v) for k, v in r.items()} for f, r in course.requirements.items()},
+                          tolerances=course.to_dict()["tolerances"]),
+        data=ClassData(source=course.data_source, split=course.data_split, tokenizer=course.clm.tokenizer,
+                       manifest_sha256=manifests[0] if len(manifests) == 1 else manifests,
+                       private_split=next((m.private.split for m in measured if m.private is not None), None)),
+        protocol=Protocols(
+            clm=ClmProtocol(protocol=course.clm.protocol, context=course.clm.context,
+                            stride=course.clm.stride or course.clm.context, max_tokens=course.clm.max_tokens or None),
+            mlm=MlmProtocol(protocol=course.mlm.protocol, context=course.mlm.context, seed=course.mlm.seed,
+                            max_tokens=course.mlm.max_tokens or None, tokenizer=course.mlm.tokenizer)),
+        reference=reference,
+        rank_metric=rank_metric(course, measured),
+        similar_pairs=pairs,
+        submissions=subs,
+    )
 
 
 GRADES_COLUMNS = ("id", "student", "score", "max", "ppl", "loss", "bits_per_byte", "status", "findings")
 
 
-def grades_csv(results: dict[str, Any]) -> str:
+def grades_csv(results: ClassResults) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(GRADES_COLUMNS)
-    for s in results["submissions"]:
-        m = s.get("metrics") or {}
-        codes = ";".join(f["code"] for f in s["findings"] if not f.get("grader_only")) or ""
-        w.writerow([s["id"], s["student"], f"{s['score']['total']:g}", f"{s['score']['max']:g}",
-                    f"{m['ppl']:.4f}" if m.get("ppl") is not None else "",
-                    f"{m['loss']:.6f}" if m.get("loss") is not None else "",
-                    f"{m['bits_per_byte']:.6f}" if m.get("bits_per_byte") is not None else "",
-                    s["status"], codes])
+    for s in results.submissions:
+        m = s.metrics
+        codes = ";".join(f.code for f in s.findings if not f.grader_only) or ""
+        w.writerow([s.id, s.student, f"{s.score.total:g}", f"{s.score.max:g}",
+                    f"{m.ppl:.4f}" if m is not None and m.ppl is not None else "",
+                    f"{m.loss:.6f}" if m is not None and m.loss is not None else "",
+                    f"{m.bits_per_byte:.6f}" if m is not None and m.bits_per_byte is not None else "",
+                    s.status, codes])
     return buf.getvalue()
 
 
@@ -284,18 +275,18 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
                            f"{source.name} (it has {', '.join(source.splits)}); set [data] private = \"none\"")
     basis = measurement_basis(course, source_sha256=source.sha256, split_rule=source.split_rule, private=private)
 
-    measured: dict[str, dict[str, Any]] = {}
+    measured: dict[str, Measurement] = {}
     todo = []
-    outcome = GradeOutcome(out, {})
+    outcome = GradeOutcome(out, ClassResults())
     for ref in refs:
         key = _cache_key(ref, basis, opts.allow_unsandboxed_code)
         cached = cache_dir / f"{ref.id}.{key}.json"
         if cached.is_file():
             try:
-                measured[ref.id] = json.loads(cached.read_text())
+                measured[ref.id] = Measurement.from_json(json.loads(cached.read_text()))
                 outcome.cached.append(ref.id)
                 continue
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, TypeError, AttributeError):  # damaged: measured again
                 pass
         todo.append((ref, key))
 
@@ -317,12 +308,12 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
         if opts.progress:
             opts.progress(done, total)
 
-    keep = {f"{m['id']}.{m.get('cache_key')}" for m in measured.values()}
-    reference_documents = {f: reference_gap_documents(measured.get(REFERENCE_ID.format(f))) for f in ("gpt", "mlm")}
+    keep = {f"{m.id}.{m.cache_key}" for m in measured.values()}
+    reference_documents = {f: reference_gap_documents(measured.get(REFERENCE_ID.format(f))) for f in FAMILIES}
     reference = _reference(course, measured)
     results = assemble(course, list(measured.values()), reference, cache_dir, overrides, reference_documents)
-    results["custom_code_sandbox"] = _sandbox_record(measured.values(), opts.allow_unsandboxed_code)
-    text = pretty_json(results)
+    results.custom_code_sandbox = _sandbox_record(measured.values(), opts.allow_unsandboxed_code)
+    text = pretty_json(results.to_json())
     try:
         before = (out / "results.json").read_text(encoding="utf-8")
     except OSError:
@@ -333,17 +324,17 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     outcome.results = results
     _prune_cache(cache_dir, keep)
     if opts.reports:
-        write_reports(results, out, grader=opts.grader_reports, class_report=len(results["submissions"]) > 1)
+        write_reports(results, out, grader=opts.grader_reports, class_report=len(results.submissions) > 1)
     return outcome
 
 
-def _sandbox_record(measured, allowed: bool) -> dict[str, Any]:
+def _sandbox_record(measured, allowed: bool) -> SandboxRecord:
     """Which boundary custom code ran in on this machine, and whether the grader allowed running it without."""
     from harness.sandbox.jail import boundary
 
-    return {"boundary": boundary().describe(), "allow_unsandboxed_code": allowed,
-            "unsandboxed": sorted(m["id"] for m in measured
-                                  if str(((m.get("model") or {}).get("sandbox") or "")).startswith("none"))}
+    return SandboxRecord(boundary=boundary().describe(), allow_unsandboxed_code=allowed,
+                         unsandboxed=sorted(m.id for m in measured
+                                            if m.model is not None and str(m.model.sandbox or "").startswith("none")))
 
 
 def _prune_cache(cache_dir: Path, keep: set[str]) -> None:
@@ -364,12 +355,16 @@ def _report_code_fingerprint() -> str:
     return fingerprint({f.relative_to(here).as_posix(): sha256_file(f) for f in files if f.is_file()})
 
 
-def write_reports(results: dict[str, Any], out: Path, *, grader: bool = False, class_report: bool = True) -> list[Path]:
+def write_reports(results: ClassResults, out: Path, *, grader: bool = False, class_report: bool = True) -> list[Path]:
     """Every student's PDF and the class report. Rendered again only when what they show changed:
     a rerun on unchanged inputs leaves the PDFs (and their bytes) as they are."""
-    from harness.reporting import report
-    planned = [f"{s['id']}.pdf" for s in results["submissions"]] + (["class_report.pdf"] if class_report else [])
-    key = fingerprint({"results": results, "grader": grader, "class_report": class_report,
+    from harness.reporting.class_report import render_class_report
+    from harness.reporting.student import render_student_report
+
+    if not isinstance(results, ClassResults):  # a results.json's dict
+        results = ClassResults.from_json(results)
+    planned = [f"{s.id}.pdf" for s in results.submissions] + (["class_report.pdf"] if class_report else [])
+    key = fingerprint({"results": results.to_json(), "grader": grader, "class_report": class_report,
                        "code": _report_code_fingerprint(), "harness": __version__})
     stamp = out / REPORTS_STAMP
     try:
@@ -380,9 +375,9 @@ def write_reports(results: dict[str, Any], out: Path, *, grader: bool = False, c
             (out / name).is_file() and sha256_file(out / name) == sha for name, sha in before["files"].items()):
         return [out / name for name in planned]
     written = []
-    for s in results["submissions"]:
-        written.append(report.render_student_report(results, s["id"], out / f"{s['id']}.pdf", grader=grader))
+    for s in results.submissions:
+        written.append(render_student_report(results, s.id, out / f"{s.id}.pdf", grader=grader))
     if class_report:
-        written.append(report.render_class_report(results, out / "class_report.pdf", grader=True))
+        written.append(render_class_report(results, out / "class_report.pdf", grader=True))
     write_json(stamp, {"key": key, "files": {p.name: sha256_file(p) for p in written}})
     return written

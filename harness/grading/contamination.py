@@ -190,27 +190,27 @@ def split_gap(public: DocumentLosses, private: DocumentLosses, *, reference_publ
 
 
 
-# --- from measurements (the grader's dicts) -------------------------------------------------------------------
+# --- from measurements ---------------------------------------------------------------------------------------
 
 
-def reference_gap_documents(measured: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A reference's per-document losses on both splits and its tokenizer, from its measurement; None where it
-    has none (not measured, failed, or `harness check`, which scores no private split)."""
-    docs = (measured or {}).get("documents") or {}
+def reference_gap_documents(measured: Any) -> dict[str, Any] | None:
+    """A reference's per-document losses on both splits and its tokenizer, from its `Measurement`; None where
+    it has none (not measured, failed, or `harness check`, which scores no private split)."""
+    docs = getattr(measured, "documents", None) or {}
     if not docs.get("public") or not docs.get("private"):
         return None
     return {"public": DocumentLosses.from_dict(docs["public"]), "private": DocumentLosses.from_dict(docs["private"]),
-            "tokenizer_sha256": ((measured or {}).get("tokenizer") or {}).get("sha256")}
+            "tokenizer_sha256": measured.tokenizer.sha256 if measured.tokenizer else None}
 
 
-def measured_gap(measured: dict[str, Any], reference: dict[str, Any] | None, tolerances: Any) -> SplitGap | None:
-    """`split_gap` of one submission's measurement against the reference's documents (`reference_gap_documents`),
-    which count only where both used the same tokenizer. None where either split was not scored, or the
-    numbers are not comparable (partial metrics)."""
-    docs = measured.get("documents") or {}
-    if not docs.get("public") or not docs.get("private") or (measured.get("metrics") or {}).get("partial"):
+def measured_gap(measured: Any, reference: dict[str, Any] | None, tolerances: Any) -> SplitGap | None:
+    """`split_gap` of one submission's `Measurement` against the reference's documents
+    (`reference_gap_documents`), which count only where both used the same tokenizer. None where either split
+    was not scored, or the numbers are not comparable (partial metrics)."""
+    docs = measured.documents or {}
+    if not docs.get("public") or not docs.get("private") or measured.metrics is None or measured.metrics.partial:
         return None
-    own_tokenizer = (measured.get("tokenizer") or {}).get("sha256")
+    own_tokenizer = measured.tokenizer.sha256 if measured.tokenizer else None
     same = reference is not None and own_tokenizer and reference.get("tokenizer_sha256") == own_tokenizer
     return split_gap(DocumentLosses.from_dict(docs["public"]), DocumentLosses.from_dict(docs["private"]),
                      reference_public=reference["public"] if same else None,

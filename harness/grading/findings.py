@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.course.config import Course
-from harness.intake.submission import Claims
+from harness.intake.claims import Claims
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 

@@ -1,9 +1,9 @@
 """One submission, from its files to what was measured: the work each grading worker does.
 
 submission (files, claims) → checkpoint (safe read) → model (layout, inferred values; or sandboxed code)
-→ metrics (the course's protocol on its fixed data) and the causality check. The result is a plain
-JSON-ready dict: findings and the score are derived from it by the grader (so a changed rubric or an
-override never needs a re-evaluation).
+→ metrics (the course's protocol on its fixed data) and the causality check. The result is a
+`Measurement` (harness.grading.results): findings and the score are derived from it by the grader (so a
+changed rubric or an override never needs a re-evaluation).
 
 `python -m harness.grading.measure JOB.json OUT.json` runs one job in its own process: the batch starts one per
 submission, with limits, so that a crash or a hang takes only that submission down.
@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ from harness import __version__
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
 from harness.files import sha256_file, write_json
+from harness.grading.results import (CausalCheck, CheckpointInfo, DataInfo, ErrorInfo, Measurement, Metrics,
+                                     ModelInfo, TokenizerInfo)
 
 if TYPE_CHECKING:
     from harness.course.data import FrozenData, TokenizedSplit
@@ -68,7 +70,7 @@ def submission_fingerprint(paths: list[Path]) -> str:
 
 def _materialise(job: Job, tmp: Path) -> Path:
     """The submission as a folder or a single file we may read: zips extracted, bulk files gathered."""
-    from harness.checkpoint.read import extract_zip
+    from harness.checkpoint.archive import extract_zip
     from harness.intake.submission import lms_file_name
 
     paths = [Path(p) for p in job.paths]
@@ -109,24 +111,22 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
     """Scores candidate models by the course's protocol on the start of the *train* split (never on the
     graded split): each candidate's per-target NLLs, from which `harness.models.build` decides, or says that it
     cannot; None where the course turns calibration off."""
-    from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
+    from harness.metrics.protocol import TruncatedVocabulary
+    from harness.metrics.score import EvalData, score
 
     settings = course.eval_settings(family)
     if settings.calibration_tokens <= 0:
         return None
+    # the start of the train split, every window apart (stride L), no pseudo-perplexity, no baseline's counts
+    settings = replace(settings, max_tokens=settings.calibration_tokens, stride=0, pseudo_ppl_tokens=0)
+    data = EvalData(train_split, tokenizer)
 
     def calibrate(candidates) -> list[np.ndarray]:
         scored = []
         for model, config in zip(candidates, candidates.configs):
             if config.vocab_size < tokenizer.vocab_size:  # seed 002's 49,805: scorable all the same
                 model = TruncatedVocabulary(model, config.vocab_size, tokenizer.vocab_size)
-            if family == "mlm":
-                r = evaluate_mlm(model, train_split, tokenizer, context=settings.context, seed=settings.seed,
-                                 max_tokens=settings.calibration_tokens)
-            else:
-                r = evaluate_clm(model, train_split, tokenizer, context=settings.context,
-                                 max_tokens=settings.calibration_tokens)
-            scored.append(r.nll)
+            scored.append(score(model, family, data, settings).nll)
         return scored
 
     return calibrate
@@ -215,43 +215,41 @@ def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[s
     return Scored(loaded, tokenizer, named, frozen, train)
 
 
-def measure(job: Job) -> dict[str, Any]:
+def measure(job: Job) -> Measurement:
     """Everything measured about one submission. Errors of the submission are part of the result
     (`error`), never exceptions."""
     from harness.intake.submission import read_submission
 
     course = load_course(job.course_path)
     started = time.monotonic()
-    result: dict[str, Any] = {"id": job.id, "student": job.id, "status": "error", "error": None,
-                              "checkpoint": None, "model": None, "metrics": None, "claims": None, "causal": None,
-                              "nonfinite": [], "tokenizer": None, "warnings": [], "pad_id": None,
-                              "harness_version": __version__, "device": job.device}
+    result = Measurement(id=job.id, student=job.id, harness_version=__version__, device=job.device)
     with tempfile.TemporaryDirectory(prefix="harness-measure-") as tmp:
         try:
             root = _materialise(job, Path(tmp))
             sub = read_submission(job.id, root)
-            result["student"] = sub.student
-            result["claims"] = sub.claims.to_dict()
-            result["warnings"] = list(sub.warnings)
-            result["report_file"] = sub.report.as_posix() if sub.report else None
+            result.student = sub.student
+            result.claims = sub.claims
+            result.warnings = list(sub.warnings)
+            result.report_file = sub.report.as_posix() if sub.report else None
             _measure_model(job, course, sub, root, result)
         except HarnessError as e:
-            result["error"] = e.as_dict()
-    result["seconds"] = round(time.monotonic() - started, 3)
-    result["measured_on"] = time.strftime("%Y-%m-%d", time.gmtime())  # kept with the cached measurement
-    if result["error"] is None:
-        result["status"] = "graded"
+            result.error = ErrorInfo(e.code, e.message)
+    result.seconds = round(time.monotonic() - started, 3)
+    result.measured_on = time.strftime("%Y-%m-%d", time.gmtime())  # kept with the cached measurement
+    if result.error is None:
+        result.status = "graded"
     return result
 
 
-def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, Any]) -> None:
+def _measure_model(job: Job, course: Course, sub, root: Path, result: Measurement) -> None:
     from harness.metrics.causality import check_causal
     from harness.checkpoint.read import read_checkpoint
     from harness.course.data import load_source
-    from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
     from harness.grading.findings import vocab_finding
+    from harness.metrics.protocol import TruncatedVocabulary
+    from harness.metrics.score import EvalData, score
     from harness.models.build import SPELLINGS, read_values
-    from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
+    from harness.intake.claims import checkpoint_claims, with_checkpoint_claims
 
     if sub.weights is None:
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
@@ -260,11 +258,10 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
     raw = read_checkpoint(weights, root=root if root.is_dir() else root.parent)
     stored = checkpoint_claims(raw.meta, sub.weights, root if root.is_dir() else None)
     if stored:
-        result["claims"] = with_checkpoint_claims(sub.claims, stored).to_dict()
-    result["checkpoint"] = {"path": sub.weights.as_posix(), "sha256": raw.sha256, "format": raw.format,
-                            "layout": None}
-    result["nonfinite"] = list(raw.nonfinite)
-    result["warnings"] += list(raw.warnings)
+        result.claims = with_checkpoint_claims(sub.claims, stored)
+    result.checkpoint = CheckpointInfo(path=sub.weights.as_posix(), sha256=raw.sha256, format=raw.format)
+    result.nonfinite = list(raw.nonfinite)
+    result.warnings += list(raw.warnings)
 
     source = load_source(course.data_source)
     custom = None
@@ -273,52 +270,52 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
 
         custom = load_custom(job, sub, root, raw, course.eval_settings(sub.family or "gpt").context)
         if isinstance(custom, str):
-            result["code_fallback"], custom = custom, None
+            result.code_fallback, custom = custom, None
     if custom is not None:
         family, model, n_outputs, state = custom.family, custom.model, custom.model.n_outputs, raw.tensors
-        tokenizer, named = _tokenizer_for(family, sub, course, root, result["warnings"])
+        tokenizer, named = _tokenizer_for(family, sub, course, root, result.warnings)
         frozen, train = _frozen(source, tokenizer)
-        result["checkpoint"]["layout"] = "custom-code"
-        result["model"] = custom.info
+        result.checkpoint.layout = "custom-code"
+        result.model = ModelInfo.from_json(custom.info)
     else:
-        scored = _build_scored(raw, sub, course, root, source, result["warnings"])
+        scored = _build_scored(raw, sub, course, root, source, result.warnings)
         loaded, tokenizer, named, frozen, train = (scored.loaded, scored.tokenizer, scored.named, scored.frozen,
                                                    scored.train)
         family = loaded.family
         model, n_outputs, state = loaded.model, loaded.n_outputs, loaded.model.state_dict()
         d, cfg = loaded.describe(), loaded.config
-        result["checkpoint"]["layout"] = loaded.layout
-        result["model"] = {
-            "family": family, "layout": loaded.layout, "params": loaded.params, "tied": loaded.tied,
-            "n_layers": cfg.n_layers, "d_model": getattr(cfg, "d_model", getattr(cfg, "hidden", None)),
-            "n_heads": cfg.n_heads, "d_ff": getattr(cfg, "d_ff", getattr(cfg, "intermediate", None)),
-            "vocab_size": n_outputs, "context": loaded.max_positions,
-            "norm": getattr(cfg, "norm", "post"), "activation": cfg.activation,
-            "positions": getattr(cfg, "positions", "learned"), "causal_mask": getattr(cfg, "causal", None),
-            "sources": {k: v["source"] for k, v in d["architecture"].items()},
-            "unverified": d["unverified"], "calibration": d["calibration"], "facts": d["facts"],
-        }
+        result.checkpoint.layout = loaded.layout
+        result.model = ModelInfo(
+            family=family, layout=loaded.layout, params=loaded.params, tied=loaded.tied,
+            n_layers=cfg.n_layers, d_model=getattr(cfg, "d_model", getattr(cfg, "hidden", None)),
+            n_heads=cfg.n_heads, d_ff=getattr(cfg, "d_ff", getattr(cfg, "intermediate", None)),
+            vocab_size=n_outputs, context=loaded.max_positions,
+            norm=getattr(cfg, "norm", "post"), activation=cfg.activation,
+            positions=getattr(cfg, "positions", "learned"), causal_mask=getattr(cfg, "causal", None),
+            sources={k: v["source"] for k, v in d["architecture"].items()},
+            unverified=d["unverified"], calibration=d["calibration"], facts=d["facts"],
+        )
         if getattr(cfg, "n_kv_heads", None) not in (None, cfg.n_heads):  # grouped-query attention
-            result["model"]["n_kv_heads"] = cfg.n_kv_heads
-        result["warnings"] += d["warnings"]
-        result["pad_id"] = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
-    result["tokenizer"] = {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
-                           "sha256": tokenizer.sha256, "named_by_student": named,
-                           "roles": tokenizer.describe().get("roles")}
+            result.model.n_kv_heads = cfg.n_kv_heads
+        result.warnings += d["warnings"]
+        result.pad_id = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
+    result.tokenizer = TokenizerInfo(name=tokenizer.name, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id,
+                                     sha256=tokenizer.sha256, named_by_student=named,
+                                     roles=tokenizer.describe().get("roles"))
 
     if job.signature_path:
         key, sig = _signature(state)
         np.save(job.signature_path, sig, allow_pickle=False)
-        result["signature_key"] = key
+        result.signature_key = key
 
     if job.device.startswith("cuda") and custom is None:
-        from harness.metrics.evaluate import as_logits_model
+        from harness.metrics.protocol import as_logits_model
 
         # the worker sees its one GPU only (CUDA_VISIBLE_DEVICES): "cuda:3" of the grader is cuda:0 here
         model = as_logits_model(model, device="cuda")
     mismatch = vocab_finding(n_outputs, {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size})
     if mismatch is not None:
-        result["vocab_mismatch"] = mismatch.message
+        result.vocab_mismatch = mismatch.message
         if n_outputs < tokenizer.vocab_size:
             model = TruncatedVocabulary(model, n_outputs, tokenizer.vocab_size)
     if raw.nonfinite:
@@ -326,51 +323,26 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: dict[str, 
 
     split = frozen.split(course.data_split)
     settings = course.eval_settings(family)
-    if family == "mlm":
-        r = evaluate_mlm(model, split, tokenizer, context=settings.context, seed=settings.seed,
-                         max_tokens=settings.max_tokens or None, pseudo_ppl_tokens=settings.pseudo_ppl_tokens,
-                         train_split=train)
-    else:
-        r = evaluate_clm(model, split, tokenizer, context=settings.context, stride=settings.stride or None,
-                         max_tokens=settings.max_tokens or None, train_split=train)
-        result["causal"] = check_causal(model, context=r.context, vocab_size=min(tokenizer.vocab_size, n_outputs),
-                                        seed_material=raw.sha256).to_dict()
-    metrics = r.to_dict()
+    r = score(model, family, EvalData(split, tokenizer, train), settings)
+    if family != "mlm":
+        result.causal = CausalCheck.from_json(
+            check_causal(model, context=r.context, vocab_size=min(tokenizer.vocab_size, n_outputs),
+                         seed_material=raw.sha256).to_dict())
+    metrics = Metrics.from_json(r.to_dict())
     if isinstance(model, TruncatedVocabulary):
-        metrics["partial"] = (f"the model has {model.n_own:,} outputs for {model.n_outputs:,} token ids: ids it lacks "
-                              "were scored at its lowest logit; not comparable with complete models")
-    for k in ("unigram_loss", "uniform_loss"):
-        if metrics.get(k) is not None:
-            metrics[k.replace("_loss", "_ppl")] = float(np.exp(metrics[k]))
-    result["metrics"] = metrics
-    result["data"] = {"manifest_sha256": frozen.manifest_sha256, "split": course.data_split,
-                      "source": source.name}
+        metrics.partial = (f"the model has {model.n_own:,} outputs for {model.n_outputs:,} token ids: ids it lacks "
+                           "were scored at its lowest logit; not comparable with complete models")
+    if metrics.unigram_loss is not None:
+        metrics.unigram_ppl = float(np.exp(metrics.unigram_loss))
+    if metrics.uniform_loss is not None:
+        metrics.uniform_ppl = float(np.exp(metrics.uniform_loss))
+    result.metrics = metrics
+    result.data = DataInfo(manifest_sha256=frozen.manifest_sha256, split=course.data_split, source=source.name)
     from harness.grading.private import measure_private
 
     measure_private(job, course, family, model, frozen, tokenizer, train, source, r, result)
     if custom is not None:
         custom.finish(result)
-
-
-class TruncatedVocabulary:
-    """A model with fewer outputs than the tokenizer has ids (seed 002's 49,805), made scorable all the
-    same, so that what else is wrong with it (memorisation) still shows: an input id it has no embedding
-    for becomes its last id, and an output it lacks gets the row's lowest logit. Its metrics are marked
-    `partial` and earn no perplexity points: they are not comparable with the class's."""
-
-    def __init__(self, model: Any, n_outputs: int, vocab_size: int):
-        from harness.metrics.evaluate import as_logits_model
-
-        self.inner = as_logits_model(model)
-        self.n_own, self.n_outputs = n_outputs, vocab_size
-        self.max_positions = self.inner.max_positions
-
-    def logits(self, input_ids, attention_mask=None):
-        import torch
-
-        inner = self.inner.logits(input_ids.clamp(max=self.n_own - 1))
-        floor = inner.min(dim=-1, keepdim=True).values
-        return torch.cat([inner, floor.expand(*inner.shape[:-1], self.n_outputs - self.n_own)], dim=-1)
 
 
 def _limit_self(job: Job) -> None:
@@ -380,7 +352,7 @@ def _limit_self(job: Job) -> None:
         signal.alarm(int(job.timeout_s) + 30)  # the parent kills at timeout_s; this catches orphans
     # On a GPU no address-space limit: CUDA reserves far more address space than any such limit allows (its
     # initialisation fails with "out of memory" under one). What is untrusted there runs in children with
-    # their own limits: the checkpoint's unpickling (_reader_child) and student code (the sandbox, on the CPU).
+    # their own limits: the checkpoint's unpickling (checkpoint/child.py) and student code (the sandbox, on the CPU).
     if job.memory_mb and not job.device.startswith("cuda"):
         mem = job.memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -396,9 +368,8 @@ def main(argv: list[str]) -> int:
     try:
         result = measure(job)
     except MemoryError:
-        result = {"id": job.id, "status": "error",
-                  "error": {"code": "limits", "message": f"grading needed more than {job.memory_mb} MB"}}
-    write_json(argv[1], result)
+        result = Measurement.failed(job.id, "limits", f"grading needed more than {job.memory_mb} MB")
+    write_json(argv[1], result.to_json())
     return 0
 
 
@@ -439,7 +410,7 @@ def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[s
                             "refused_globals": list(raw.refused_globals), "nonfinite": list(raw.nonfinite),
                             "reader_warnings": list(raw.warnings), "tensors": len(raw.tensors)}
     if sub is not None:
-        from harness.intake.submission import checkpoint_claims, with_checkpoint_claims
+        from harness.intake.claims import checkpoint_claims, with_checkpoint_claims
 
         claims = with_checkpoint_claims(sub.claims, checkpoint_claims(raw.meta, sub.weights, path))
         info["submission"] = {"student": sub.student, "weights": sub.weights.as_posix(), "family": sub.family,
@@ -473,7 +444,8 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
     import torch
 
     from harness.course.data import load_source
-    from harness.metrics.evaluate import as_logits_model, evaluate_clm, evaluate_mlm
+    from harness.metrics.protocol import as_logits_model
+    from harness.metrics.score import EvalData, score
 
     course = load_course(course_path)
     raw, sub = _read_for_tools(path)
@@ -488,13 +460,9 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
     target = frozen.split(split_name)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = as_logits_model(loaded.model, device=dev)
-    if family == "mlm":
-        r = evaluate_mlm(model, target, tok, context=context or settings.context, seed=settings.seed,
-                         max_tokens=max_tokens or settings.max_tokens or None, train_split=train, progress=progress)
-    else:
-        r = evaluate_clm(model, target, tok, context=context or settings.context,
-                         stride=stride or settings.stride or None, max_tokens=max_tokens or settings.max_tokens or None,
-                         train_split=train, progress=progress)
+    settings = replace(settings, context=context or settings.context, stride=stride or settings.stride,
+                       max_tokens=max_tokens or settings.max_tokens)
+    r = score(model, family, EvalData(target, tok, train), settings, progress=progress)
     return {"harness_version": __version__, "course_fingerprint": course.fingerprint,
             "checkpoint": {"path": str(path), "sha256": raw.sha256, "format": raw.format, "layout": loaded.layout},
             "model": {"family": family, "params": loaded.params, "n_outputs": loaded.n_outputs},

@@ -15,26 +15,17 @@ import numpy as np
 from harness.metrics.documents import document_losses
 
 
-def evaluate_split(family: str, model: Any, split: Any, tokenizer: Any, settings: Any, train: Any) -> Any:
-    """The course's protocol for `family` on `split`, with the course's parameters (as the public split)."""
-    from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
+def metrics_of(r: Any, public: Any = None) -> Any:
+    """A result as the `Metrics` results.json holds (the baselines' perplexities added, as the public's)."""
+    from harness.grading.results import Metrics
 
-    if family == "mlm":
-        return evaluate_mlm(model, split, tokenizer, context=settings.context, seed=settings.seed,
-                            max_tokens=settings.max_tokens or None, pseudo_ppl_tokens=settings.pseudo_ppl_tokens,
-                            train_split=train)
-    return evaluate_clm(model, split, tokenizer, context=settings.context, stride=settings.stride or None,
-                        max_tokens=settings.max_tokens or None, train_split=train)
-
-
-def metrics_of(r: Any, public_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A result as the `metrics` dict results.json holds (the baselines' perplexities added, as the public's)."""
-    metrics = r.to_dict()
-    for k in ("unigram_loss", "uniform_loss"):
-        if metrics.get(k) is not None:
-            metrics[k.replace("_loss", "_ppl")] = float(np.exp(metrics[k]))
-    if public_metrics and public_metrics.get("partial"):
-        metrics["partial"] = public_metrics["partial"]
+    metrics = Metrics.from_json(r.to_dict())
+    if metrics.unigram_loss is not None:
+        metrics.unigram_ppl = float(np.exp(metrics.unigram_loss))
+    if metrics.uniform_loss is not None:
+        metrics.uniform_ppl = float(np.exp(metrics.uniform_loss))
+    if public is not None and public.partial:
+        metrics.partial = public.partial
     return metrics
 
 
@@ -46,16 +37,20 @@ def _titles(source: Any, split: str) -> list[str] | None:
 
 
 def measure_private(job: Any, course: Any, family: str, model: Any, frozen: Any, tokenizer: Any, train: Any,
-                    source: Any, public_result: Any, result: dict[str, Any]) -> None:
-    """Adds to `result`, for a grading job on a course with a private split: `private` {split, manifest_sha256,
-    metrics} and `documents` {public, private}: per-document losses (the cache keeps them; results.json does
-    not). A public-only job (`harness check`) gets nothing here."""
+                    source: Any, public_result: Any, result: Any) -> None:
+    """Sets, on the `Measurement` of a grading job on a course with a private split: `private` (split,
+    manifest, metrics by the course's protocol through `score`, as the public split's) and `documents`
+    {public, private}: per-document losses (the cache keeps them; results.json does not). A public-only job
+    (`harness check`) gets nothing here."""
+    from harness.grading.results import PrivateSplit
+    from harness.metrics.score import EvalData, score
+
     if not getattr(job, "private", False) or not course.data_private:
         return
     split = frozen.split(course.data_private)
-    r = evaluate_split(family, model, split, tokenizer, course.eval_settings(family), train)
-    result["private"] = {"split": course.data_private, "manifest_sha256": frozen.manifest_sha256,
-                         "metrics": metrics_of(r, result.get("metrics"))}
+    r = score(model, family, EvalData(split, tokenizer, train), course.eval_settings(family))
+    result.private = PrivateSplit(split=course.data_private, manifest_sha256=frozen.manifest_sha256,
+                                  metrics=metrics_of(r, result.metrics))
     public = document_losses(public_result, frozen.split(course.data_split), tokenizer).to_dict()
     public["titles"] = _titles(source, course.data_split)
-    result["documents"] = {"public": public, "private": document_losses(r, split, tokenizer).to_dict()}
+    result.documents = {"public": public, "private": document_losses(r, split, tokenizer).to_dict()}

@@ -1,1 +1,10 @@
-"""Metrics: the evaluation protocols (clm-v1, mlm-v1) on the course's fixed data, and the causality check."""
+"""Metrics: a model's numbers on the course's fixed data, by a documented protocol.
+
+- `protocol.py`: the model seam (`LogitsModel`, `TorchLogitsModel`, `TruncatedVocabulary`, `first_logits`).
+- `windows.py`: the pure plans: clm-v1 streams and windows, mlm-v1 streams, blocks and masks.
+- `nll.py`: logits to per-target NLLs, batch by batch, under a memory budget.
+- `common.py`: input checks, the unigram baseline, JSON-ready results.
+- `clm.py` (clm-v1, causal) and `mlm.py` (mlm-v1, masked): the protocols.
+- `score.py`: `score(model, family, data, settings)`, the one dispatch from a family to its protocol.
+- `causality.py`: does a causal LM look ahead?
+"""

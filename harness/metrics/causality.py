@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.metrics.evaluate import LogitsModel, as_logits_model
+from harness.metrics.protocol import LogitsModel, as_logits_model
 
 
 @dataclass(frozen=True)

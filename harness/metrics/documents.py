@@ -60,7 +60,7 @@ def clm_document_losses(result: Any, split: Any, tokenizer: Any) -> DocumentLoss
 def mlm_document_losses(result: Any, split: Any, tokenizer: Any) -> DocumentLosses:
     """Per-document losses of an mlm-v1 result (`result.nll`: per selected position, in stream order): the
     selected positions are drawn again from the protocol's seeded masks."""
-    from harness.metrics.evaluate import mlm_blocks, mlm_masks, mlm_stream
+    from harness.metrics.windows import mlm_blocks, mlm_masks, mlm_stream
 
     stream = mlm_stream(split, tokenizer, result.max_tokens)
     positions = []

@@ -7,8 +7,8 @@
 - **Gradescope**: `results.json` in the autograder format, one test per rubric criterion, so a
   Gradescope `run_autograder` can call `harness check ... --gradescope PATH`.
 
-Both are pure functions of `results.json`'s values (no clock, no file system) and give identical text for
-identical inputs; the writers at the bottom are what the CLI calls.
+Both are pure functions of `results.json`'s values (a `ClassResults`, or the file's dict: no clock, no file
+system) and give identical text for identical inputs; the writers at the bottom are what the CLI calls.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 from harness.errors import HarnessError
 from harness.files import pretty_json, write_atomic
+from harness.grading.results import (ClassResults, Score, SubmissionResult, as_class_results,
+                                     as_submission_result)
 from harness.intake.submission import safe_id
 
 # --- Canvas --------------------------------------------------------------------------------------
@@ -182,9 +184,9 @@ def _roster_names(student: str) -> set[str]:
     return keys - {""}
 
 
-def _submission_name(sub: dict[str, Any]) -> str:
+def _submission_name(sub: SubmissionResult) -> str:
     # without submission.toml the student is the id, "smithjane_12345" for a Canvas download: drop the uid
-    return _compact(_UID_SUFFIX.sub("", str(sub.get("student") or sub["id"])))
+    return _compact(_UID_SUFFIX.sub("", str(sub.student or sub.id)))
 
 
 def _stage_keys(stage: str, row: list[str], header: list[str]) -> set[str]:
@@ -195,16 +197,16 @@ def _stage_keys(stage: str, row: list[str], header: list[str]) -> set[str]:
     return _roster_names(_cell(row, header, "Student"))
 
 
-def _submission_keys(stage: str, sub: dict[str, Any]) -> set[str]:
+def _submission_keys(stage: str, sub: SubmissionResult) -> set[str]:
     if stage == "canvas-id":
-        m = _UID_SUFFIX.search(sub["id"])
+        m = _UID_SUFFIX.search(sub.id)
         return {m[1]} if m else set()
     if stage == "sis-id":
-        return {sub["id"].casefold()}
+        return {sub.id.casefold()}
     return {_submission_name(sub)} - {""}
 
 
-def _match(roster: list[list[str]], header: list[str], subs: list[dict[str, Any]]
+def _match(roster: list[list[str]], header: list[str], subs: list[SubmissionResult]
            ) -> tuple[dict[int, tuple[int, str]], set[int]]:
     """Roster row index → (submission index, key), by Canvas user id, then SIS ids, then name. A pair is
     matched at a stage only when each is the other's sole candidate there: a wrong grade in someone else's
@@ -230,20 +232,20 @@ def _match(roster: list[list[str]], header: list[str], subs: list[dict[str, Any]
     return matched, ambiguous - set(matched)
 
 
-def _points(score: dict[str, Any], points_possible: float | None) -> str:
-    total, top = float(score["total"]), float(score.get("max") or 0)
+def _points(score: Score, points_possible: float | None) -> str:
+    total, top = float(score.total), float(score.max or 0)
     value = total / top * points_possible if points_possible and top > 0 else total
     return f"{round(value, 2) + 0.0:g}"  # + 0.0: never "-0"
 
 
-def canvas_csv(results: dict[str, Any], template_text: str, column: str | None = None, *,
+def canvas_csv(results: ClassResults | dict[str, Any], template_text: str, column: str | None = None, *,
                source: str = "the Canvas template") -> CanvasExport:
     """Fill one assignment column of a Canvas gradebook export with the class's scores.
 
     `column`: the exact header, the header without its " (id)" suffix, or the assignment id; None when
     the template has exactly one assignment column. Scores are scaled to the column's points possible."""
     t = _parse_template(template_text, column, source)
-    subs = list(results.get("submissions") or [])
+    subs = list(as_class_results(results).submissions)
     matched, ambiguous = _match(t.roster, t.header, subs)
     kept = [i for i, h in enumerate(t.header) if h in KEPT_COLUMNS]
     buf = io.StringIO()
@@ -257,8 +259,8 @@ def canvas_csv(results: dict[str, Any], template_text: str, column: str | None =
         student = _cell(row, t.header, "Student")
         if i in matched:
             j, by = matched[i]
-            value = _points(subs[j]["score"], t.points_possible)
-            matches.append(CanvasMatch(subs[j]["id"], student, _cell(row, t.header, "ID"), by, value))
+            value = _points(subs[j].score, t.points_possible)
+            matches.append(CanvasMatch(subs[j].id, student, _cell(row, t.header, "ID"), by, value))
         elif student.casefold() not in _TEST_STUDENT:
             without.append(student or f"ID {_cell(row, t.header, 'ID')}")
         w.writerow([row[k] for k in kept] + [value])
@@ -267,7 +269,7 @@ def canvas_csv(results: dict[str, Any], template_text: str, column: str | None =
                   "than one submission, or shares one with another row: fill it by hand" for i in sorted(ambiguous))
     return CanvasExport(text=buf.getvalue(), column=t.header[t.column], points_possible=t.points_possible,
                         matched=tuple(matches),
-                        unmatched_submissions=tuple(sorted(s["id"] for j, s in enumerate(subs) if j not in used)),
+                        unmatched_submissions=tuple(sorted(s.id for j, s in enumerate(subs) if j not in used)),
                         roster_without_submission=tuple(without), ambiguous=notes)
 
 
@@ -284,7 +286,7 @@ def read_canvas_template(path: Path, column: str | None = None) -> str:
     return text
 
 
-def write_canvas_csv(results: dict[str, Any], template_text: str, column: str | None, out: Path, *,
+def write_canvas_csv(results: ClassResults | dict[str, Any], template_text: str, column: str | None, out: Path, *,
                      source: str = "the Canvas template") -> tuple[Path, CanvasExport]:
     """OUT/canvas_grades.csv from a template read (and checked) by `read_canvas_template`."""
     export = canvas_csv(results, template_text, column, source=source)
@@ -294,58 +296,59 @@ def write_canvas_csv(results: dict[str, Any], template_text: str, column: str | 
 # --- Gradescope ----------------------------------------------------------------------------------
 
 
-def _summary(s: dict[str, Any], reference_ppl: float | None) -> str:
+def _summary(s: SubmissionResult, reference_ppl: float | None) -> str:
     lines = []
-    if s.get("status") != "graded":
-        message = (s.get("error") or {}).get("message") or "the submission could not be evaluated"
+    if s.status != "graded":
+        message = (s.error.message if s.error else "") or "the submission could not be evaluated"
         lines.append(f"Not gradable: {message}")
-    m = s.get("metrics") or {}
-    if m.get("loss") is not None:
-        data = s.get("data") or {}
-        what = " ".join(str(x) for x in ("Recomputed", m.get("protocol"), data.get("source") and "on",
-                                          data.get("source"), data.get("split")) if x)
+    m = s.metrics
+    if m is not None and m.loss is not None:
+        source, split = (s.data.source, s.data.split) if s.data else (None, None)
+        what = " ".join(str(x) for x in ("Recomputed", m.protocol, source and "on", source, split) if x)
         ref = f" (reference {reference_ppl:,.2f})" if reference_ppl else ""
-        lines.append(f"{what}: loss {m['loss']:.4f}, perplexity {m['ppl']:,.2f}{ref} on {m.get('tokens', 0):,} tokens.")
-    score = s.get("score") or {}
-    lines.append(f"Score: {score.get('total', 0):g} / {score.get('max', 0):g} points.")
-    for o in score.get("overrides") or ():
+        lines.append(f"{what}: loss {m.loss:.4f}, perplexity {m.ppl:,.2f}{ref} on {m.tokens or 0:,} tokens.")
+    lines.append(f"Score: {s.score.total:g} / {s.score.max:g} points.")
+    for o in s.score.overrides:
         if o.get("criterion") in ("total", "*"):
             lines.append(f"Total set to {o['points']:g} by the grader: {o.get('reason', '')}")
-    error_code = (s.get("error") or {}).get("code")  # already said in the "Not gradable" line
-    findings = [f for f in s.get("findings") or () if not f.get("grader_only") and f.get("code") != error_code]
+    error_code = s.error.code if s.error else None  # already said in the "Not gradable" line
+    findings = [f for f in s.findings if not f.grader_only and f.code != error_code]
     if findings:
         lines.append("")
         lines.append("Findings:")
-        lines += [f"- {f['code']} ({f['severity']}): {f['message']}" for f in findings]
+        lines += [f"- {f.code} ({f.severity}): {f.message}" for f in findings]
     return "\n".join(lines)
 
 
-def gradescope_results(submission_result: dict[str, Any], reference_ppl: float | None = None) -> dict[str, Any]:
+def gradescope_results(submission_result: SubmissionResult | dict[str, Any],
+                       reference_ppl: float | None = None) -> dict[str, Any]:
     """One submission of results.json in Gradescope's autograder format: one test per rubric criterion.
 
     An errored submission is scored by its rubric like any other (it earns what it earns), with the error
     in the output. Grader-only findings (similar weights) never reach the student."""
-    score = submission_result.get("score") or {}
-    tests = [{"name": c["name"], "score": c["points"], "max_score": c["max"], "output": c["why"],
-              "visibility": "visible"} for c in score.get("criteria") or ()]
-    return {"score": score.get("total", 0.0), "output": _summary(submission_result, reference_ppl),
+    s = as_submission_result(submission_result)
+    tests = [{"name": c.name, "score": c.points, "max_score": c.max, "output": c.why,
+              "visibility": "visible"} for c in s.score.criteria]
+    return {"score": s.score.total, "output": _summary(s, reference_ppl),
             "tests": tests, "visibility": "visible", "stdout_visibility": "hidden"}
 
 
-def reference_ppl(results: dict[str, Any], submission_result: dict[str, Any]) -> float | None:
-    family = (submission_result.get("model") or {}).get("family") or "gpt"
-    return ((results.get("reference") or {}).get(family) or {}).get("ppl")
+def reference_ppl(results: ClassResults, submission_result: SubmissionResult) -> float | None:
+    ref = results.reference.of(submission_result.model.family if submission_result.model else None)
+    return ref.ppl if ref is not None else None
 
 
-def write_gradescope(results: dict[str, Any], submission_id: str, path: Path) -> Path:
-    s = next((s for s in results["submissions"] if s["id"] == submission_id), None)
+def write_gradescope(results: ClassResults | dict[str, Any], submission_id: str, path: Path) -> Path:
+    results = as_class_results(results)
+    s = results.submission(submission_id)
     if s is None:
         raise HarnessError("submission-unknown", f"results hold no submission {submission_id!r}")
     return write_atomic(path, pretty_json(gradescope_results(s, reference_ppl(results, s))))
 
 
-def write_gradescope_all(results: dict[str, Any], out: Path) -> list[Path]:
+def write_gradescope_all(results: ClassResults | dict[str, Any], out: Path) -> list[Path]:
     """OUT/gradescope/<id>/results.json for every submission."""
+    results = as_class_results(results)
     # ids of `harness grade` are file-name safe already; this keeps a stray "." or "/" from leaving OUT
-    safe = {s["id"]: safe_id(s["id"]) for s in results["submissions"]}
+    safe = {s.id: safe_id(s.id) for s in results.submissions}
     return [write_gradescope(results, sid, out / "gradescope" / name / "results.json") for sid, name in safe.items()]

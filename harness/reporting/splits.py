@@ -5,31 +5,36 @@ the gap between the splits (`trained-on-validation`'s numbers). Only `harness gr
 
 from __future__ import annotations
 
+from typing import Any
 
-def private_rows(sub: dict, ref: dict, unit: str) -> list[dict]:
-    """The private split's numbers, where `harness grade` scored it (never in `harness check`'s report): rows of
-    the student report's metrics table (its columns: recomputed, claimed ×2, reference, unigram, uniform)."""
-    from harness.reporting.report import DASH, _exp, fmt_int, fmt_loss, fmt_ppl
+from harness.reporting.format import DASH, exp_or_none, fmt_int, fmt_loss, fmt_ppl
 
-    p = sub.get("private") or {}
-    pm, rp = p.get("metrics") or {}, ref.get("private") or {}
-    if not pm:
+
+def private_rows(sub: Any, ref: Any, unit: str) -> list[dict]:
+    """The private split's numbers of a `SubmissionResult` (and of its `ReferenceResult`), where `harness grade`
+    scored it: rows of the student report's metrics table (its columns: recomputed, claimed ×2, reference,
+    unigram, uniform)."""
+    p = sub.private
+    if p is None or p.metrics is None:
         return []
-    split = p.get("split", "private")
+    pm = p.metrics
+    rp = ref.private if ref is not None else None
+    r_loss, r_ppl = (rp.loss, rp.ppl) if rp is not None else (None, None)
+    split = p.split or "private"
     return [
-        {"label": f"Loss, private split ({split})", "cells": [fmt_loss(pm.get("loss")), DASH, DASH, fmt_loss(rp.get("loss")),
-                                                           fmt_loss(pm.get("unigram_loss")), fmt_loss(pm.get("uniform_loss"))]},
-        {"label": f"Perplexity, private split ({split})", "cells": [fmt_ppl(pm.get("ppl")), DASH, DASH, fmt_ppl(rp.get("ppl")),
-                                                                 fmt_ppl(pm.get("unigram_ppl") or _exp(pm.get("unigram_loss"))),
-                                                                 fmt_ppl(pm.get("uniform_ppl") or _exp(pm.get("uniform_loss")))]},
+        {"label": f"Loss, private split ({split})", "cells": [fmt_loss(pm.loss), DASH, DASH, fmt_loss(r_loss),
+                                                           fmt_loss(pm.unigram_loss), fmt_loss(pm.uniform_loss)]},
+        {"label": f"Perplexity, private split ({split})",
+         "cells": [fmt_ppl(pm.ppl), DASH, DASH, fmt_ppl(r_ppl), fmt_ppl(pm.unigram_ppl or exp_or_none(pm.unigram_loss)),
+                   fmt_ppl(pm.uniform_ppl or exp_or_none(pm.uniform_loss))]},
         {"label": f"Private {'masked positions' if unit == 'masked token' else 'targets'} scored",
-         "cells": [fmt_int(pm.get("tokens")), DASH, DASH, DASH, DASH, DASH]},
+         "cells": [fmt_int(pm.tokens), DASH, DASH, DASH, DASH, DASH]},
     ]
 
 
-def private_notes(sub: dict) -> list[str]:
+def private_notes(sub: Any) -> list[str]:
     """The public − private gap against the reference's, as a note under the metrics table."""
-    g = sub.get("split_gap") or {}
+    g = sub.split_gap or {}
     if not g:
         return []
     ref = f"the reference's {g['reference_gap']:+.3f}" if g.get("reference_gap") is not None else "no comparable reference"

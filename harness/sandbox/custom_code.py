@@ -26,11 +26,12 @@ class CustomModel:
 
     model: Any  # SandboxedModel
     family: str
-    info: dict[str, Any]  # result["model"]
+    info: dict[str, Any]  # the measurement's `model` (harness.grading.results.ModelInfo's JSON)
 
-    def finish(self, result: dict[str, Any]) -> None:
-        """After evaluation: what the calls found out about forward, then the sandbox ends."""
-        result["warnings"] += [f"model code: {n}" for n in self.model.notes]
+    def finish(self, result) -> None:
+        """After evaluation: what the calls found out about forward (into the Measurement's warnings), then
+        the sandbox ends."""
+        result.warnings += [f"model code: {n}" for n in self.model.notes]
         self.model.close()
 
 

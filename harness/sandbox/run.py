@@ -6,7 +6,7 @@ memory, CPU time, processes, open files, file size and output; everything it sta
 scrubbed environment and a `socket` module that refuses sockets on top of having no network. Where the
 boundary cannot be made, custom code is refused (`sandbox-unavailable`) unless the grader opted in
 (`allow_unsandboxed`, the CLI's `--allow-unsandboxed-code`). The parent reads the weights itself (safely, see
-checkpoint.py) and sends them as safetensors bytes; then it sends token windows and gets logits back as raw float32
+harness.checkpoint) and sends them as safetensors bytes; then it sends token windows and gets logits back as raw float32
 bytes. Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them;
 every reply is bounded and checked (size, shape, finite values) before it is used.
 

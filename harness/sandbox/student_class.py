@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from harness.metrics.evaluate import first_logits
+from harness.metrics.protocol import first_logits
 
 CONFIG_NAMES = re.compile(r"^(\w+_)?(config|cfg|conf|args|hp|hparams|hyperparameters|settings|opts?)$", re.I)
 NEVER_PASSED = {"device", "dtype", "compile", "init_from", "backend", "out_dir", "wandb_log", "wandb_project",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from harness.train.config import FAMILIES, REFERENCE, TrainConfig, allowed_keys, load_config, parse_grid
+from harness.train.config import REFERENCE, TrainConfig, allowed_keys, load_config, parse_grid
 from harness.train.data import wordpiece_vocabulary
 from harness.train.objective import LinearCrossEntropy, Objective
 from harness.train.run import TrainResult, train_reference
@@ -36,6 +36,6 @@ def torchrun_command(nproc: int, family: str, args: list[str]) -> list[str]:
             "-m", "harness.train", family, *args]
 
 
-__all__ = ["FAMILIES", "REFERENCE", "TrainConfig", "allowed_keys", "load_config", "parse_grid", "train_reference",
+__all__ = ["REFERENCE", "TrainConfig", "allowed_keys", "load_config", "parse_grid", "train_reference",
            "TrainResult", "sweep", "SweepResult", "torchrun_command", "wordpiece_vocabulary", "LinearCrossEntropy",
            "Objective"]

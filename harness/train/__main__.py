@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.train.config import FAMILIES
+from harness.families import FAMILIES
 from harness.train.run import dist_env, finite, train_reference
 
 

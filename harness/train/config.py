@@ -13,8 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.errors import HarnessError
-
-FAMILIES = ("gpt", "mlm")
+from harness.families import FAMILIES
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ class Batches:
     """Global batches as a pure function of the step: windows (GPT) or blocks (MLM) in a seeded order."""
 
     def __init__(self, cfg: TrainConfig, data: TrainData):
-        from harness.metrics.evaluate import clm_stream, mlm_stream
+        from harness.metrics.windows import clm_stream, mlm_stream
 
         self.cfg, self.tok = cfg, data.tokenizer
         if cfg.family == "gpt":

@@ -224,17 +224,14 @@ class _Run:
     # -- training -----------------------------------------------------------------------------------
 
     def _evaluate(self, cap: int | None):
-        from harness.metrics.evaluate import evaluate_clm, evaluate_mlm
+        from dataclasses import replace
+
+        from harness.metrics.score import EvalData, score
 
         d = self.data
-        if self.cfg.family == "gpt":
-            s = self.course.clm
-            r = evaluate_clm(self.model, d.val, d.tokenizer, context=s.context, stride=s.stride or None,
-                             max_tokens=cap, train_split=d.train)
-        else:
-            s = self.course.mlm
-            r = evaluate_mlm(self.model, d.val, d.tokenizer, context=s.context, seed=s.seed, max_tokens=cap,
-                             train_split=d.train)
+        # the curve needs the loss: no pseudo-perplexity at every evaluation
+        settings = replace(self.course.eval_settings(self.cfg.family), max_tokens=cap or 0, pseudo_ppl_tokens=0)
+        r = score(self.model, self.cfg.family, EvalData(d.val, d.tokenizer, d.train), settings)
         self.model.train()
         return r
 
