@@ -392,9 +392,10 @@ def eval_(
     if as_json:
         _print_json(result)
         return
-    for warning in result.get("warnings", []):
-        err.print(_styled("warning:", "yellow", f" {warning}"), highlight=False)
     m = result["metrics"]
+    for warning in [*result.get("warnings", []), result.get("vocab_mismatch"), m.get("partial")]:
+        if warning:
+            err.print(_styled("warning:", "yellow", f" {warning}"), highlight=False)
     table = Table("metric", "value", title=f"{checkpoint} · {m['protocol']} on {result['data']['source']} "
                   f"{result['data']['split']}", title_justify="left")
     table.columns[1].justify = "right"
@@ -405,14 +406,10 @@ def eval_(
         if m.get(key) is not None:
             rows.append((label, f"{m[key]:,.4f}"))
     rows.append(("tokens scored", f"{m['tokens']:,}"))
-    if m.get("unigram_loss") is not None:
-        import math
-
-        rows.append((f"unigram baseline ppl ({m.get('unigram_source', 'train')})", f"{math.exp(m['unigram_loss']):,.2f}"))
-    if m.get("uniform_loss") is not None:
-        import math
-
-        rows.append(("uniform baseline ppl", f"{math.exp(m['uniform_loss']):,.0f}"))
+    if m.get("unigram_ppl") is not None:
+        rows.append((f"unigram baseline ppl ({m['unigram_source']})", f"{m['unigram_ppl']:,.2f}"))
+    if m.get("uniform_ppl") is not None:
+        rows.append(("uniform baseline ppl", f"{m['uniform_ppl']:,.0f}"))
     for r in rows:
         table.add_row(*r)
     out.print(table)

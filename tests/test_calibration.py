@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.models.build import (CALIBRATION, CALIBRATION_FLOOR_NATS, HINTS, UNDECIDED, build_model)
+from harness.models.build import CALIBRATION, HINTS, UNDECIDED, build_model
+from harness.models.calibration import CALIBRATION_FLOOR_NATS
 from test_layouts import D, T, LectureBlock  # the lecture's blocks, d_model 32, 4 heads, context 16
 
 V = 50257  # the GPT-2 vocabulary, so that the course's tokenizer scores it
@@ -170,3 +171,69 @@ def test_joint_calibration_decides_each_value_on_its_own(leak_gain, causal):
     assert loaded.config.causal is causal and loaded.sources["causal"] == CALIBRATION and mask["decided"]
     assert mask["losses"][1] == pytest.approx(mask["losses"][0] - leak_gain)  # [True, False]: no margin added
     assert loaded.unverified() == ["qkv_order"]
+
+
+def _rounds(means_and_noise, every=64, served=None):
+    """The same NLLs as `_scorer`, handed over round by round (cumulative, `every` targets a round), as
+    `harness.metrics.candidates` hands them; `served` counts the rounds asked for."""
+    full = _scorer(means_and_noise)
+
+    def calibrate(candidates):
+        nll = full(candidates)
+        for end in range(every, nll[0].size + every, every):
+            if served is not None:
+                served.append(end)
+            yield [x[:end] for x in nll]
+    return calibrate
+
+
+def test_a_clear_winner_stops_calibration_at_the_first_look():
+    from harness.models.calibration import CALIBRATION_FIRST_LOOK
+
+    served = []
+    loaded = build_model(Raw(_tensors()), calibrate=_rounds([(0.0, 0.01), (-0.05, 0.01)], served=served))
+    all_at_once = build_model(Raw(_tensors()), calibrate=_scorer([(0.0, 0.01), (-0.05, 0.01)]))
+    c, full = loaded.calibration["attn_scale"], all_at_once.calibration["attn_scale"]
+    assert c["decided"] and (c["chosen"], c["best"]) == (full["chosen"], full["best"]) == ("d_model", "d_model")
+    assert c["tokens"] == CALIBRATION_FIRST_LOOK == served[-1] < full["tokens"] == 2000  # no round after the look
+    assert loaded.calibration_cost["stopped_early"] == 1 and loaded.calibration_cost["targets"] == CALIBRATION_FIRST_LOOK
+    assert loaded.calibration_cost["candidates"] == 2 and all_at_once.calibration_cost["stopped_early"] == 0
+
+
+@pytest.mark.parametrize("means_and_noise", [
+    [(0.0, 0.5), (-0.01, 0.5)],
+    [(0.0, 1e-6), (-CALIBRATION_FLOOR_NATS / 2, 1e-6)],
+])
+def test_without_a_clear_winner_every_target_is_used_and_the_decision_is_all_at_onces(means_and_noise):
+    loaded = build_model(Raw(_tensors()), calibrate=_rounds(means_and_noise))
+    all_at_once = build_model(Raw(_tensors()), calibrate=_scorer(means_and_noise))
+    assert loaded.calibration == all_at_once.calibration and loaded.calibration["attn_scale"]["tokens"] == 2000
+    assert not loaded.calibration["attn_scale"]["decided"] and loaded.calibration_cost["stopped_early"] == 0
+
+
+@pytest.mark.slow
+def test_grading_scores_the_candidates_on_shared_batches_with_the_protocols_numbers(tmp_path):
+    """Grading's calibrator on the course's train text (the lecture GPT: its two attention scales cannot be
+    told apart, so every target is used) gives exactly what scoring each candidate alone by clm-v1 gives."""
+    from dataclasses import replace
+
+    from harness.course.config import capped_course_text, load_course
+    from harness.course.data import freeze, load_source
+    from harness.course.tokenizers import get_tokenizer
+    from harness.grading.measure import _calibrator
+    from harness.metrics.score import EvalData, score
+
+    course_path = tmp_path / "course.toml"
+    course_path.write_text(capped_course_text(512, calibration_tokens=512))
+    course = load_course(course_path)
+    tok = get_tokenizer("gpt2")
+    train = freeze(load_source(course.data_source), tok).split("train")
+    settings = replace(course.clm, max_tokens=512)
+
+    def alone(candidates):
+        return [score(m, "gpt", EvalData(train, tok), settings).nll for m in candidates]
+
+    shared = build_model(Raw(_tensors()), calibrate=_calibrator(course, "gpt", tok, train))
+    each = build_model(Raw(_tensors()), calibrate=alone)
+    assert shared.calibration == each.calibration and shared.calibration["attn_scale"]["tokens"] == 512
+    assert shared.calibration_cost["stopped_early"] == 0 and shared.calibration_cost["candidates"] == 2

@@ -559,3 +559,28 @@ def test_score_dispatches_every_setting_to_the_familys_protocol(gpt_model, bert_
     with pytest.raises(HarnessError) as e:
         score(gpt_model, "rnn", EvalData(split, gpt2_tok), clm)
     assert e.value.code == "family-unknown"
+
+
+def test_candidates_in_step_end_with_each_ones_protocol_numbers(gpt_model, bert_model, gpt2_tok):
+    """Calibration's shared scorer: rounds of growing common prefixes, the last one exactly each model's own
+    `evaluate_clm` / `evaluate_mlm` NLLs (a model with fewer positions has other windows, same targets)."""
+    from harness.course.config import EvalSettings
+    from harness.metrics.candidates import score_candidates
+    from harness.metrics.score import EvalData
+
+    split = make_split(DOCS, gpt2_tok)
+    short = TorchLogitsModel(gpt_model, max_positions=16)
+    clm = EvalSettings(protocol="clm-v1", tokenizer="gpt2", context=32, max_tokens=200)
+    rounds = list(score_candidates([gpt_model, short], "gpt", EvalData(split, gpt2_tok), clm))
+    sizes = [r[0].size for r in rounds]
+    assert len(rounds) > 1 and sizes == sorted(set(sizes)) and sizes[-1] == 200
+    for got, model in zip(rounds[-1], (gpt_model, short)):
+        assert np.array_equal(got, evaluate_clm(model, split, gpt2_tok, context=32, max_tokens=200).nll)
+    assert all(np.array_equal(r[1], rounds[-1][1][: r[1].size]) for r in rounds)
+
+    tok = MlmTokenizer(gpt2_tok)
+    msplit = make_split(DOCS, tok)
+    mlm = EvalSettings(protocol="mlm-v1", tokenizer="x", context=32, seed=3, max_tokens=150)
+    last = list(score_candidates([bert_model, bert_model], "mlm", EvalData(msplit, tok), mlm))[-1]
+    own = evaluate_mlm(bert_model, msplit, tok, context=32, seed=3, max_tokens=150).nll
+    assert np.array_equal(last[0], own) and np.array_equal(last[1], own)

@@ -131,14 +131,22 @@ def test_independent_runs_give_byte_identical_results(graded):
 
 
 def test_harness_eval_on_a_submission_gives_the_graded_number(graded):
-    # the same tokenizer and the same calibration of what the weights cannot tell (s000: no causal mask)
-    for sid in ("s000_encoder", "s004_bert"):
+    """`harness eval` measures by grading's own path: the same calibration (s000: no causal mask), the sandbox
+    for custom code, a truncated vocabulary (s002), an MLM and a plain nanoGPT give results.json's metrics
+    exactly, with the unigram baseline; a submission grading refuses fails with grading's words."""
+    subs = {s["id"]: s for s in graded["results"]["submissions"]}
+    for sid in ("s000_encoder", "s004_bert", "custom_code", "s002_memorise", "nanogpt_clean", "hostile_pickle"):
         proc = subprocess.run([sys.executable, "-m", "harness", "eval", str(graded["class"] / sid), "--course",
                                str(graded["course"]), "--json"], capture_output=True, text=True, timeout=600)
+        if subs[sid]["status"] == "error":
+            assert proc.returncode != 0 and subs[sid]["error"]["message"] in " ".join(proc.stderr.split()), sid
+            continue
         assert proc.returncode == 0, proc.stderr
-        mine = json.loads(proc.stdout)["metrics"]
-        sub = next(s for s in graded["results"]["submissions"] if s["id"] == sid)
-        assert mine["loss"] == sub["metrics"]["loss"] and mine["tokens"] == sub["metrics"]["tokens"], sid
+        mine = json.loads(proc.stdout)
+        assert mine["metrics"] == subs[sid]["metrics"] and mine["causal"] == subs[sid]["causal"], sid
+        assert mine["model"]["layout"] == subs[sid]["model"]["layout"], sid
+        assert mine["metrics"]["unigram_ppl"] > 1 and mine["metrics"]["unigram_source"] == "train", sid
+    assert subs["s002_memorise"]["metrics"]["partial"] and subs["custom_code"]["model"]["layout"] == "custom-code"
 
 
 def test_every_unigram_baseline_counts_the_train_split(graded):
@@ -146,6 +154,21 @@ def test_every_unigram_baseline_counts_the_train_split(graded):
     metrics = {s["id"]: s["metrics"] for s in graded["results"]["submissions"] if s.get("metrics")}
     assert "s004_bert" in metrics and metrics["s004_bert"]["protocol"] == "mlm-v1"
     assert {m["unigram_source"] for m in metrics.values()} == {"train"}
+
+
+def test_calibration_stops_once_a_candidate_clearly_wins(graded):
+    """The seeds' layouts needing calibration decide as they did on all 1,024 calibration targets (the values
+    below), on fewer: the candidates' losses part by far more than 3 standard errors early; the measurement
+    says what it took."""
+    before = {"s000_encoder": {"causal": False, "norm": "post", "activation": "relu"},
+              "s002_memorise": {"causal": True, "qkv_order": "qkv-per-head"},
+              "s003_pad_eot": {"causal": True, "qkv_order": "qkv"}}
+    for sid, chosen in before.items():
+        m = json.loads(next((graded["out"] / ".cache").glob(f"{sid}.*.json")).read_text())
+        calibration, cost = m["model"]["calibration"], m["calibration_cost"]
+        assert {k: calibration[k]["chosen"] for k in chosen} == chosen and all(c["decided"] for c in calibration.values())
+        assert cost["stopped_early"] == cost["rounds"] >= 1 and cost["targets"] < 1024 * cost["rounds"], sid
+        assert all(c["tokens"] < 1024 for c in calibration.values()) and cost["candidates"] >= 2 and cost["seconds"] > 0
 
 
 def test_no_example_model_is_found_trained_on_validation(graded):

@@ -296,6 +296,8 @@ def _sidecar_config(path: Path, real: Path, root: Path | None, display: str) -> 
 
 
 def _read_hf_folder(path: Path, real: Path, root: Path | None, display: str, limits: Limits) -> RawCheckpoint:
+    """A Hugging Face model folder: its JSON files read by `open_hf_folder`, its weights files sniffed here
+    and read in the child, all at once (shards) or the one weights file."""
     files: dict[str, Path] = {}  # relative name -> resolved file, for the fingerprint
 
     def member(name: str) -> Path:
@@ -329,6 +331,7 @@ def _read_hf_folder(path: Path, real: Path, root: Path | None, display: str, lim
 
 def _finish(path: str, sha: str, fmt: str, raw: dict, config: dict, meta: dict,
             warnings: list[str] | None = None) -> RawCheckpoint:
+    """The child's tensors checked once more here (dtype, layout, NaN/Inf) and merged with the configs read here."""
     tensors = raw["tensors"]
     if not tensors:
         raise CheckpointError(UNREADABLE, f"{path} holds no model weights (no tensors outside optimizer state); "

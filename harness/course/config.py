@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import tomllib
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,21 @@ class Criterion:
 
 
 @dataclass(frozen=True)
+class Deadline:
+    """`[deadline]`: late submissions lose `penalty_per_day` points per started day after `due` (a time with
+    its zone), none within `grace` minutes, at most `cap` points (None: no cap). See harness.intake.deadlines."""
+
+    due: str
+    grace: float = 0.0
+    penalty_per_day: float = 0.0
+    cap: float | None = None
+
+    @property
+    def due_time(self) -> datetime:
+        return datetime.fromisoformat(self.due)
+
+
+@dataclass(frozen=True)
 class Course:
     name: str
     id: str
@@ -75,6 +91,7 @@ class Course:
     references: dict[str, str]
     rubric: tuple[Criterion, ...]
     data_private: str | None = None  # the private split only `harness grade` scores; None: none
+    deadline: Deadline | None = None  # no [deadline]: lateness is not graded
     base_dir: Path = field(default=Path("."), compare=False)
     origin: str = field(default="<packaged default>", compare=False)
 
@@ -84,6 +101,8 @@ class Course:
         d.pop("origin")
         d["requirements"] = {f: {k: list(v) for k, v in r.items()} for f, r in self.requirements.items()}
         d["rubric"] = [asdict(c) for c in self.rubric]
+        if self.deadline is None:  # courses without one keep the fingerprint they had
+            d.pop("deadline")
         return d
 
     @property
@@ -214,6 +233,27 @@ def _splits(data: _Reader, source: str) -> tuple[str, str | None]:
         raise HarnessError("course-invalid", f"data.private = {private!r} is the public split too; name another split "
                            f"or \"{NO_SPLIT}\"")
     return public, None if private == NO_SPLIT else private
+def _deadline(table: dict | None) -> Deadline | None:
+    if table is None:
+        return None
+    r = _Reader("deadline", table, ("due", "grace", "penalty_per_day", "cap"))
+    due = r.get("due", (str, datetime))
+    at = due if isinstance(due, datetime) else None
+    if at is None:
+        try:
+            at = datetime.fromisoformat(due.strip())
+        except ValueError:
+            raise HarnessError("course-invalid", f"deadline.due = {due!r} is not a time; write it like "
+                               "\"2025-10-24T23:59:00-07:00\"") from None
+    if at.tzinfo is None:
+        raise HarnessError("course-invalid", f"deadline.due = {str(due)!r} has no time zone; write it like "
+                           "\"2025-10-24T23:59:00-07:00\" (or Z for UTC)")
+    values = {k: float(r.get(k, (int, float), default)) for k, default in (("grace", 0), ("penalty_per_day", 0))}
+    cap = r.get("cap", (int, float), None)
+    for k, v in {**values, "cap": cap}.items():
+        if v is not None and v < 0:
+            raise HarnessError("course-invalid", f"deadline.{k} must be ≥ 0, not {v}")
+    return Deadline(due=at.isoformat(), cap=None if cap is None else float(cap), **values)
 
 
 def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<string>") -> Course:
@@ -221,7 +261,8 @@ def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<strin
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise HarnessError("course-invalid", f"{origin} is not valid TOML ({e})") from None
-    top = _Reader("", raw, ("course", "data", "eval", "requirements", "tolerances", "reference", "rubric"))
+    top = _Reader("", raw, ("course", "data", "eval", "requirements", "tolerances", "reference", "rubric",
+                                "deadline"))
     course = _Reader("course", top.get("course", dict, {}), ("name", "id"))
     data = _Reader("data", top.get("data", dict, {}), ("source", "split", "public", "private"))
     ev = _Reader("eval", top.get("eval", dict, {}), ("clm", "mlm"))
@@ -250,6 +291,7 @@ def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<strin
         tolerances=tolerances,
         references={f: ref.get(f, str, f"reference_model/{f}") for f in FAMILIES},
         rubric=rubric,
+        deadline=_deadline(top.get("deadline", dict, None)),
         base_dir=base_dir,
         origin=origin,
     )

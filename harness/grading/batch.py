@@ -34,24 +34,26 @@ from harness.families import FAMILIES
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
 from harness.grading.contamination import measured_gap, reference_gap_documents
 from harness.grading.findings import Evaluation, find, finding
-from harness.grading.measure import Job, submission_fingerprint
+from harness.grading.measure import TIMEOUT_S, Job, submission_fingerprint
 from harness.grading.results import (ClassData, ClassResults, ClmProtocol, CourseInfo, Measurement, MlmProtocol,
                                      PrivateNumbers, Protocols, ReferenceResult, References, SandboxRecord, SimilarPair,
-                                     SimilarTo, SubmissionResult)
-from harness.grading.rubric import read_overrides, score
+                                     SimilarTo, SubmissionResult, Submitted)
+from harness.grading.rubric import LATE_PENALTY, read_overrides, score
+from harness.intake.deadlines import UNKNOWN, SubmittedAt, check_time, submission_times
 from harness.intake.claims import Claims
 from harness.intake.logs import number, read_rows
 from harness.intake.submission import SubmissionRef, discover
 
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
-# /4 and on: harness.grading.cache_key.CACHE_FORMAT (what measures, not the whole course)
+# /4: calibration scores its candidates in step and stops once one clearly wins; its cost is recorded
+# /5 and on: harness.grading.cache_key.CACHE_FORMAT (keyed by what measures, not the whole course)
 
 
 @dataclass
 class GradeOptions:
     workers: int = 1
-    timeout_s: float = 900.0
+    timeout_s: float = TIMEOUT_S
     memory_mb: int = 8192
     overrides: Path | None = None
     reports: bool = True
@@ -74,7 +76,8 @@ class GradeOutcome:
 
 
 def _cache_key(ref: SubmissionRef, basis: dict[str, Any], unsandboxed: bool = False) -> str:
-    """Keyed by what measures (`harness.grading.cache_key`): a rubric or tolerance change keeps every entry."""
+    """Keyed by what measures (`harness.grading.cache_key`): a rubric, tolerance or deadline change keeps every
+    entry."""
     return measurement_key(submission_fingerprint(list(ref.key_paths or ref.paths)), basis, unsandboxed)
 
 
@@ -171,7 +174,10 @@ def rank_metric(course: Course, measured: list[Measurement]) -> str:
 
 
 def assemble(course: Course, measured: list[Measurement], reference: References, cache_dir: Path,
-             overrides: list[dict[str, Any]], reference_documents: dict[str, Any] | None = None) -> ClassResults:
+             overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None,
+             reference_documents: dict[str, Any] | None = None) -> ClassResults:
+    """`times`: when each submission was handed in (harness.intake.deadlines), for the course's [deadline];
+    `reference_documents`: the references' per-document losses (trained-on-validation), by family."""
     pairs = similarity_pairs(measured, cache_dir, course.tolerances.similar_weights)
     subs = []
     manifests = sorted({m.data.manifest_sha256 for m in measured if m.data is not None} - {None})
@@ -191,12 +197,15 @@ def assemble(course: Course, measured: list[Measurement], reference: References,
         gap = measured_gap(m, (reference_documents or {}).get(ev.family or "gpt"), course.tolerances)
         if gap is not None and gap.flagged:
             fs.append(finding("trained-on-validation", gap.message()))
-        sc = score(ev, fs, course, ref_ppl, overrides, reference=ref_json)
+        submitted = (times or {}).get(ev.id, UNKNOWN)
+        sc = score(ev, fs, course, ref_ppl, overrides, reference=ref_json, submitted=submitted)
         subs.append(SubmissionResult(
             id=ev.id, student=ev.student, status=m.status, error=m.error, checkpoint=m.checkpoint, model=m.model,
             metrics=m.metrics, claims=m.claims, causal=m.causal, tokenizer=m.tokenizer, findings=fs, score=sc,
             similar_to=similar, data=m.data, warnings=m.warnings, device=m.device, report_file=m.report_file,
-            private=m.private, split_gap=gap.to_dict() if gap is not None else None))
+            private=m.private, split_gap=gap.to_dict() if gap is not None else None,
+            # only with a [deadline]: results of courses without one stay as they were
+            submitted=Submitted(**submitted.to_dict()) if course.deadline is not None else None))
     dates = sorted(m.measured_on or "" for m in measured)
     return ClassResults(
         harness_version=__version__,
@@ -204,7 +213,7 @@ def assemble(course: Course, measured: list[Measurement], reference: References,
         generated=dates[-1] if dates and dates[-1] else None,
         course=CourseInfo(name=course.name, id=course.id, fingerprint=course.fingerprint,
                           requirements={f: {k: list(v) for k, v in r.items()} for f, r in course.requirements.items()},
-                          tolerances=course.to_dict()["tolerances"]),
+                          tolerances=course.to_dict()["tolerances"], deadline=course.to_dict().get("deadline")),
         data=ClassData(source=course.data_source, split=course.data_split, tokenizer=course.clm.tokenizer,
                        manifest_sha256=manifests[0] if len(manifests) == 1 else manifests,
                        private_split=next((m.private.split for m in measured if m.private is not None), None)),
@@ -226,7 +235,8 @@ GRADES_COLUMNS = ("id", "student", "score", "max", "ppl", "loss", "bits_per_byte
 def grades_csv(results: ClassResults) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(GRADES_COLUMNS)
+    late = results.course.deadline is not None  # the late columns only where the course has a deadline
+    w.writerow(GRADES_COLUMNS + (LATE_COLUMNS if late else ()))
     for s in results.submissions:
         m = s.metrics
         codes = ";".join(f.code for f in s.findings if not f.grader_only) or ""
@@ -234,14 +244,23 @@ def grades_csv(results: ClassResults) -> str:
                     f"{m.ppl:.4f}" if m is not None and m.ppl is not None else "",
                     f"{m.loss:.6f}" if m is not None and m.loss is not None else "",
                     f"{m.bits_per_byte:.6f}" if m is not None and m.bits_per_byte is not None else "",
-                    s.status, codes])
+                    s.status, codes] + (_late_cells(s) if late else []))
     return buf.getvalue()
+
+
+LATE_COLUMNS = ("late_penalty", "submitted_at")
+
+
+def _late_cells(s: SubmissionResult) -> list[str]:
+    line = next((c for c in s.score.criteria if c.name == LATE_PENALTY), None)
+    return [f"{line.points:g}" if line else "", s.submitted.at if s.submitted and s.submitted.at else "unknown"]
 
 
 def grade(directory: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
     """Grade a class folder into `out`: results.json, grades.csv, the PDFs."""
     overrides = read_overrides(opts.overrides if opts.overrides else directory / "overrides.csv")
-    return grade_refs(discover(directory), out, course_path, opts, overrides)
+    refs = discover(directory)
+    return grade_refs(refs, out, course_path, opts, overrides, times=submission_times(directory, refs))
 
 
 def check(submission: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
@@ -250,11 +269,12 @@ def check(submission: Path, out: Path, course_path: Path | None = None, opts: Gr
         raise HarnessError("submission-missing", f"{submission} does not exist")
     sid = submission.name if submission.is_dir() else submission.stem
     opts = replace(opts, private=False)  # the student's view: the private split is neither scored nor shown
-    return grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [])
+    return grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [],
+                      times={sid or "submission": check_time(submission)})
 
 
 def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, opts: GradeOptions,
-               overrides: list[dict[str, Any]]) -> GradeOutcome:
+               overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None) -> GradeOutcome:
     run = backend(opts.backend, workers=opts.workers, address=opts.ray_address)
     course = load_course(course_path)
     refs = refs + reference_refs(course)
@@ -311,7 +331,8 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     keep = {f"{m.id}.{m.cache_key}" for m in measured.values()}
     reference_documents = {f: reference_gap_documents(measured.get(REFERENCE_ID.format(f))) for f in FAMILIES}
     reference = _reference(course, measured)
-    results = assemble(course, list(measured.values()), reference, cache_dir, overrides, reference_documents)
+    results = assemble(course, list(measured.values()), reference, cache_dir, overrides, times,
+                       reference_documents=reference_documents)
     results.custom_code_sandbox = _sandbox_record(measured.values(), opts.allow_unsandboxed_code)
     text = pretty_json(results.to_json())
     try:

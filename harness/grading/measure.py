@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from harness.course.tokenizers import Tokenizer
 
 SIGNATURE_VALUES = 1 << 15  # weights sampled per submission for the similarity check
+TIMEOUT_S = 900.0  # grading's time per submission (`--timeout`); custom code's sandbox limits follow from it
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Job:
     memory_mb: int = 0  # address-space limit of the worker itself; 0: none
     timeout_s: float = 0  # the worker ends itself after this long, even if its parent died; 0: never
     allow_unsandboxed_code: bool = False  # run custom code even where no sandbox boundary can be made
+    tokenizer: str | None = None  # overrules the submission's and the course's (`harness eval --tokenizer`)
     private: bool = False  # also score the course's private split (`harness grade`; `harness check` never)
 
     @classmethod
@@ -109,25 +111,24 @@ def _signature(state: dict[str, Any]) -> tuple[str, np.ndarray]:
 
 def _calibrator(course: Course, family: str, tokenizer, train_split):
     """Scores candidate models by the course's protocol on the start of the *train* split (never on the
-    graded split): each candidate's per-target NLLs, from which `harness.models.build` decides, or says that it
-    cannot; None where the course turns calibration off."""
+    graded split), all of them on the same batches, round by round: `harness.models.build` stops them
+    as soon as one clearly wins, or decides on every target; None where the course turns calibration off."""
+    from harness.metrics.candidates import score_candidates
     from harness.metrics.protocol import TruncatedVocabulary
-    from harness.metrics.score import EvalData, score
+    from harness.metrics.score import EvalData
 
     settings = course.eval_settings(family)
     if settings.calibration_tokens <= 0:
         return None
-    # the start of the train split, every window apart (stride L), no pseudo-perplexity, no baseline's counts
+    # the start of the train split, every window apart (stride L), no pseudo-perplexity
     settings = replace(settings, max_tokens=settings.calibration_tokens, stride=0, pseudo_ppl_tokens=0)
     data = EvalData(train_split, tokenizer)
 
-    def calibrate(candidates) -> list[np.ndarray]:
-        scored = []
-        for model, config in zip(candidates, candidates.configs):
-            if config.vocab_size < tokenizer.vocab_size:  # seed 002's 49,805: scorable all the same
-                model = TruncatedVocabulary(model, config.vocab_size, tokenizer.vocab_size)
-            scored.append(score(model, family, data, settings).nll)
-        return scored
+    def calibrate(candidates):
+        models = [TruncatedVocabulary(model, config.vocab_size, tokenizer.vocab_size)
+                  if config.vocab_size < tokenizer.vocab_size else model  # seed 002's 49,805: scorable all the same
+                  for model, config in zip(candidates, candidates.configs)]
+        return score_candidates(models, family, data, settings)
 
     return calibrate
 
@@ -215,12 +216,14 @@ def _build_scored(raw, sub, course: Course, root: Path, source, warnings: list[s
     return Scored(loaded, tokenizer, named, frozen, train)
 
 
-def measure(job: Job) -> Measurement:
-    """Everything measured about one submission. Errors of the submission are part of the result
-    (`error`), never exceptions."""
+def measure(job: Job, *, course: Course | None = None, progress=None) -> Measurement:
+    """Everything measured about one submission: the one measuring path of `harness grade`, `harness check`,
+    the reference models and `harness eval`. Errors of the submission are part of the result (`error`),
+    never exceptions. `course` (default: the job's) may be changed by the caller (`harness eval --context`);
+    `progress(done, total)` counts the evaluation's scored targets."""
     from harness.intake.submission import read_submission
 
-    course = load_course(job.course_path)
+    course = course if course is not None else load_course(job.course_path)
     started = time.monotonic()
     result = Measurement(id=job.id, student=job.id, harness_version=__version__, device=job.device)
     with tempfile.TemporaryDirectory(prefix="harness-measure-") as tmp:
@@ -231,7 +234,7 @@ def measure(job: Job) -> Measurement:
             result.claims = sub.claims
             result.warnings = list(sub.warnings)
             result.report_file = sub.report.as_posix() if sub.report else None
-            _measure_model(job, course, sub, root, result)
+            _measure_model(job, course, sub, root, result, progress)
         except HarnessError as e:
             result.error = ErrorInfo(e.code, e.message)
     result.seconds = round(time.monotonic() - started, 3)
@@ -241,10 +244,11 @@ def measure(job: Job) -> Measurement:
     return result
 
 
-def _measure_model(job: Job, course: Course, sub, root: Path, result: Measurement) -> None:
+def _measure_model(job: Job, course: Course, sub, root: Path, result: Measurement, progress=None) -> None:
     from harness.metrics.causality import check_causal
     from harness.checkpoint.read import read_checkpoint
     from harness.course.data import load_source
+    from harness.course.tokenizers import get_tokenizer
     from harness.grading.findings import vocab_finding
     from harness.metrics.protocol import TruncatedVocabulary
     from harness.metrics.score import EvalData, score
@@ -273,12 +277,13 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
             result.code_fallback, custom = custom, None
     if custom is not None:
         family, model, n_outputs, state = custom.family, custom.model, custom.model.n_outputs, raw.tensors
-        tokenizer, named = _tokenizer_for(family, sub, course, root, result.warnings)
+        tokenizer, named = ((get_tokenizer(job.tokenizer), False) if job.tokenizer else
+                            _tokenizer_for(family, sub, course, root, result.warnings))
         frozen, train = _frozen(source, tokenizer)
         result.checkpoint.layout = "custom-code"
         result.model = ModelInfo.from_json(custom.info)
     else:
-        scored = _build_scored(raw, sub, course, root, source, result.warnings)
+        scored = _build_scored(raw, sub, course, root, source, result.warnings, job.tokenizer)
         loaded, tokenizer, named, frozen, train = (scored.loaded, scored.tokenizer, scored.named, scored.frozen,
                                                    scored.train)
         family = loaded.family
@@ -298,6 +303,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
         if getattr(cfg, "n_kv_heads", None) not in (None, cfg.n_heads):  # grouped-query attention
             result.model.n_kv_heads = cfg.n_kv_heads
         result.warnings += d["warnings"]
+        result.calibration_cost = loaded.calibration_cost  # in the measurement; not in results.json (seconds)
         result.pad_id = read_values(raw.config, {"pad_id": SPELLINGS["pad_id"]}).get("pad_id")
     result.tokenizer = TokenizerInfo(name=tokenizer.name, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id,
                                      sha256=tokenizer.sha256, named_by_student=named,
@@ -323,7 +329,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
 
     split = frozen.split(course.data_split)
     settings = course.eval_settings(family)
-    r = score(model, family, EvalData(split, tokenizer, train), settings)
+    r = score(model, family, EvalData(split, tokenizer, train), settings, progress=progress)
     if family != "mlm":
         result.causal = CausalCheck.from_json(
             check_causal(model, context=r.context, vocab_size=min(tokenizer.vocab_size, n_outputs),
@@ -440,32 +446,36 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
                     split: str | None = None, tokenizer: str | None = None, context: int | None = None,
                     stride: int | None = None, max_tokens: int | None = None, device: str | None = None,
                     progress=None) -> dict[str, Any]:
-    """Recomputed metrics of one checkpoint on the course's fixed data (or what the options say)."""
+    """`harness eval`: one checkpoint or submission measured by grading's own `measure` (the sandbox for
+    custom code, truncated vocabularies, calibration, the causality check), so that it gives grading's number
+    and grading's errors, raised here. The options change the course for this run: its data and split, the
+    protocol's context, stride and token cap; `tokenizer` overrules the submission's and the course's."""
     import torch
 
     from harness.course.data import load_source
-    from harness.metrics.protocol import as_logits_model
-    from harness.metrics.score import EvalData, score
 
+    if not path.exists():
+        raise HarnessError("checkpoint-missing", f"{path} does not exist")
     course = load_course(course_path)
-    raw, sub = _read_for_tools(path)
-    root = path if path.is_dir() else path.parent
-    warnings: list[str] = []
     source = load_source(data or course.data_source)
-    scored = _build_scored(raw, sub, course, root, source, warnings, tokenizer)
-    loaded, tok, frozen, train = scored.loaded, scored.tokenizer, scored.frozen, scored.train
-    family = loaded.family
-    settings = course.eval_settings(family)
     split_name = split or (course.data_split if source.has_splits else "validation")
-    target = frozen.split(split_name)
+
+    def changed(s):
+        return replace(s, context=context or s.context, stride=stride or s.stride, max_tokens=max_tokens or s.max_tokens)
+
+    course = replace(course, data_source=data or course.data_source, data_split=split_name, clm=changed(course.clm),
+                     mlm=changed(course.mlm))
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = as_logits_model(loaded.model, device=dev)
-    settings = replace(settings, context=context or settings.context, stride=stride or settings.stride,
-                       max_tokens=max_tokens or settings.max_tokens)
-    r = score(model, family, EvalData(target, tok, train), settings, progress=progress)
-    return {"harness_version": __version__, "course_fingerprint": course.fingerprint,
-            "checkpoint": {"path": str(path), "sha256": raw.sha256, "format": raw.format, "layout": loaded.layout},
-            "model": {"family": family, "params": loaded.params, "n_outputs": loaded.n_outputs},
-            "data": {"source": source.name, "split": split_name, "manifest_sha256": frozen.manifest_sha256},
-            "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size, "sha256": tok.sha256},
-            "device": str(dev), "metrics": r.to_dict(), "warnings": warnings}
+    if dev.startswith("cuda:"):
+        torch.cuda.set_device(dev)  # `measure` places the model on "cuda", the current device
+    job = Job(id=path.stem or "checkpoint", paths=[str(path.resolve())],
+              course_path=str(course_path.resolve()) if course_path else None, device=dev,
+              timeout_s=TIMEOUT_S, tokenizer=tokenizer)
+    result = measure(job, course=course, progress=progress)
+    if result.error is not None:
+        raise HarnessError(result.error.code, result.error.message)
+    if result.metrics is None:
+        names = ", ".join(result.nonfinite[:3])
+        raise HarnessError("weights-nonfinite", f"the checkpoint holds NaN or Inf weights ({names}); every number "
+                           "would be NaN")
+    return {"course_fingerprint": course.fingerprint, **result.to_json()}

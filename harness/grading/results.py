@@ -189,8 +189,8 @@ class ModelInfo(Record):
 
 @dataclass
 class Metrics(Record):
-    """The recomputed numbers (`ClmResult` / `MlmResult` of harness.metrics.evaluate, without per-target
-    NLLs), and the baselines' perplexities."""
+    """The recomputed numbers (`harness.metrics.clm.ClmResult` / `harness.metrics.mlm.MlmResult`, without
+    per-target NLLs), and the baselines' perplexities."""
 
     SHAPES: ClassVar[dict[str, frozenset[str]]] = {
         "clm": frozenset({"stride", "requested_stride", "documents", "windows", "bytes", "words", "bits_per_byte",
@@ -314,6 +314,9 @@ class Measurement(Record):
     vocab_mismatch: str | None = omitted_when_none()
     signature_key: str | None = omitted_when_none()  # submissions sharing it have comparable weights
     cache_key: str | None = omitted_when_none()
+    # what calibration took (rounds, candidates, targets, stopped_early, seconds): kept with the cached
+    # measurement, never in results.json (its seconds differ from run to run)
+    calibration_cost: dict[str, Any] | None = omitted_when_none()
     private: PrivateSplit | None = omitted_when_none()
     # per-document losses of both splits, {"public": {split, nll, tokens, titles}, "private": {...}}, for
     # trained-on-validation (harness.metrics.documents); kept in the cache, not in results.json
@@ -342,6 +345,15 @@ class SimilarPair(Record):
 
 
 @dataclass
+class Submitted(Record):
+    """When a submission was handed in, and how that is known (`harness.intake.deadlines.SubmittedAt`)."""
+
+    at: str | None = None  # ISO time; without a zone where the source gave none; None: unknown
+    source: str = ""
+    late_mark: bool = False  # the platform said late without saying when (Canvas's LATE)
+
+
+@dataclass
 class SubmissionResult(Record):
     """One submission as results.json holds it: what was measured, what was found, the score."""
 
@@ -364,6 +376,7 @@ class SubmissionResult(Record):
     report_file: str | None = None  # the student's report, relative to the submission
     private: PrivateSplit | None = omitted_when_none()  # `harness grade` only
     split_gap: dict[str, Any] | None = omitted_when_none()  # harness.grading.contamination.SplitGap.to_dict()
+    submitted: Submitted | None = omitted_when_none()  # only where the course has a [deadline]
 
 
 @dataclass
@@ -410,6 +423,7 @@ class CourseInfo(Record):
     fingerprint: str | None = None
     requirements: dict[str, dict[str, list[int]]] | None = None  # family -> key -> [min, max]
     tolerances: dict[str, float] | None = None
+    deadline: dict[str, str | float | None] | None = omitted_when_none()  # [deadline], where the course has one
 
 
 @dataclass

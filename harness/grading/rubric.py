@@ -13,6 +13,7 @@ from typing import Any
 from harness.course.config import Course, Criterion
 from harness.errors import HarnessError
 from harness.grading.findings import Evaluation, Finding
+from harness.intake.deadlines import UNKNOWN, SubmittedAt, lateness
 from harness.sources import UNESTABLISHED
 
 
@@ -214,9 +215,25 @@ def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], refer
     return CriterionScore(c.name, _round(pts), c.points, why)
 
 
+LATE_PENALTY = "Late penalty"  # the rubric line of [deadline]; overrides.csv waives it by this name
+
+
+def late_line(course: Course, submitted: SubmittedAt | None) -> CriterionScore | None:
+    """The late penalty as a line of its own (max 0, points ≤ 0) with its why; None without [deadline]."""
+    if course.deadline is None:
+        return None
+    late = lateness(course.deadline, submitted or UNKNOWN)
+    return CriterionScore(LATE_PENALTY, _round(-late.points), 0.0, late.why)
+
+
 def score(ev: Evaluation, findings: list[Finding], course: Course, reference_ppl: float | None = None,
-          overrides: list[dict[str, Any]] | None = None, reference: dict[str, Any] | None = None) -> Score:
+          overrides: list[dict[str, Any]] | None = None, reference: dict[str, Any] | None = None,
+          submitted: SubmittedAt | None = None) -> Score:
+    """`submitted`: when the submission was handed in (harness.intake.deadlines), for [deadline]."""
     criteria = [criterion_score(c, ev, findings, reference_ppl, reference, course) for c in course.rubric]
+    late = late_line(course, submitted)
+    if late is not None:
+        criteria.append(late)
     applied = []
     total_override = None
     for o in overrides or ():
@@ -235,6 +252,8 @@ def score(ev: Evaluation, findings: list[Finding], course: Course, reference_ppl
                                    f"{ev.id}, which the rubric does not have")
         applied.append(o)
     total = sum(cs.points for cs in criteria)
+    if late is not None:  # a penalty takes points away, never below none
+        total = max(0.0, total)
     if total_override is not None:
         total = total_override["points"]
     return Score(_round(total), course.max_points, tuple(criteria), tuple(applied))

@@ -3,7 +3,8 @@
 In order of precedence: the `[claims]` table of `submission.toml`; what the training code stored with
 the weights (nanoGPT's `best_val_loss`, build-nanogpt's `val_loss`, nanochat's `val_bpb` in the
 `meta_XXXXXX.json` beside `model_XXXXXX.pt`); the training log (its last row, and its curve: see
-`harness.intake.logs`); else, marked best-effort, the tables and sentences of the student's report.
+`harness.intake.logs`); a notebook's printed outputs and results tables (`harness.intake.notebook`); else,
+marked best-effort, the tables and sentences of the student's report.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.intake.logs import CurvePoint, curve_from_log, number
+from harness.intake.notebook import add_notebook_claims
 
 CLAIM_KEYS = ("val_loss", "val_ppl", "val_bpb", "train_loss", "train_ppl", "params")
 LOG_SUFFIXES = (".csv", ".json", ".jsonl")
@@ -97,6 +99,7 @@ def gather_claims(folder: Path | None, files: tuple[Path, ...], table: dict[str,
             for k, v in final.items():
                 if k not in values:
                     values[k], sources[k] = v, f"log {log.as_posix()}"
+        curve, curve_source = add_notebook_claims(folder, files, values, sources, curve, curve_source)
     return Claims(**values, sources=sources, curve=tuple(curve), curve_source=curve_source)
 
 

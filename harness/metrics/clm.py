@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -17,8 +17,8 @@ from harness.errors import HarnessError
 from harness.metrics.common import (check_ids, check_split, effective_context, public_dict, safe_exp, unigram_counts,
                                     unigram_loss)
 from harness.metrics.nll import Batches, Progress, checked_logits, row_nll
-from harness.metrics.protocol import as_logits_model
-from harness.metrics.windows import clm_stream, clm_windows
+from harness.metrics.protocol import LogitsModel, as_logits_model
+from harness.metrics.windows import ClmWindow, clm_stream, clm_windows
 
 CLM_PROTOCOL = "clm-v1"
 
@@ -88,6 +88,62 @@ def _scored_text_counts(split: Any, tokenizer: Any, stream_len: int) -> tuple[in
     return n_bytes, n_words, n_docs
 
 
+@dataclass(frozen=True)
+class ClmPlan:
+    """What clm-v1 scores, fixed before any forward: the stream, the window plan, the model's outputs."""
+
+    stream: np.ndarray
+    context: int  # L: min(the requested context, the model's positions)
+    stride: int
+    windows: list[ClmWindow]
+    n_outputs: int
+
+
+def plan_clm(model: LogitsModel, split: Any, tokenizer: Any, *, context: int, stride: int | None = None,
+             max_tokens: int | None = None) -> ClmPlan:
+    """The clm-v1 plan of `model` on `split`, with every check of the inputs (see `evaluate_clm`)."""
+    check_split(split, tokenizer)
+    L = effective_context(context, model)
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer))
+                               or not 1 <= stride <= context):
+        raise HarnessError("eval-invalid", f"stride must be between 1 and the context ({context}), got {stride!r}")
+    # a model with fewer positions than the course's context shortens the windows, and the stride with them
+    stride_used = L if stride is None else min(int(stride), L)
+    s = clm_stream(split, tokenizer, max_tokens)
+    n = int(s.size)
+    if n < 2:
+        raise HarnessError("eval-empty", f"split {split.name!r} has no token to score; check the data and max_tokens")
+    n_outputs = int(model.n_outputs)
+    check_ids(s, tokenizer, n_outputs)
+    return ClmPlan(s, L, stride_used, clm_windows(n, L, stride_used), n_outputs)
+
+
+@torch.inference_mode()
+def clm_nll(model: LogitsModel, plan: ClmPlan, *, batch_tokens: int | None = None,
+            logits_budget: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`plan` scored a batch of windows at a time: each batch's target positions in the stream (in stream
+    order) and their NLLs (float32 values, as float64). Calibration walks several models through it in step."""
+    s_t = torch.from_numpy(plan.stream)
+    n_outputs = plan.n_outputs
+    batches = Batches(plan.windows, lambda w: w.length, batch_tokens=batch_tokens, n_outputs=n_outputs,
+                      budget=logits_budget)
+    for length, batch in batches:
+        ar = torch.arange(length)
+        starts = torch.tensor([w.start for w in batch], dtype=torch.long)
+        inputs = s_t[starts[:, None] + ar[None, :]]  # [B, T]
+        logits = checked_logits(model, inputs, n_outputs)
+        batches.saw(logits)
+        # each window's scored rows are a view of the logits: nothing is copied
+        positions = np.concatenate([np.arange(w.targets.start, w.targets.stop) for w in batch])
+        targets = s_t[torch.from_numpy(positions)].to(logits.device)
+        parts, o = [], 0
+        for k, w in enumerate(batch):
+            parts.append(row_nll(logits[k, w.first_scored :], targets[o : o + w.scored])[0])
+            o += w.scored
+        del logits  # never two batches of full-vocabulary logits at once
+        yield positions, torch.cat(parts).double().cpu().numpy()
+
+
 @torch.inference_mode()
 def evaluate_clm(
     model: Any,
@@ -112,43 +168,16 @@ def evaluate_clm(
     `progress(done, total)` is called with scored targets after each batch.
     """
     model = as_logits_model(model)
-    check_split(split, tokenizer)
-    L = effective_context(context, model)
-    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer))
-                               or not 1 <= stride <= context):
-        raise HarnessError("eval-invalid", f"stride must be between 1 and the context ({context}), got {stride!r}")
-    # a model with fewer positions than the course's context shortens the windows, and the stride with them
-    stride_used = L if stride is None else min(int(stride), L)
-    s = clm_stream(split, tokenizer, max_tokens)
+    plan = plan_clm(model, split, tokenizer, context=context, stride=stride, max_tokens=max_tokens)
+    s, L, stride_used, n_outputs = plan.stream, plan.context, plan.stride, plan.n_outputs
     n = int(s.size)
-    if n < 2:
-        raise HarnessError("eval-empty", f"split {split.name!r} has no token to score; check the data and max_tokens")
-    n_outputs = int(model.n_outputs)
-    check_ids(s, tokenizer, n_outputs)
-    plan = clm_windows(n, L, stride_used)
 
     nll = np.zeros(n, dtype=np.float64)  # nll[p]: NLL of target s[p]; s[0] is never a target
     seen = np.zeros(n, dtype=np.int64)
-    s_t = torch.from_numpy(s)
     total_targets = n - 1
     done = 0
-    batches = Batches(plan, lambda w: w.length, batch_tokens=batch_tokens, n_outputs=n_outputs,
-                       budget=logits_budget)
-    for length, batch in batches:
-        ar = torch.arange(length)
-        starts = torch.tensor([w.start for w in batch], dtype=torch.long)
-        inputs = s_t[starts[:, None] + ar[None, :]]  # [B, T]
-        logits = checked_logits(model, inputs, n_outputs)
-        batches.saw(logits)
-        # each window's scored rows are a view of the logits: nothing is copied
-        positions = np.concatenate([np.arange(w.targets.start, w.targets.stop) for w in batch])
-        targets = s_t[torch.from_numpy(positions)].to(logits.device)
-        parts, o = [], 0
-        for k, w in enumerate(batch):
-            parts.append(row_nll(logits[k, w.first_scored :], targets[o : o + w.scored])[0])
-            o += w.scored
-        del logits  # never two batches of full-vocabulary logits at once
-        nll[positions] = torch.cat(parts).double().cpu().numpy()
+    for positions, values in clm_nll(model, plan, batch_tokens=batch_tokens, logits_budget=logits_budget):
+        nll[positions] = values
         seen[positions] += 1
         done += int(positions.size)
         if progress is not None:
@@ -183,7 +212,7 @@ def evaluate_clm(
         n_outputs=n_outputs,
         vocab_size=vocab,
         documents=n_docs,
-        windows=len(plan),
+        windows=len(plan.windows),
         tokens=tokens,
         total_nll=total,
         loss=loss,

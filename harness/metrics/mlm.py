@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 from harness.metrics.common import (check_ids, check_split, effective_context, public_dict, safe_exp, unigram_counts,
                                     unigram_loss)
 from harness.metrics.nll import Batches, Progress, checked_logits, row_nll
-from harness.metrics.protocol import as_logits_model
+from harness.metrics.protocol import LogitsModel, as_logits_model
 from harness.metrics.windows import DEFAULT_MLM_SEED, mlm_blocks, mlm_masks, mlm_special_ids, mlm_stream
 
 MLM_PROTOCOL = "mlm-v1"
@@ -59,6 +59,68 @@ class MlmResult:
         return public_dict(self)
 
 
+@dataclass(frozen=True)
+class MlmPlan:
+    """What mlm-v1 scores, fixed before any forward: the stream, its blocks, each block's masked input and
+    selected positions (blocks with none left out), the model's outputs."""
+
+    stream: np.ndarray
+    context: int  # L: min(the requested context, the model's positions)
+    blocks: list[tuple[int, int]]  # (start, length)
+    masked: list[tuple[int, int, int, np.ndarray, np.ndarray]]  # (first slot, start, length, inputs, selected)
+    targets: int  # selected positions, all blocks
+    n_outputs: int
+
+
+def plan_mlm(model: LogitsModel, split: Any, tokenizer: Any, *, context: int, seed: int = DEFAULT_MLM_SEED,
+             max_tokens: int | None = None) -> MlmPlan:
+    """The mlm-v1 plan of `model` on `split`, with every check of the inputs (see `evaluate_mlm`)."""
+    check_split(split, tokenizer)
+    mlm_special_ids(tokenizer)
+    L = effective_context(context, model)
+    stream = mlm_stream(split, tokenizer, max_tokens)
+    n_outputs = int(model.n_outputs)
+    check_ids(stream, tokenizer, n_outputs)
+    blocks = mlm_blocks(stream.size, L)
+    if not blocks:
+        raise HarnessError("eval-empty", f"split {split.name!r} has no block to score; check the data and max_tokens")
+    # masks first: they fix the targets, the count for progress and the baselines
+    masked = []
+    n_selected = 0
+    for b, (start, length) in enumerate(blocks):
+        inputs, selected = mlm_masks(stream[start : start + length], b, tokenizer, seed)
+        where = np.flatnonzero(selected)
+        if where.size:  # a block with nothing selected needs no forward
+            masked.append((n_selected, start, length, inputs, where))
+            n_selected += int(where.size)
+    if n_selected == 0:
+        raise HarnessError("eval-empty", f"split {split.name!r} gave no masked position to score; use more tokens")
+    return MlmPlan(stream, L, blocks, masked, n_selected, n_outputs)
+
+
+@torch.inference_mode()
+def mlm_nll(model: LogitsModel, plan: MlmPlan, *, batch_tokens: int | None = None, logits_budget: int | None = None
+            ) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
+    """`plan` scored a batch of blocks at a time: each batch's slots (consecutive, in the order of block and
+    position), their NLLs (float32 values, as float64), whether the argmax was right, and the target ids.
+    Calibration walks several models through it in step."""
+    stream, n_outputs = plan.stream, plan.n_outputs
+    batches = Batches(plan.masked, lambda m: m[2], batch_tokens=batch_tokens, n_outputs=n_outputs,
+                      budget=logits_budget)
+    for length, batch in batches:
+        logits = checked_logits(model, torch.from_numpy(np.stack([m[3] for m in batch])), n_outputs)
+        batches.saw(logits)
+        # only the selected rows are copied out of the logits
+        flat = np.concatenate([k * length + m[4] for k, m in enumerate(batch)])
+        rows = logits.reshape(-1, n_outputs).index_select(0, torch.from_numpy(flat).to(logits.device))
+        del logits  # never two batches of full-vocabulary logits at once
+        targets = np.concatenate([stream[m[1] + m[4]] for m in batch])
+        batch_nll, row_ok = row_nll(rows, torch.from_numpy(targets).to(rows.device), want_correct=True)
+        del rows
+        dest = slice(batch[0][0], batch[-1][0] + batch[-1][4].size)  # a batch's slots are consecutive
+        yield dest, batch_nll.double().cpu().numpy(), row_ok.cpu().numpy(), targets
+
+
 @torch.inference_mode()
 def evaluate_mlm(
     model: Any,
@@ -83,32 +145,13 @@ def evaluate_mlm(
     total)` counts scored positions.
     """
     model = as_logits_model(model)
-    check_split(split, tokenizer)
-    mlm_special_ids(tokenizer)
-    L = effective_context(context, model)
     if isinstance(pseudo_ppl_tokens, bool) or pseudo_ppl_tokens < 0:
         raise HarnessError("eval-invalid", f"pseudo_ppl_tokens must be >= 0, got {pseudo_ppl_tokens!r}")
-    stream = mlm_stream(split, tokenizer, max_tokens)
-    n_outputs = int(model.n_outputs)
-    check_ids(stream, tokenizer, n_outputs)
-    blocks = mlm_blocks(stream.size, L)
-    if not blocks:
-        raise HarnessError("eval-empty", f"split {split.name!r} has no block to score; check the data and max_tokens")
+    plan = plan_mlm(model, split, tokenizer, context=context, seed=seed, max_tokens=max_tokens)
+    stream, L, blocks, n_selected, n_outputs = plan.stream, plan.context, plan.blocks, plan.targets, plan.n_outputs
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise HarnessError("eval-invalid", f"batch_size must be a positive integer, got {batch_size!r}")
     batch_tokens = None if batch_size is None else int(batch_size) * L
-
-    # masks first: they fix the targets, the count for progress and the baselines
-    masked = []  # (first slot, start, length, inputs, selected positions)
-    n_selected = 0
-    for b, (start, length) in enumerate(blocks):
-        inputs, selected = mlm_masks(stream[start : start + length], b, tokenizer, seed)
-        where = np.flatnonzero(selected)
-        if where.size:  # a block with nothing selected needs no forward
-            masked.append((n_selected, start, length, inputs, where))
-            n_selected += int(where.size)
-    if n_selected == 0:
-        raise HarnessError("eval-empty", f"split {split.name!r} gave no masked position to score; use more tokens")
     special = np.array(sorted(tokenizer.special_ids), dtype=np.int64)
     pseudo_positions = np.flatnonzero(~np.isin(stream[: blocks[-1][0] + blocks[-1][1]], special))[: pseudo_ppl_tokens]
     total_work = n_selected + int(pseudo_positions.size)
@@ -117,20 +160,9 @@ def evaluate_mlm(
     correct = np.zeros(n_selected, dtype=bool)
     target_ids = np.zeros(n_selected, dtype=np.int64)
     done = 0
-    batches = Batches(masked, lambda m: m[2], batch_tokens=batch_tokens, n_outputs=n_outputs, budget=logits_budget)
-    for length, batch in batches:
-        logits = checked_logits(model, torch.from_numpy(np.stack([m[3] for m in batch])), n_outputs)
-        batches.saw(logits)
-        # only the selected rows are copied out of the logits
-        flat = np.concatenate([k * length + m[4] for k, m in enumerate(batch)])
-        rows = logits.reshape(-1, n_outputs).index_select(0, torch.from_numpy(flat).to(logits.device))
-        del logits  # never two batches of full-vocabulary logits at once
-        targets = np.concatenate([stream[m[1] + m[4]] for m in batch])
-        batch_nll, row_ok = row_nll(rows, torch.from_numpy(targets).to(rows.device), want_correct=True)
-        del rows
-        dest = slice(batch[0][0], batch[-1][0] + batch[-1][4].size)  # a batch's slots are consecutive
-        nll[dest] = batch_nll.double().cpu().numpy()
-        correct[dest] = row_ok.cpu().numpy()
+    for dest, values, ok, targets in mlm_nll(model, plan, batch_tokens=batch_tokens, logits_budget=logits_budget):
+        nll[dest] = values
+        correct[dest] = ok
         target_ids[dest] = targets
         done += int(targets.size)
         if progress is not None:

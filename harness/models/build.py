@@ -5,7 +5,8 @@ weights tell, and resolves what they cannot (heads, pre/post-LN, activation, Lay
 masking, embedding scale, fused-q/k/v order, ...) in this order: the checkpoint's stored config (under
 any of its usual spellings), the student's `submission.toml` [model] hints, the layout's code (one
 possible value), and only then, where a value is still open and the caller can score candidates,
-calibration. An open value nobody settled takes the layout's default and says so.
+calibration (`harness.models.calibration`). An open value nobody settled takes the layout's default and
+says so.
 
 Calibration never decides silently: it compares the candidates target by target on the same text, and
 takes a value only where the best candidate beats every other by more than the evaluation can separate
@@ -16,18 +17,17 @@ marked "calibration (unverified)", with the numbers that could not separate the 
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from harness.errors import HarnessError
 from harness.layouts import CANONICAL, LAYOUTS, recognising
+from harness.models.calibration import Calibrate, Calibrated, CalibrationCost, run_calibration
 from harness.models.gpt import ACTIVATIONS, GPT, GPTConfig
 from harness.models.mlm import BertConfig, BertMLM
 
@@ -35,21 +35,6 @@ from harness.sources import CALIBRATION, CONFIG, HINTS, LAYOUT, UNDECIDED, UNVER
 
 # Values a layout's mapping depends on that are not config fields.
 CHOICES = ("qkv_order", "attn_scale")
-# Up to this many combinations are calibrated at once; beyond, one value at a time, in this order.
-MAX_JOINT = 16
-_SWEEP_ORDER = ("norm", "positions", "embed_scale", "n_heads", "qkv_order", "attn_scale", "activation", "causal")
-
-# A candidate must beat every other by this many standard errors of the mean per-target difference, and by
-# at least this many nats, for calibration to take it.
-CALIBRATION_SIGMAS = 3.0
-CALIBRATION_FLOOR_NATS = 1e-3
-# "no causal mask" is taken only when it lowers the loss by more than this: a model trained without one
-# has learned to read the answer and gains whole nats; noise gains hundredths.
-LEAK_MARGIN_NATS = 0.5
-
-# calibrate(candidates) -> every candidate's per-target NLLs on the same targets (decided here, by the
-# statistics above), or an index (a scorer that decides itself: tests' oracles)
-Calibrate = Callable[[Sequence[nn.Module]], "Sequence[np.ndarray] | int"]
 
 
 @dataclass
@@ -68,6 +53,7 @@ class LoadedModel:
     facts: list[str] = field(default_factory=list)  # what the layout read or set aside
     choices: dict[str, Any] = field(default_factory=dict)  # mapping choices: qkv_order, attn_scale
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # open value -> Calibrated.to_dict()
+    calibration_cost: dict[str, Any] | None = None  # what calibration took (`CalibrationCost.to_dict()`)
 
     @property
     def max_positions(self) -> int | None:
@@ -446,124 +432,6 @@ class Candidates(Sequence):
         return model
 
 
-@dataclass
-class Calibrated:
-    """What calibration measured for one open value: each candidate value's loss on the calibration text
-    (its best combination with the other open values), the runner-up's margin over the best and that
-    margin's standard error (mean and s.e. of the per-target differences), and whether that settles it."""
-
-    name: str
-    candidates: list[Any]
-    losses: list[float | None]  # nats, mean over `tokens` targets; None: a scorer that gave an index only
-    chosen: Any
-    best: Any  # the lowest loss (with the leak margin added to "no causal mask")
-    margin: float | None  # runner-up minus best, nats (the leak margin included)
-    stderr: float | None
-    decided: bool
-    tokens: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"candidates": list(self.candidates), "losses": list(self.losses), "chosen": self.chosen,
-                "best": self.best, "margin": self.margin, "stderr": self.stderr, "decided": self.decided,
-                "tokens": self.tokens, "sigmas": CALIBRATION_SIGMAS, "floor_nats": CALIBRATION_FLOOR_NATS}
-
-
-def _paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error of b - a, target by target."""
-    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.inf
-    return float(d.mean()), se
-
-
-def _separates(margin: float, stderr: float) -> bool:
-    return margin > max(CALIBRATION_SIGMAS * stderr, CALIBRATION_FLOOR_NATS)
-
-
-def _ask(calibrate: Calibrate, candidates: Candidates) -> tuple[int, list[np.ndarray] | None]:
-    """The scorer's answer: an index it decided itself, or every candidate's per-target NLLs (with the
-    leak margin added to "no causal mask"), best first by mean."""
-    answer = calibrate(candidates)
-    if isinstance(answer, (int, np.integer)) and not isinstance(answer, bool):
-        if not 0 <= answer < len(candidates):
-            raise ValueError(f"calibrate returned {answer!r}; expected an index below {len(candidates)}")
-        return int(answer), None
-    nll = [np.asarray(x, dtype=np.float64) for x in answer]
-    if len(nll) != len(candidates) or len({x.shape for x in nll}) != 1 or nll[0].ndim != 1 or not nll[0].size:
-        raise ValueError(f"calibrate must return one equally long array of per-target NLLs per candidate "
-                         f"({len(candidates)}), or an index")
-    nll = [x + (LEAK_MARGIN_NATS if tried.get("causal") is False else 0.0)
-           for x, tried in zip(nll, candidates.tried)]
-    means = [float(x.mean()) for x in nll]
-    return int(np.argmin(means)), nll
-
-
-def _settle(name: str, options: list, default: Any, tried: list[dict], pick: int, nll: list[np.ndarray] | None,
-            fixed: dict[str, Any]) -> Calibrated:
-    """One open value from the scored candidates (those whose other open values are as in `fixed`): the
-    value of the best one, unless another value's best candidate cannot be told from it; then the
-    default where it is among those that cannot be told apart."""
-    if nll is None:
-        best = tried[pick][name]
-        return Calibrated(name, list(options), [None] * len(options), best, best, None, None, True, 0)
-    mean = [float(x.mean()) for x in nll]
-    per_value: dict[int, int] = {}  # option index -> its best candidate
-    for i, t in enumerate(tried):
-        if any(t[k] != v for k, v in fixed.items() if k != name):
-            continue
-        j = options.index(t[name])
-        if j not in per_value or mean[i] < mean[per_value[j]]:
-            per_value[j] = i
-    top = min(per_value.values(), key=lambda i: (mean[i], i))
-    best = tried[top][name]
-    ties, runner = [], None
-    for j, i in sorted(per_value.items()):
-        if i == top:
-            continue
-        margin, se = _paired(nll[top], nll[i])
-        if runner is None or margin < runner[0]:
-            runner = (margin, se)
-        if not _separates(margin, se):
-            ties.append(options[j])
-    # the recorded losses are the model's own, without the leak margin
-    own = [m - (LEAK_MARGIN_NATS if t.get("causal") is False else 0.0) for m, t in zip(mean, tried)]
-    losses = [own[per_value[j]] if j in per_value else None for j in range(len(options))]
-    chosen = best if not ties else (default if default in ties else best)
-    margin, se = runner if runner is not None else (None, None)
-    return Calibrated(name, list(options), losses, chosen, best, margin, se, not ties, int(nll[top].size))
-
-
-def _run_calibration(calibrate: Calibrate, layout, tensors, values: dict,
-                     open_fields: dict[str, list]) -> dict[str, Calibrated]:
-    """Settles the open values in `values` (each starts at its layout default); returns what was measured."""
-    names = sorted(open_fields, key=lambda n: _SWEEP_ORDER.index(n) if n in _SWEEP_ORDER else len(_SWEEP_ORDER))
-    defaults = {n: values[n] for n in names}
-    out: dict[str, Calibrated] = {}
-    if math.prod(len(open_fields[n]) for n in names) <= MAX_JOINT:
-        combos = [dict(zip(names, combo)) for combo in itertools.product(*(open_fields[n] for n in names))]
-        candidates = Candidates(layout, tensors, [{**values, **combo} for combo in combos], names)
-        pick, nll = _ask(calibrate, candidates)
-        settled = dict(combos[pick])
-        for _ in range(len(names) + 1):  # an undecided value falls back to its default: the others follow
-            out = {n: _settle(n, open_fields[n], defaults[n], combos, pick, nll, settled) for n in names}
-            now = {n: c.chosen for n, c in out.items()}
-            if now == settled:
-                break
-            settled = now
-        values.update({n: c.chosen for n, c in out.items()})
-        return out
-    for _ in range(3):  # coordinate sweeps until nothing moves
-        moved = False
-        for name in names:
-            trials = [{**values, name: option} for option in open_fields[name]]
-            candidates = Candidates(layout, tensors, trials, [name])
-            pick, nll = _ask(calibrate, candidates)
-            out[name] = _settle(name, open_fields[name], defaults[name], candidates.tried, pick, nll, {})
-            moved |= out[name].chosen != values[name]
-            values[name] = out[name].chosen
-        if not moved:
-            break
-    return out
-
 
 def _structure_warnings(weights: dict, stored: dict, warnings: list[str]) -> None:
     d = weights.get("d_model", weights.get("hidden"))
@@ -643,8 +511,11 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
         sources[name] = source
 
     calibrated: dict[str, Calibrated] = {}
+    cost = None
     if calibrate is not None and open_fields:
-        calibrated = _run_calibration(calibrate, layout, tensors, values, open_fields)
+        cost = CalibrationCost()
+        calibrated = run_calibration(calibrate, lambda trials, names: Candidates(layout, tensors, trials, names),
+                                     values, open_fields, cost)
         sources.update({name: CALIBRATION if c.decided else UNDECIDED for name, c in calibrated.items()})
 
     model, cfg, facts = _instantiate(layout, tensors, values)
@@ -657,4 +528,5 @@ def build_model(raw, *, hints: dict | None = None, family: str | None = None,
         params=facts.get("params", model.num_params()), tied=cfg.tied, n_outputs=cfg.vocab_size,
         warnings=warnings, facts=list(facts.get("notes", [])), choices=choices,
         calibration={name: c.to_dict() for name, c in calibrated.items()},
+        calibration_cost=cost.to_dict() if cost is not None else None,
     )

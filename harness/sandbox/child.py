@@ -39,6 +39,7 @@ def main() -> None:
     from safetensors.torch import load as st_load
 
     from harness.sandbox import student_class as sc
+    from harness.sandbox.notebook_class import not_run_hint
     from harness.sandbox.run import _read_frame, _write_frame
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -85,7 +86,7 @@ def main() -> None:
         except Exception as e:
             traceback.print_exc()
             where = f"{stage} the model: " if header.get("op") == "load" else ""
-            _write_frame(out_fd, {"ok": False, "error": f"{where}{type(e).__name__}: {e}"[:500]})
+            _write_frame(out_fd, {"ok": False, "error": f"{where}{type(e).__name__}: {e}{not_run_hint(e)}"[:500]})
 
 
 if __name__ == "__main__":

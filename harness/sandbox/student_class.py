@@ -1,7 +1,8 @@
 """A student's model class as it really is: imported, constructed, called and described. Runs only inside
 the sandboxed child (`_sandbox_child.py`); the parent never imports student code.
 
-- Import: `file.py:Name`, `pkg/model.py:Name`, `pkg:Name` or `pkg.model:Name`. A file in a folder with an
+- Import: `file.py:Name`, `pkg/model.py:Name`, `pkg:Name`, `pkg.model:Name` or `notebook.ipynb:Name` (only the
+  notebook's import, class/def and constant cells, see `harness.intake.notebook`). A file in a folder with an
   `__init__.py` is imported as part of its package, so relative imports work. A package that asks
   `importlib.metadata` for its own version is not installed here: it sees a stand-in distribution with the
   version of the submission's `pyproject.toml` (else 0.0.0), as it would after `pip install -e .`.
@@ -73,10 +74,10 @@ def resolve_code(root: Path, code: str) -> tuple[str, str]:
     path = Path(target)
     if path.is_absolute() or ".." in path.parts:
         raise ValueError(f"model code {target} is not in the submission")
-    candidates = [path] if target.endswith(".py") else [path, Path(*target.split(".")).with_suffix(".py"),
-                                                        Path(*target.split("."))]
+    candidates = [path] if target.endswith((".py", ".ipynb")) else [
+        path, Path(*target.split(".")).with_suffix(".py"), Path(*target.split("."))]
     for c in candidates:
-        if (root / c).is_file() and c.suffix == ".py" or (root / c / "__init__.py").is_file():
+        if (root / c).is_file() and c.suffix in (".py", ".ipynb") or (root / c / "__init__.py").is_file():
             return c.as_posix(), cls
     raise ValueError(f"model code file {target} is not in the submission")
 
@@ -120,6 +121,10 @@ def import_class(root: Path, code: str, scratch: Path) -> tuple[type, Any, list[
     path = root / target
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    if path.suffix == ".ipynb":
+        from harness.sandbox.notebook_class import import_notebook
+
+        return import_notebook(path, target, cls_name, scratch)
     # the dotted name: up through every folder that is a package
     parts = [path.stem] if path.suffix == ".py" else []
     folder = path.parent if path.suffix == ".py" else path
