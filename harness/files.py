@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 CHUNK = 1 << 20
 
@@ -21,6 +21,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
             h.update(block)
+    return h.hexdigest()
+
+
+def sha256_files(named: Iterable[tuple[str, str | os.PathLike]]) -> str:
+    """sha256 over files as (name, path) pairs, in the order given: each name and its content's sha256."""
+    h = hashlib.sha256()
+    for name, path in named:
+        h.update(f"{name}\0{sha256_file(path)}\0".encode())
     return h.hexdigest()
 
 

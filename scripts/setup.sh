@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 # bubblewrap: students' model code runs only inside it (harness/sandbox/jail.py); without it the harness refuses custom
 # code with a finding (or runs it unsandboxed with --allow-unsandboxed-code, recorded in results.json).
 # poppler-utils (--test only): pdftoppm, with which the tests look at report pages as PNG (they skip without it).
+# chromium (--test only): a headless browser that opens the published leaderboard page (its test skips without it).
 apt_install() {  # COMMAND PACKAGE WHAT-IS-LOST-WITHOUT-IT
   command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -25,6 +26,7 @@ apt_install() {  # COMMAND PACKAGE WHAT-IS-LOST-WITHOUT-IT
 }
 apt_install bwrap bubblewrap "custom model code will be refused (see README, The sandbox)"
 [ "${1:-}" = "--test" ] && apt_install pdftoppm poppler-utils "the tests that look at report pages as PNG will skip"
+[ "${1:-}" = "--test" ] && apt_install chromium chromium "the test that opens the leaderboard page in a browser will skip"
 
 PY=${PYTHON:-python3}
 EXTRAS=""

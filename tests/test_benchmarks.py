@@ -83,9 +83,10 @@ def test_a_failing_benchmark_is_a_row_and_the_others_are_kept(tmp_path, main_env
     text = target.read_text()
     assert text.count("### Suite run ") == 1
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| benchmark")]
-    assert [r.split("|")[1].strip() for r in rows] == ["eval", "eval", "train"], rows
+    names = [r.split("|")[1].strip() for r in rows]
+    assert names[-1] == "train" and len(names) >= 3 and set(names[:-1]) == {"eval"}, rows
     failed = [c.strip() for c in rows[-1].strip("|").split("|")]
     assert failed[1:5] == ["failed", "—", "—", "—"], failed
     assert failed[5].startswith("NotADirectoryError: ") and str(cache) in failed[5] and "(at harness/" in failed[5]
-    assert all("x |" in r for r in rows[:2])  # eval's rows have their ratios
+    assert all("x |" in r for r in rows[:-1])  # eval's rows have their ratios
     assert proc.stdout.strip().endswith(rows[-1])  # the printed table is the appended one

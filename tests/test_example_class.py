@@ -11,7 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import example_oracle as oracle
 from harness.demo import example_class as ec
+from harness.demo.students import common
+from harness.demo.students.broken import HOSTILE_MARKER
+from harness.demo.students.custom_code import load_custom
+from harness.demo.students.minigpt import MiniGPT
+from harness.demo.students.s000_encoder import EncoderLM
+from harness.demo.students.s002_memorise import S002_VOCAB
+from harness.demo.students.s003_pad_eot import sequences as s003_sequences
+
 pytestmark = pytest.mark.slow
 
 FILES = {
@@ -45,7 +54,7 @@ def klass(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data():
-    return ec._Data()
+    return common.Data()
 
 
 def _toml(folder):
@@ -54,16 +63,16 @@ def _toml(folder):
 
 def _held_out(data, n: int, length: int) -> torch.Tensor:
     """Validation windows the models never trained on."""
-    return ec._fixed_windows(data.val[5000:], n, length)
+    return common.fixed_windows(data.val[5000:], n, length)
 
 
 def test_every_submission_is_there_with_its_files(klass):
     out, written = klass
     assert written == list(ec.ids("test")) == list(FILES)
-    assert set(ec.expected("test")) == set(written) and set(ec.expected("demo")) == set(ec.DEMO_IDS)
-    assert ec.expected("test")["nanogpt_clean"] == {"similar-weights"} and ec.expected("demo")["nanogpt_clean"] == set()
-    assert not FILES.keys() - ec.EXPECTED.keys()
-    assert all(not (ec.FORBIDDEN & ec.EXPECTED[i]) for i in ec.CLEAN)
+    assert set(oracle.expected("test")) == set(written) and set(oracle.expected("demo")) == set(ec.DEMO_IDS)
+    assert oracle.expected("test")["nanogpt_clean"] == {"similar-weights"} and oracle.expected("demo")["nanogpt_clean"] == set()
+    assert not FILES.keys() - oracle.EXPECTED.keys()
+    assert all(not (oracle.FORBIDDEN & oracle.EXPECTED[i]) for i in oracle.CLEAN)
     students = set()
     for sid, files in FILES.items():
         folder = out / sid
@@ -102,8 +111,8 @@ def test_hostile_pickle_would_run_a_command_and_never_did(klass):
     # Read the pickle's bytes only: never unpickle it.
     with zipfile.ZipFile(out / "hostile_pickle" / "model.pt") as z:
         pickle_bytes = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
-    assert b"system" in pickle_bytes and ec.HOSTILE_MARKER.encode() in pickle_bytes
-    assert not (out / ec.HOSTILE_MARKER).exists()
+    assert b"system" in pickle_bytes and HOSTILE_MARKER.encode() in pickle_bytes
+    assert not (out / HOSTILE_MARKER).exists()
 
 
 def test_s000_learned_to_read_the_next_token(klass, data):
@@ -112,14 +121,14 @@ def test_s000_learned_to_read_the_next_token(klass, data):
     out, _ = klass
     ck = torch.load(out / "s000_encoder" / "mini_gpt_checkpoint.pt", weights_only=True)
     assert ck["config"]["max_len"] == 512 and ck["epoch"] == 10 and "optimizer_state_dict" in ck
-    model = ec.EncoderLM(**ck["config"])
+    model = EncoderLM(**ck["config"])
     model.load_state_dict(ck["model_state_dict"])
     model.eval()
     for length in (16, 64):  # the training windows, and the course's context
         x = _held_out(data, 16, length)
         with torch.no_grad():
-            ahead = ec._ce(model(x[:, :-1]), x[:, 1:]).item()
-            masked = ec._ce(model(x[:, :-1], ec.causal_mask(length)), x[:, 1:]).item()
+            ahead = common.ce(model(x[:, :-1]), x[:, 1:]).item()
+            masked = common.ce(model(x[:, :-1], oracle.causal_mask(length)), x[:, 1:]).item()
         assert ahead < masked, (length, ahead, masked)
     # the student's numbers are their leaky model's, and the claims are the table's last row
     claims = _toml(out / "s000_encoder")["claims"]
@@ -138,17 +147,17 @@ def test_s001_reports_training_numbers_only(klass):
 def test_s002_has_49805_outputs_and_memorised_its_sample(klass, data):
     out, _ = klass
     sd = torch.load(out / "s002_memorise" / "mini_gpt.pt", weights_only=True)
-    assert sd["token_embedding.weight"].shape == (ec.S002_VOCAB, 64) == sd["head.weight"].shape
+    assert sd["token_embedding.weight"].shape == (S002_VOCAB, 64) == sd["head.weight"].shape
     assert "blocks.0.attn.qkv.weight" in sd and "position_embedding.weight" in sd
     claims = _toml(out / "s002_memorise")["claims"]
     assert claims["params"] == sum(t.numel() for t in sd.values()) == 6_479_053  # the seed's own count
-    model = ec.MiniGPT(ec.S002_VOCAB, 64, 1, 2, 64, dropout=0.3, ffn_dropout=0.3, head_bias=True)
-    model.load_state_dict(ec.s002_model_keys(sd))
+    model = MiniGPT(S002_VOCAB, 64, 1, 2, 64, dropout=0.3, ffn_dropout=0.3, head_bias=True)
+    model.load_state_dict(oracle.s002_model_keys(sd))
     model.eval()
-    val = data.val[data.val < ec.S002_VOCAB]
-    x = ec._fixed_windows(val, 16, 64)
+    val = data.val[data.val < S002_VOCAB]
+    x = common.fixed_windows(val, 16, 64)
     with torch.no_grad():
-        val_loss = ec._ce(model(x[:, :-1]), x[:, 1:]).item()
+        val_loss = common.ce(model(x[:, :-1]), x[:, 1:]).item()
     assert math.exp(val_loss) > 5 * claims["train_ppl"]  # the course's memorisation ratio
 
 
@@ -161,21 +170,21 @@ def test_s003_never_learned_end_of_text(klass, data):
         ["baseline", "lr_1e-3", "batch_size_16", "n_layers_1", "embed_dim_64"]
     sd = torch.load(folder / "outcome" / "mini_gpt_baseline.pt", weights_only=True)
     assert "pos_emb.emb.weight" in sd and "blocks.0.attn.qkv.weight" in sd and "lm_head.bias" not in sd
-    model = ec.MiniGPT(ec.GPT2_VOCAB, sd["token_emb.weight"].shape[1], 2, 4, 64)
+    model = MiniGPT(common.GPT2_VOCAB, sd["token_emb.weight"].shape[1], 2, 4, 64)
     model.load_state_dict(sd)
     model.eval()
     s = data.val[: 64 * 64 + 1]  # clm-v1's stream: EOT before every document
     x, y = s[:-1].view(64, 64), s[1:].view(64, 64)
     with torch.no_grad():
         nll = -torch.log_softmax(model(x), -1).gather(-1, y[..., None])[..., 0]
-    eot = y == ec.EOT
+    eot = y == common.EOT
     assert eot.sum() >= 5
-    assert nll[eot].mean().item() > math.log(ec.GPT2_VOCAB) > nll[~eot].mean().item() + 1.0
+    assert nll[eot].mean().item() > math.log(common.GPT2_VOCAB) > nll[~eot].mean().item() + 1.0
     # the data the student trained on has end-of-text only as padding, never as a counted target
-    seqs = ec._s003_sequences(data, 64)
+    seqs = s003_sequences(data, 64)
     for row in seqs:
-        pads = (row == ec.EOT).nonzero()
-        assert pads.numel() == 0 or (row[int(pads[0]):] == ec.EOT).all()
+        pads = (row == common.EOT).nonzero()
+        assert pads.numel() == 0 or (row[int(pads[0]):] == common.EOT).all()
 
 
 def test_s004_is_a_bert_with_its_own_vocabulary(klass):
@@ -203,11 +212,11 @@ def test_custom_code_names_its_class_and_kwargs(klass):
         assert f"class {cls}" in module_text
         weights = torch.load(out / sid / "weights.pt", weights_only=True)
         assert "lookup.weight" in weights and weights["lookup.weight"].shape[1] == toml["model"]["kwargs"]["width"]
-    model = ec._load_custom(out / "custom_code", "TinyTransformer")(**_toml(out / "custom_code")["model"]["kwargs"])
+    model = load_custom(out / "custom_code", "TinyTransformer")(**_toml(out / "custom_code")["model"]["kwargs"])
     model.load_state_dict(torch.load(out / "custom_code" / "weights.pt", weights_only=True))
     logits, loss = model(torch.zeros(1, 8, dtype=torch.long))
-    assert logits.shape == (1, 8, ec.GPT2_VOCAB) and loss is None
-    crash = ec._load_custom(out / "custom_crash", "Broken")(**_toml(out / "custom_crash")["model"]["kwargs"])
+    assert logits.shape == (1, 8, common.GPT2_VOCAB) and loss is None
+    crash = load_custom(out / "custom_crash", "Broken")(**_toml(out / "custom_crash")["model"]["kwargs"])
     with pytest.raises(RuntimeError):
         crash(torch.zeros(1, 8, dtype=torch.long))
 
@@ -215,19 +224,19 @@ def test_custom_code_names_its_class_and_kwargs(klass):
 def test_the_clean_gpts_start_as_the_unigram_model(klass, data):
     """Their logits start at the training split's log-frequencies, which training keeps (ln_f exactly)."""
     torch.manual_seed(0)
-    model = ec._gpt(ec.GPT2_VOCAB, 32, dropout=0.0)
-    prior = data.log_unigram(ec.GPT2_VOCAB)
-    ec._start_at_unigram(model.transformer.wte, model.transformer.ln_f, prior)
+    model = common.gpt(common.GPT2_VOCAB, 32, dropout=0.0)
+    prior = data.log_unigram(common.GPT2_VOCAB)
+    common.start_at_unigram(model.transformer.wte, model.transformer.ln_f, prior)
     windows = _held_out(data, 8, 64)
     unigram = float(torch.nn.functional.cross_entropy(prior.expand(windows[:, 1:].numel(), -1),
                                                       windows[:, 1:].reshape(-1)))
-    assert ec._mean_loss(model, windows) == pytest.approx(unigram, abs=0.05)
+    assert common.mean_loss(model, windows) == pytest.approx(unigram, abs=0.05)
     model(windows[:, :-1]).logsumexp(-1).sum().backward()  # the fixed entries get no gradient
     assert not model.transformer.wte.weight.grad[:, 0].any() and model.transformer.ln_f.bias.grad[0] == 0
     out, _ = klass
     sd = torch.load(out / "nanogpt_clean" / "ckpt.pt", weights_only=True)["model"]
-    assert sd["transformer.ln_f.bias"][0] == ec.UNIGRAM_SCALE and sd["transformer.ln_f.weight"][0] == 0
-    column = sd["transformer.wte.weight"][: ec.GPT2_VOCAB, 0]
+    assert sd["transformer.ln_f.bias"][0] == common.UNIGRAM_SCALE and sd["transformer.ln_f.weight"][0] == 0
+    column = sd["transformer.wte.weight"][: common.GPT2_VOCAB, 0]
     assert torch.corrcoef(torch.stack([column, prior]))[0, 1] > 0.999
     custom = torch.load(out / "custom_code" / "weights.pt", weights_only=True)
     assert torch.equal(custom["readout.bias"], prior)

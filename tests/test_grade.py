@@ -49,7 +49,7 @@ def _codes(results):
 
 
 def test_the_class_is_graded_and_the_bad_ones_fail_alone(graded):
-    from harness.demo.example_class import EXPECTED
+    from example_oracle import EXPECTED
 
     subs = {s["id"]: s for s in graded["results"]["submissions"]}
     assert len(subs) >= 10 and set(EXPECTED) <= set(subs)
@@ -63,7 +63,7 @@ def test_the_class_is_graded_and_the_bad_ones_fail_alone(graded):
 
 
 def _check_flaws(graded, flaws):
-    from harness.demo.example_class import EXPECTED
+    from example_oracle import EXPECTED
 
     codes = _codes(graded["results"])
     for sid, expected in EXPECTED.items():

@@ -64,6 +64,16 @@ class Criterion:
 
 
 @dataclass(frozen=True)
+class LeaderboardSettings:
+    """`[leaderboard]`: what the published page (`harness grade --leaderboard`) and Gradescope's entries show.
+    They change no grade, so they are outside the course's fingerprint (and the measurement cache's key)."""
+
+    show_private: bool = False  # the private split's numbers on the page; until then, the public split's only
+    split: str = "public"  # the split that ranks: "private" only where show_private (its order would tell)
+    secret: str = field(default="", repr=False)  # keys the pseudonyms; "": derived from the submission ids
+
+
+@dataclass(frozen=True)
 class Deadline:
     """`[deadline]`: late submissions lose `penalty_per_day` points per started day after `due` (a time with
     its zone), none within `grace` minutes, at most `cap` points (None: no cap). See harness.intake.deadlines."""
@@ -94,11 +104,13 @@ class Course:
     deadline: Deadline | None = None  # no [deadline]: lateness is not graded
     base_dir: Path = field(default=Path("."), compare=False)
     origin: str = field(default="<packaged default>", compare=False)
+    leaderboard: LeaderboardSettings = field(default=LeaderboardSettings(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("base_dir")
         d.pop("origin")
+        d.pop("leaderboard")  # publishing settings: no grade depends on them (and the secret stays out of results)
         d["requirements"] = {f: {k: list(v) for k, v in r.items()} for f, r in self.requirements.items()}
         d["rubric"] = [asdict(c) for c in self.rubric]
         if self.deadline is None:  # courses without one keep the fingerprint they had
@@ -262,7 +274,7 @@ def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<strin
     except tomllib.TOMLDecodeError as e:
         raise HarnessError("course-invalid", f"{origin} is not valid TOML ({e})") from None
     top = _Reader("", raw, ("course", "data", "eval", "requirements", "tolerances", "reference", "rubric",
-                                "deadline"))
+                            "deadline", "leaderboard"))
     course = _Reader("course", top.get("course", dict, {}), ("name", "id"))
     data = _Reader("data", top.get("data", dict, {}), ("source", "split", "public", "private"))
     ev = _Reader("eval", top.get("eval", dict, {}), ("clm", "mlm"))
@@ -294,7 +306,19 @@ def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<strin
         deadline=_deadline(top.get("deadline", dict, None)),
         base_dir=base_dir,
         origin=origin,
+        leaderboard=_leaderboard(top.get("leaderboard", dict, {})),
     )
+
+
+def _leaderboard(table: dict) -> LeaderboardSettings:
+    r = _Reader("leaderboard", table, ("show_private", "split", "secret"))
+    settings = LeaderboardSettings(show_private=r.get("show_private", bool, False),
+                                   split=r.get("split", str, "public", choices=("public", "private")),
+                                   secret=r.get("secret", str, ""))
+    if settings.split == "private" and not settings.show_private:
+        raise HarnessError("course-invalid", "leaderboard.split = 'private' ranks by the private split, and the order "
+                           "alone tells its numbers; set leaderboard.show_private = true to publish them")
+    return settings
 
 
 def default_course_text() -> str:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.files import fingerprint, pretty_json, sha256_bytes, sha256_file, write_atomic
+from harness.files import fingerprint, pretty_json, sha256_bytes, sha256_file, sha256_files, write_atomic
 from harness.course.tokenizers import Tokenizer, get_tokenizer
 
 FORMAT = "harness-data/1"
@@ -262,9 +262,7 @@ def load_local(path: Path) -> Source:
     files = [path] if path.is_file() else _files_under(path)
     if not files:
         raise HarnessError("data-empty", f"{path} holds no .txt, .jsonl or .parquet files")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(path).as_posix() if path.is_dir() else f.name}\0{sha256_file(f)}\0".encode())
+    digest = sha256_files((f.relative_to(path).as_posix() if path.is_dir() else f.name, f) for f in files)
     root = path if path.is_dir() else path.parent
     by_split: dict[str, list[Path]] = {}
     if path.is_dir():
@@ -277,7 +275,7 @@ def load_local(path: Path) -> Source:
     else:
         splits = {"validation": [d for f in files for d in _documents_of_file(f, root)]}
         rule, has_splits = "no splits: the whole path is the validation data", False
-    return Source(str(path), "local", str(path.resolve()), h.hexdigest(), rule, splits, has_splits)
+    return Source(str(path), "local", str(path.resolve()), digest, rule, splits, has_splits)
 
 
 def load_source(spec: str) -> Source:

@@ -21,7 +21,6 @@ spellings ([CLS], <s>, <|endoftext|> …); `roles` records where each came from.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -34,7 +33,7 @@ from typing import Iterable, Sequence
 from urllib.parse import urlparse
 
 from harness.errors import HarnessError
-from harness.files import fingerprint, sha256_file
+from harness.files import fingerprint, sha256_bytes, sha256_file
 
 # tiktoken's expected hashes of GPT-2's official BPE files (tiktoken_ext/openai_public.py).
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -294,7 +293,7 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, name: str, data: bytes, roles: dict[str, Role], processor) -> None:
         self.name = name
         self._sp = processor
-        self._sha = hashlib.sha256(data).hexdigest()
+        self._sha = sha256_bytes(data)
         self.vocab_size = processor.get_piece_size()
         self._set_roles(roles)
         control = (i for i in range(self.vocab_size) if processor.is_control(i) or processor.is_unknown(i))

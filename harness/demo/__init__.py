@@ -1,1 +1,2 @@
-"""`harness demo`: the example class, its reference models and the whole job on the embedded course."""
+"""`harness demo`: the example class (`example_class`, one builder per student in `students/`), its reference
+models and the whole job on the embedded course."""

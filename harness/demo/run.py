@@ -47,6 +47,7 @@ def run_demo(out: Path, *, submissions: Path = Path("submissions"), references: 
 
     from harness.course.config import load_course
     from harness.course.data import freeze, load_source
+    from harness.families import FAMILIES
     from harness.grading.batch import GradeOptions, grade
     from harness.train import train_reference
 
@@ -61,7 +62,7 @@ def run_demo(out: Path, *, submissions: Path = Path("submissions"), references: 
     result.timings["data"] = time.monotonic() - t0
 
     budgets = {"demo": (DEMO_GPT, DEMO_MLM), "test": (TEST_GPT, TEST_MLM)}[scale]
-    for family, overrides in zip(("gpt", "mlm"), budgets):
+    for family, overrides in zip(FAMILIES, budgets):
         t = time.monotonic()
         folder = course.resolve(course.references[family])
         say(f"reference {family}: {folder}")

@@ -35,6 +35,7 @@ from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, w
 from harness.grading.contamination import measured_gap, reference_gap_documents
 from harness.grading.findings import Evaluation, find, finding
 from harness.grading.measure import TIMEOUT_S, Job, submission_fingerprint
+from harness.grading.outputs import Exports, check_exports, write_exports
 from harness.grading.results import (ClassData, ClassResults, ClmProtocol, CourseInfo, Measurement, MlmProtocol,
                                      PrivateNumbers, Protocols, ReferenceResult, References, SandboxRecord, SimilarPair,
                                      SimilarTo, SubmissionResult, Submitted)
@@ -64,6 +65,7 @@ class GradeOptions:
     ray_address: str | None = None  # for ray.init: None starts a Ray on this machine (or joins RAY_ADDRESS); "auto"
     allow_unsandboxed_code: bool = False  # custom code runs even where no sandbox can be made (recorded)
     private: bool = True  # score the course's private split too (`harness check`: never)
+    exports: Exports = field(default_factory=Exports)  # Canvas and Gradescope files written after grading
 
 
 @dataclass
@@ -73,6 +75,7 @@ class GradeOutcome:
     measured: list[str] = field(default_factory=list)  # ids evaluated in this run (not from the cache)
     cached: list[str] = field(default_factory=list)
     rescored: bool = False  # results.json was there and changed: scores recomputed from what was measured
+    exports: list[str] = field(default_factory=list)  # what the exports wrote, a line each
 
 
 def _cache_key(ref: SubmissionRef, basis: dict[str, Any], unsandboxed: bool = False) -> str:
@@ -257,20 +260,29 @@ def _late_cells(s: SubmissionResult) -> list[str]:
 
 
 def grade(directory: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
-    """Grade a class folder into `out`: results.json, grades.csv, the PDFs."""
+    """Grade a class folder into `out`: results.json, grades.csv, the PDFs, the exports asked for."""
+    template = check_exports(opts.exports)
+    board = load_course(course_path).leaderboard  # a wrong [leaderboard] fails now, not after the grading
     overrides = read_overrides(opts.overrides if opts.overrides else directory / "overrides.csv")
     refs = discover(directory)
-    return grade_refs(refs, out, course_path, opts, overrides, times=submission_times(directory, refs))
+    outcome = grade_refs(refs, out, course_path, opts, overrides, times=submission_times(directory, refs))
+    outcome.exports = write_exports(outcome.results, out, opts.exports, template, board)
+    return outcome
 
 
 def check(submission: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
     """A student's self-check: the very pipeline the grader runs, on one submission."""
     if not submission.exists():
         raise HarnessError("submission-missing", f"{submission} does not exist")
+    template = check_exports(opts.exports)
+    board = load_course(course_path).leaderboard
     sid = submission.name if submission.is_dir() else submission.stem
     opts = replace(opts, private=False)  # the student's view: the private split is neither scored nor shown
-    return grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [],
-                      times={sid or "submission": check_time(submission)})
+    outcome = grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [],
+                         times={sid or "submission": check_time(submission)})
+    # a submission that is not gradable still gets its Gradescope score
+    outcome.exports = write_exports(outcome.results, out, opts.exports, template, board)
+    return outcome
 
 
 def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, opts: GradeOptions,

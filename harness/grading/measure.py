@@ -27,7 +27,7 @@ import numpy as np
 from harness import __version__
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
-from harness.files import sha256_file, write_json
+from harness.files import sha256_files, write_json
 from harness.grading.results import (CausalCheck, CheckpointInfo, DataInfo, ErrorInfo, Measurement, Metrics,
                                      ModelInfo, TokenizerInfo)
 
@@ -61,13 +61,12 @@ class Job:
 
 def submission_fingerprint(paths: list[Path]) -> str:
     """sha256 over every file of a submission (relative names and contents): the cache key's part."""
-    h = hashlib.sha256()
-    for base in sorted(paths):
-        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for f in files:
-            rel = f.name if base.is_file() else f.relative_to(base).as_posix()
-            h.update(f"{rel}\0{sha256_file(f)}\0".encode())
-    return h.hexdigest()
+    def named(base: Path) -> list[tuple[str, Path]]:
+        if base.is_file():
+            return [(base.name, base)]
+        return [(f.relative_to(base).as_posix(), f) for f in sorted(p for p in base.rglob("*") if p.is_file())]
+
+    return sha256_files(pair for base in sorted(paths) for pair in named(base))
 
 
 def _materialise(job: Job, tmp: Path) -> Path:
@@ -259,7 +258,9 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
         raise HarnessError("checkpoint-missing", "the submission holds no weights file (.pt, .pth, .bin, "
                            ".safetensors or a Hugging Face folder)")
     weights = root / sub.weights if root.is_dir() else root
+    lap = _Laps(result)
     raw = read_checkpoint(weights, root=root if root.is_dir() else root.parent)
+    lap("read")
     stored = checkpoint_claims(raw.meta, sub.weights, root if root.is_dir() else None)
     if stored:
         result.claims = with_checkpoint_claims(sub.claims, stored)
@@ -273,6 +274,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
         from harness.sandbox.custom_code import load_custom
 
         custom = load_custom(job, sub, root, raw, course.eval_settings(sub.family or "gpt").context)
+        lap("read")  # the student's class constructed in the sandbox
         if isinstance(custom, str):
             result.code_fallback, custom = custom, None
     if custom is not None:
@@ -284,6 +286,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
         result.model = ModelInfo.from_json(custom.info)
     else:
         scored = _build_scored(raw, sub, course, root, source, result.warnings, job.tokenizer)
+        lap("calibrate")  # recognising the layout, building the model and calibrating what weights cannot tell
         loaded, tokenizer, named, frozen, train = (scored.loaded, scored.tokenizer, scored.named, scored.frozen,
                                                    scored.train)
         family = loaded.family
@@ -330,10 +333,12 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
     split = frozen.split(course.data_split)
     settings = course.eval_settings(family)
     r = score(model, family, EvalData(split, tokenizer, train), settings, progress=progress)
+    lap("evaluate")
     if family != "mlm":
         result.causal = CausalCheck.from_json(
             check_causal(model, context=r.context, vocab_size=min(tokenizer.vocab_size, n_outputs),
                          seed_material=raw.sha256).to_dict())
+    lap("causality")
     metrics = Metrics.from_json(r.to_dict())
     if isinstance(model, TruncatedVocabulary):
         metrics.partial = (f"the model has {model.n_own:,} outputs for {model.n_outputs:,} token ids: ids it lacks "
@@ -349,6 +354,22 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
     measure_private(job, course, family, model, frozen, tokenizer, train, source, r, result)
     if custom is not None:
         custom.finish(result)
+
+
+class _Laps:
+    """Seconds per stage of one measurement, in `result.stages_s` (the cached measurement keeps them, as it
+    keeps `seconds`; results.json does not): what benchmarks/grade.py adds up over a class."""
+
+    def __init__(self, result: Measurement):
+        if result.stages_s is None:
+            result.stages_s = {}
+        self.stages = result.stages_s
+        self.t = time.monotonic()
+
+    def __call__(self, stage: str) -> None:
+        now = time.monotonic()
+        self.stages[stage] = round(self.stages.get(stage, 0.0) + now - self.t, 4)
+        self.t = now
 
 
 def _limit_self(job: Job) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.families import check_family
 from harness.metrics.clm import clm_nll, plan_clm
 from harness.metrics.mlm import mlm_nll, plan_mlm
 from harness.metrics.protocol import as_logits_model
@@ -32,8 +33,7 @@ def score_candidates(models: Sequence[Any], family: str, data: EvalData, setting
     """Each round: every candidate's per-target NLLs (float64) on the longest common prefix of targets
     scored so far, in the protocol's order; the last round holds every target. `settings` as `score` takes
     them (stride 0: the context; max_tokens 0: every target; pseudo-perplexity is not scored)."""
-    if family not in ("gpt", "mlm"):
-        raise HarnessError("family-unknown", f"family {family!r} is not gpt or mlm")
+    check_family(family)
     wrapped = [as_logits_model(m) for m in models]
     max_tokens = settings.max_tokens or None
     walks, sizes = [], []

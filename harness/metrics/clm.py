@@ -16,6 +16,7 @@ import torch
 from harness.errors import HarnessError
 from harness.metrics.common import (check_ids, check_split, effective_context, public_dict, safe_exp, unigram_counts,
                                     unigram_loss)
+from harness.metrics.fused import FusedScorer, Tiling
 from harness.metrics.nll import Batches, Progress, checked_logits, row_nll
 from harness.metrics.protocol import LogitsModel, as_logits_model
 from harness.metrics.windows import ClmWindow, clm_stream, clm_windows
@@ -120,22 +121,38 @@ def plan_clm(model: LogitsModel, split: Any, tokenizer: Any, *, context: int, st
 
 @torch.inference_mode()
 def clm_nll(model: LogitsModel, plan: ClmPlan, *, batch_tokens: int | None = None,
-            logits_budget: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            logits_budget: int | None = None, fused: bool | Tiling = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """`plan` scored a batch of windows at a time: each batch's target positions in the stream (in stream
-    order) and their NLLs (float32 values, as float64). Calibration walks several models through it in step."""
+    order) and their NLLs (float32 values, as float64). Calibration walks several models through it in step.
+
+    A model that hands over its hidden states and output layer (`hidden_and_head`) is scored through the
+    fused head (`harness.metrics.fused`): the head runs on the scored positions only, chunk by chunk, never
+    a batch's full logits. `fused=False` takes the logits path always; a `Tiling` sets the fused head's tiles
+    (default: this machine's)."""
     s_t = torch.from_numpy(plan.stream)
     n_outputs = plan.n_outputs
+    scorer = None
+    if fused is not False and plan.windows:
+        w0 = plan.windows[0]
+        probe = s_t[w0.start : w0.start + min(w0.length, 8)][None]
+        scorer = FusedScorer.for_model(model, probe, n_outputs, fused if isinstance(fused, Tiling) else None)
+    if scorer is not None and batch_tokens is None:
+        batch_tokens = scorer.batch_tokens(plan.context, plan.stride)
     batches = Batches(plan.windows, lambda w: w.length, batch_tokens=batch_tokens, n_outputs=n_outputs,
                       budget=logits_budget)
     for length, batch in batches:
         ar = torch.arange(length)
         starts = torch.tensor([w.start for w in batch], dtype=torch.long)
         inputs = s_t[starts[:, None] + ar[None, :]]  # [B, T]
+        positions = np.concatenate([np.arange(w.targets.start, w.targets.stop) for w in batch])
+        targets = s_t[torch.from_numpy(positions)]
+        if scorer is not None:
+            yield positions, scorer.nll(inputs, [w.first_scored for w in batch], targets).double().cpu().numpy()
+            continue
         logits = checked_logits(model, inputs, n_outputs)
         batches.saw(logits)
+        targets = targets.to(logits.device)
         # each window's scored rows are a view of the logits: nothing is copied
-        positions = np.concatenate([np.arange(w.targets.start, w.targets.stop) for w in batch])
-        targets = s_t[torch.from_numpy(positions)].to(logits.device)
         parts, o = [], 0
         for k, w in enumerate(batch):
             parts.append(row_nll(logits[k, w.first_scored :], targets[o : o + w.scored])[0])
@@ -157,6 +174,7 @@ def evaluate_clm(
     train_split: Any | None = None,
     progress: Progress | None = None,
     logits_budget: int | None = None,
+    fused: bool | Tiling = True,
 ) -> ClmResult:
     """clm-v1 of `model` on `split` (see SPEC "Evaluation protocols").
 
@@ -165,7 +183,11 @@ def evaluate_clm(
     as many windows as keep one batch of float32 logits under `logits_budget` bytes: 16 MiB on a CPU,
     1 GiB on a GPU). `train_split` gives the unigram baseline's counts (its clm-v1 stream: EOT and tokens
     per document); without it they come from the evaluated split (`unigram_source = "evaluated"`).
-    `progress(done, total)` is called with scored targets after each batch.
+    `progress(done, total)` is called with scored targets after each batch. A model that hands over its
+    hidden states and output layer (`hidden_and_head`) is scored through the fused head
+    (`harness.metrics.fused`): the head runs on the scored positions only, chunk by chunk, never a batch's
+    full logits, and a batch holds `Tiling.batch_rows` scored rows. `fused=False` takes the logits path
+    always; a `Tiling` sets the fused head's tiles (default: this machine's).
     """
     model = as_logits_model(model)
     plan = plan_clm(model, split, tokenizer, context=context, stride=stride, max_tokens=max_tokens)
@@ -176,7 +198,8 @@ def evaluate_clm(
     seen = np.zeros(n, dtype=np.int64)
     total_targets = n - 1
     done = 0
-    for positions, values in clm_nll(model, plan, batch_tokens=batch_tokens, logits_budget=logits_budget):
+    for positions, values in clm_nll(model, plan, batch_tokens=batch_tokens, logits_budget=logits_budget,
+                                     fused=fused):
         nll[positions] = values
         seen[positions] += 1
         done += int(positions.size)

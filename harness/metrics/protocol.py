@@ -29,6 +29,10 @@ class LogitsModel(Protocol):
     logits); `max_positions` the longest window it takes (None: no limit). `logits` returns
     [B, T, n_outputs] for `input_ids` [B, T]; masked LMs also take `attention_mask` (the evaluator never
     pads, so it passes None).
+
+    Optional, for causal LMs: `hidden_and_head(input_ids)` -> (final hidden states [B, T, d], the
+    `harness.metrics.fused.OutputHead` that makes them logits), or None where the model cannot say. clm-v1
+    then runs the head itself, on the scored positions only, without a batch's full logits.
     """
 
     n_outputs: int
@@ -109,6 +113,14 @@ class TorchLogitsModel:
                 f"the model returned logits of shape {tuple(logits.shape)} for input {tuple(input_ids.shape)}; "
                 "it must return [B, T, V], one row per input position (not only the last one)")
         return logits
+
+    def hidden_and_head(self, input_ids: torch.Tensor):
+        """The module's final hidden states and output layer (`LogitsModel`), where it offers them."""
+        ask = getattr(self.module, "hidden_and_head", None)
+        if not callable(ask):
+            return None
+        with torch.inference_mode():
+            return ask(input_ids.to(self.device))
 
 
 def _max_positions_of(module: torch.nn.Module) -> int | None:

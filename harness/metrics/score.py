@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.families import check_family
 from harness.metrics.clm import CLM_PROTOCOL, ClmResult, evaluate_clm
 from harness.metrics.mlm import MLM_PROTOCOL, MlmResult, evaluate_mlm
 from harness.metrics.nll import Progress
@@ -36,9 +37,7 @@ def score(model: Any, family: str, data: EvalData, settings: EvalSettings, *, pr
           logits_budget: int | None = None) -> ClmResult | MlmResult:
     """`model` scored on `data` by its family's protocol with every one of `settings`: context, stride
     (0: the context), max_tokens (0: every target), seed and pseudo_ppl_tokens (mlm-v1)."""
-    expected = PROTOCOL_OF.get(family)
-    if expected is None:
-        raise HarnessError("family-unknown", f"family {family!r} is not gpt or mlm")
+    expected = PROTOCOL_OF[check_family(family)]
     if settings.protocol != expected:
         raise HarnessError("protocol-unknown", f"a {family} model is scored by {expected}, not {settings.protocol!r}")
     max_tokens = settings.max_tokens or None

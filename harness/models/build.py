@@ -13,6 +13,8 @@ takes a value only where the best candidate beats every other by more than the e
 (`CALIBRATION_SIGMAS` standard errors of the mean paired difference, and at least
 `CALIBRATION_FLOOR_NATS`). Where it cannot tell, the layout's default stays (the code students copy),
 marked "calibration (unverified)", with the numbers that could not separate the candidates.
+
+Stays whole (over 500 lines): reading, resolving and building are one ordered rule, checked in one place.
 """
 
 from __future__ import annotations

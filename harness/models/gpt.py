@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.metrics.fused import OutputHead
+
 NORMS = ("pre", "post")
 NORM_TYPES = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "relu2", "silu")
@@ -369,6 +371,23 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, vocab_size]; the evaluator computes its losses itself."""
+        # through the lm_head module: training swaps it for an identity to take the hidden states
+        logits = self.lm_head(self.hidden_states(input_ids))
+        cap = self.config.logit_softcap
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def output_head(self) -> OutputHead:
+        """The output layer as the evaluator's fused path takes it: weight, bias, soft-cap."""
+        return OutputHead(self.lm_head.weight, self.lm_head.bias, self.config.logit_softcap)
+
+    def hidden_and_head(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, OutputHead]:
+        """The final hidden states [B, T, d_model] (after ln_f) and the head that turns them into logits:
+        clm-v1 then runs the head only on the scored positions, chunk by chunk (harness.metrics.fused)."""
+        return self.hidden_states(input_ids), self.output_head()
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         _, T = input_ids.shape
         if cfg.positions != "none" and T > cfg.context:
@@ -388,7 +407,4 @@ class GPT(nn.Module):
             x = block(x, rope)
         if cfg.final_norm:
             x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
-        if cfg.logit_softcap is not None:
-            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-        return logits
+        return x

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from harness.errors import HarnessError
+from harness.metrics.fused import OutputHead
 from harness.models.build import CONFIG, LoadedModel
 
 # Layout names: "transformers-llama" says the path (transformers' class), apart from the layouts that map a
@@ -152,6 +153,7 @@ class HFLogits(nn.Module):
         self.hf = hf
         self.family = family
         self.n_positions = max_positions
+        self._head_matches: bool | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         kwargs: dict[str, Any] = {"input_ids": input_ids, "return_dict": True}
@@ -160,6 +162,39 @@ class HFLogits(nn.Module):
         if self.family == "gpt":
             kwargs["use_cache"] = False
         return self.hf(**kwargs).logits
+
+    def hidden_and_head(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, OutputHead] | None:
+        """A causal class's last hidden states and output layer, for clm-v1's fused head; None where this
+        class's logits are not that head of those states (a logit scale, a projection after the base model):
+        checked once, on the first call's first few tokens, against the class's own forward."""
+        if self.family != "gpt":
+            return None
+        if self._head_matches is None:
+            self._head_matches = self._check_head(input_ids[:1, :8])
+        if not self._head_matches:
+            return None
+        return self._hidden(input_ids), self._head()
+
+    def _hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.hf.base_model(input_ids=input_ids, use_cache=False, return_dict=True).last_hidden_state
+
+    def _head(self) -> OutputHead:
+        out = self.hf.get_output_embeddings()
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)  # Gemma 2 and 3
+        return OutputHead(out.weight, getattr(out, "bias", None), float(cap) if cap else None)
+
+    def _check_head(self, probe: torch.Tensor) -> bool:
+        try:
+            if not isinstance(self.hf.get_output_embeddings(), nn.Linear) or self.hf.base_model is self.hf:
+                return False
+            with torch.inference_mode():
+                expected = self.forward(probe)
+                got = self._head().logits(self._hidden(probe))
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            return False
+        if got.shape != expected.shape or not bool(torch.isfinite(expected).all()):
+            return False
+        return bool(((got - expected).abs().max() <= 1e-6 * expected.abs().max().clamp(min=1.0)).item())
 
 
 @dataclass

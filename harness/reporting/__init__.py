@@ -1,1 +1,2 @@
-"""Reporting: results.json rendered as PDFs, figures and training curves, gradebook exports."""
+"""Reporting: results.json rendered as PDFs, figures and training curves, gradebook exports, and the
+leaderboard page."""

@@ -4,33 +4,20 @@ findings counted, failures, similar weights (grader's copy). `class_context` is 
 
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
 
 from harness import __version__
+from harness.families import FAMILIES
 from harness.grading.findings import CATALOGUE
 from harness.grading.results import ClassResults, as_class_results
 from harness.intake.claims import Claims
 from harness.reporting import figures as figs
 from harness.reporting.format import DASH, finite, fmt_int, fmt_loss, fmt_num, fmt_points, fmt_points_column, fmt_ppl
+from harness.reporting.leaderboard import FAMILIES, standings
 from harness.reporting.pdf import created, figure, page, render_html, write_pdf
 from harness.reporting.views import (SEVERITY_ORDER, claimed_train_loss, claimed_val_loss, family, findings,
                                      fingerprints, manifest_text, reference, same_as_default_course)
-
-
-def _rank(rows: list[dict]) -> None:
-    """Competition ranking (1, 1, 3) of graded rows by score, then perplexity (or bits per byte, where the
-    class's tokenizers differ); errors unranked."""
-    prev, rank = None, 0
-    for i, r in enumerate(rows):
-        if r["status"] != "graded":
-            r["rank"] = DASH
-            continue
-        key = (r["_score"], r["_ppl"])
-        if key != prev:
-            rank, prev = i + 1, key
-        r["rank"] = str(rank)
 
 
 def class_context(results: ClassResults | dict, *, grader: bool = True) -> dict:
@@ -39,29 +26,32 @@ def class_context(results: ClassResults | dict, *, grader: bool = True) -> dict:
     mx = next((s.score.max for s in subs if finite(s.score.max)), 100.0)
     rows = []
     by_bpb = results.rank_metric == "bits_per_byte"  # per-token numbers of different tokenizers
+    # the leaderboard's order: the course's chosen metric on the public split, causal LMs and MLMs apart
+    places = {p.id: p for p in standings(results)}
+    order = [f for f, _ in FAMILIES]
     for s in subs:
         m = s.metrics
         ppl, loss, bpb = (m.ppl, m.loss, m.bits_per_byte) if m else (None, None, None)
         score = s.score.total
-        tie = bpb if by_bpb else ppl
         graded = s.status == "graded" and m is not None
+        place = places[s.id]
         rows.append({"id": s.id, "student": s.student or DASH,
                      "status": "graded" if graded else "error",
                      "score": fmt_points(score), "ppl": fmt_ppl(ppl), "loss": fmt_loss(loss), "bpb": fmt_loss(bpb),
                      "private_ppl": fmt_ppl(s.private.metrics.ppl if s.private and s.private.metrics else None),
                      "family": family(s), "findings": findings(s, grader), "_total": score,
-                     "_score": -(score if finite(score) else -1),
-                     "_ppl": tie if finite(tie) else math.inf})
-    rows.sort(key=lambda r: (r["status"] != "graded", r["_score"], r["_ppl"], str(r["id"])))
+                     "rank": str(place.rank) if place.rank is not None else DASH,
+                     "_key": (place.rank is None, not graded, order.index(place.family), place.rank or 0,
+                              -(score if finite(score) else -1), s.id)})
+    rows.sort(key=lambda r: r["_key"])
     for r, text in zip(rows, fmt_points_column([r["_total"] for r in rows])):
         r["score"] = text
-    _rank(rows)
 
     graded = [s for s in subs if s.status == "graded" and s.metrics is not None]
     scores = [s.score.total for s in subs if finite(s.score.total)]
     ppls = [s.metrics.ppl for s in graded if finite(s.metrics.ppl)]
     # the figures draw plain values
-    refs = [{"family": f, **r.to_json()} for f in ("gpt", "mlm") if (r := getattr(results.reference, f))]
+    refs = [{"family": f, **r.to_json()} for f in FAMILIES if (r := getattr(results.reference, f))]
     main_ref = next((r for r in refs if r["family"] == "gpt"), refs[0] if refs else None)
     stats = [
         (str(len(subs)), "submissions"),

@@ -5,7 +5,8 @@
   written, so an import can change nothing else; a roster row without a graded submission keeps the
   value it had, so an import never erases a grade.
 - **Gradescope**: `results.json` in the autograder format, one test per rubric criterion, so a
-  Gradescope `run_autograder` can call `harness check ... --gradescope PATH`.
+  Gradescope `run_autograder` can call `harness check ... --gradescope PATH`; a ranked submission also
+  carries its `leaderboard` entries (`harness.reporting.leaderboard`).
 
 Both are pure functions of `results.json`'s values (a `ClassResults`, or the file's dict: no clock, no file
 system) and give identical text for identical inputs; the writers at the bottom are what the CLI calls.
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.course.config import LeaderboardSettings
 from harness.errors import HarnessError
 from harness.files import pretty_json, write_atomic
 from harness.grading.results import (ClassResults, Score, SubmissionResult, as_class_results,
                                      as_submission_result)
 from harness.intake.submission import safe_id
+from harness.reporting.leaderboard import gradescope_entries
 
 # --- Canvas --------------------------------------------------------------------------------------
 
@@ -320,17 +323,21 @@ def _summary(s: SubmissionResult, reference_ppl: float | None) -> str:
     return "\n".join(lines)
 
 
-def gradescope_results(submission_result: SubmissionResult | dict[str, Any],
-                       reference_ppl: float | None = None) -> dict[str, Any]:
-    """One submission of results.json in Gradescope's autograder format: one test per rubric criterion.
+def gradescope_results(submission_result: SubmissionResult | dict[str, Any], reference_ppl: float | None = None,
+                       leaderboard: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One submission of results.json in Gradescope's autograder format: one test per rubric criterion,
+    and the `leaderboard` entries where there are any.
 
     An errored submission is scored by its rubric like any other (it earns what it earns), with the error
     in the output. Grader-only findings (similar weights) never reach the student."""
     s = as_submission_result(submission_result)
     tests = [{"name": c.name, "score": c.points, "max_score": c.max, "output": c.why,
               "visibility": "visible"} for c in s.score.criteria]
-    return {"score": s.score.total, "output": _summary(s, reference_ppl),
-            "tests": tests, "visibility": "visible", "stdout_visibility": "hidden"}
+    out = {"score": s.score.total, "output": _summary(s, reference_ppl),
+           "tests": tests, "visibility": "visible", "stdout_visibility": "hidden"}
+    if leaderboard:
+        out["leaderboard"] = leaderboard
+    return out
 
 
 def reference_ppl(results: ClassResults, submission_result: SubmissionResult) -> float | None:
@@ -338,17 +345,21 @@ def reference_ppl(results: ClassResults, submission_result: SubmissionResult) ->
     return ref.ppl if ref is not None else None
 
 
-def write_gradescope(results: ClassResults | dict[str, Any], submission_id: str, path: Path) -> Path:
+def write_gradescope(results: ClassResults | dict[str, Any], submission_id: str, path: Path,
+                     settings: LeaderboardSettings = LeaderboardSettings()) -> Path:
     results = as_class_results(results)
     s = results.submission(submission_id)
     if s is None:
         raise HarnessError("submission-unknown", f"results hold no submission {submission_id!r}")
-    return write_atomic(path, pretty_json(gradescope_results(s, reference_ppl(results, s))))
+    entries = gradescope_entries(results, submission_id, settings)
+    return write_atomic(path, pretty_json(gradescope_results(s, reference_ppl(results, s), entries)))
 
 
-def write_gradescope_all(results: ClassResults | dict[str, Any], out: Path) -> list[Path]:
+def write_gradescope_all(results: ClassResults | dict[str, Any], out: Path,
+                         settings: LeaderboardSettings = LeaderboardSettings()) -> list[Path]:
     """OUT/gradescope/<id>/results.json for every submission."""
     results = as_class_results(results)
     # ids of `harness grade` are file-name safe already; this keeps a stray "." or "/" from leaving OUT
     safe = {s.id: safe_id(s.id) for s in results.submissions}
-    return [write_gradescope(results, sid, out / "gradescope" / name / "results.json") for sid, name in safe.items()]
+    return [write_gradescope(results, sid, out / "gradescope" / name / "results.json", settings)
+            for sid, name in safe.items()]

@@ -22,6 +22,7 @@ matplotlib.use("svg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from harness.families import FAMILIES, FAMILY_LABELS  # noqa: E402
 from harness.reporting.curves import SMOOTH_FROM, _smooth  # noqa: E402  (the reference plots' moving mean)
 
 # A4 with 18 mm side margins leaves 174 mm; figures are drawn a little narrower than that.
@@ -409,7 +410,8 @@ def params_and_claims(points: Sequence[dict], reference: Sequence[dict], toleran
     fig, (a, b) = _figure(2, height=3.3)
     label = len(points) <= 24
     pp = [p for p in points if p.get("params") and p.get("ppl")]
-    for fam, marker, name in (("gpt", "o", "causal LM"), ("mlm", "^", "masked LM")):
+    for fam, marker in zip(FAMILIES, ("o", "^")):
+        name = FAMILY_LABELS[fam]
         ok = [p for p in pp if p.get("family", "gpt") == fam and not p.get("invalid")]
         bad = [p for p in pp if p.get("family", "gpt") == fam and p.get("invalid")]
         if ok:
@@ -421,7 +423,7 @@ def params_and_claims(points: Sequence[dict], reference: Sequence[dict], toleran
     for r in reference:
         if r.get("params") and r.get("ppl"):
             a.plot(r["params"], r["ppl"], "*", color=RECOMPUTED, markersize=10, linestyle="none",
-                   label=f"reference ({'masked LM' if r.get('family') == 'mlm' else 'causal LM'})" if len(reference) > 1
+                   label=f"reference ({FAMILY_LABELS[r.get('family') or 'gpt']})" if len(reference) > 1
                    else "reference")
     xs = [p["params"] for p in pp] + [r["params"] for r in reference if r.get("params") and r.get("ppl")]
     ys = [p["ppl"] for p in pp] + [r["ppl"] for r in reference if r.get("params") and r.get("ppl")]

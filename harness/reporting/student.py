@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
+from harness.families import FAMILY_LABELS, FAMILY_STYLES
 from harness.grading.findings import CATALOGUE
 from harness.grading.results import (CheckpointInfo, ClassResults, Metrics, ModelInfo, SubmissionResult,
                                      as_class_results)
@@ -94,7 +95,7 @@ def _architecture(results: ClassResults, sub: SubmissionResult, course: Any, cod
     if reqs is None:
         note = "The course's requirements are not recorded in these results, so they are not shown."
     else:
-        note = f"Family: {'masked LM (BERT-style)' if fam == 'mlm' else 'causal LM (GPT-style)'}."
+        note = f"Family: {FAMILY_LABELS[fam]} ({FAMILY_STYLES[fam]})."
     return {"rows": rows, "note": note, "unverified": _unverified(model)}
 
 
@@ -310,7 +311,7 @@ def student_context(results: ClassResults | dict, submission_id: str, *, grader:
     ck = sub.checkpoint or CheckpointInfo()
     student, sid = str(sub.student or sub.id), str(sub.id)
     meta = [f"submission {sid}",
-            "masked LM" if fam == "mlm" else "causal LM",
+            FAMILY_LABELS[fam],
             f"checkpoint {Path(ck.path).name}" if ck.path else "no checkpoint",
             created(results.generated)]
     header = f"{student} · {sid}" if student != sid else sid

@@ -39,6 +39,7 @@ def main() -> None:
     from safetensors.torch import load as st_load
 
     from harness.sandbox import student_class as sc
+    from harness.sandbox.describe import describe
     from harness.sandbox.notebook_class import not_run_hint
     from harness.sandbox.run import _read_frame, _write_frame
 
@@ -67,7 +68,7 @@ def main() -> None:
                 stage = "running"
                 n_outputs = int(caller.logits(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
                 try:
-                    arch = sc.describe(model, n_outputs, account, module)
+                    arch = describe(model, n_outputs, account, module)
                 except Exception as e:  # noqa: BLE001 — a description is never worth failing the model over
                     arch = {}
                     caller.notes.append(f"the architecture could not be read from the module ({type(e).__name__})")

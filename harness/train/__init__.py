@@ -14,13 +14,14 @@ What makes a run trustworthy:
 Budgets (`max_steps`, `max_tokens`: positions in the run; `max_minutes`: this call) stop a run cleanly
 without changing its learning-rate schedule; calling again with a larger budget continues the same run.
 
-Public API: `train_reference`, `sweep`, `load_config`, `parse_grid`, `torchrun_command`; `python -m harness.train`
-is the same as a script (what torchrun starts).
+Public API: `train_reference`, `sweep`, `load_config`, `parse_grid`, `torchrun_command`, `train_distributed`;
+`python -m harness.train` is the same as a script (what torchrun starts).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from harness.train.config import REFERENCE, TrainConfig, allowed_keys, load_config, parse_grid
 from harness.train.data import wordpiece_vocabulary
@@ -36,6 +37,20 @@ def torchrun_command(nproc: int, family: str, args: list[str]) -> list[str]:
             "-m", "harness.train", family, *args]
 
 
+def train_distributed(nproc: int, family: str, config: Path | None = None, overrides: list[str] | None = None,
+                      out: Path | None = None, *, course: Path | None = None, max_steps: int | None = None,
+                      max_tokens: int | None = None, max_minutes: float | None = None, fresh: bool = False) -> int:
+    """`train_reference` with `nproc` processes on this machine (torchrun, DDP); the run's exit code.
+    Its summary is the JSON line rank 0 prints."""
+    import subprocess
+
+    args = [a for k, v in (("--config", config), ("--out", out), ("--course", course), ("--max-steps", max_steps),
+                           ("--max-tokens", max_tokens), ("--max-minutes", max_minutes)) if v is not None
+            for a in (k, str(v))]
+    args += [a for o in overrides or () for a in ("--set", o)] + (["--no-resume"] if fresh else [])
+    return subprocess.call(torchrun_command(nproc, family, args))
+
+
 __all__ = ["REFERENCE", "TrainConfig", "allowed_keys", "load_config", "parse_grid", "train_reference",
-           "TrainResult", "sweep", "SweepResult", "torchrun_command", "wordpiece_vocabulary", "LinearCrossEntropy",
+           "TrainResult", "sweep", "SweepResult", "torchrun_command", "train_distributed", "wordpiece_vocabulary", "LinearCrossEntropy",
            "Objective"]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.families import FAMILIES
-from harness.train.run import dist_env, finite, train_reference
+from harness.metrics.common import plain
+from harness.train.run import dist_env, train_reference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.message}", file=sys.stderr)
         return e.exit_code
     if dist_env()[0] == 0:
-        print(json.dumps(finite(r.to_dict()), sort_keys=True))
+        print(json.dumps(plain(r.to_dict()), sort_keys=True))
     return 0
 
 

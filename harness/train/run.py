@@ -24,6 +24,7 @@ import torch.nn as nn
 from harness import __version__
 from harness.errors import HarnessError
 from harness.files import fingerprint, sha256_file, write_atomic, write_json
+from harness.metrics.common import plain
 from harness.train.config import load_config, schedule, seed_of
 from harness.train.data import Batches, prepare_data
 from harness.train.objective import Objective, build_model, make_optimizer
@@ -457,20 +458,10 @@ class _Run:
                           "uniform_loss": result.uniform_loss},
             "checkpoint_sha256": sha256_file(d / "model.safetensors"), "files": files,
         }
-        write_json(d / RUN_FILE, finite(manifest))
+        write_json(d / RUN_FILE, plain(manifest))
         if self.device.type != "cpu":
             self.model.to(self.device)
 
 
 def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
-
-
-def finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
