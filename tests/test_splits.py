@@ -346,7 +346,7 @@ def test_check_shows_the_public_split_only(graded, run_cli_module):
     written = proc.stdout + "".join(p.read_text() for p in out.rglob("*.json"))
     assert repr(private_loss) not in written and '"test"' not in written
     why = {c["name"]: c["why"] for c in s["score"]["criteria"]}["Held-out perplexity"]
-    assert why.startswith("public split (validation) here:") and "only the grader runs" in why
+    assert why.startswith("public split (validation):") and "where `harness grade` scores it" in why
     from pypdf import PdfReader
 
     pdf = " ".join(" ".join(p.extract_text() or "" for p in PdfReader(str(out / "contaminated.pdf")).pages).split())

@@ -301,10 +301,9 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
         freeze(source, course.clm.tokenizer)
     except HarnessError:
         pass
-    private = opts.private and course.data_private is not None
-    if private and course.data_private not in source.splits:
-        raise HarnessError("course-invalid", f"the course's private split {course.data_private!r} is not in "
-                           f"{source.name} (it has {', '.join(source.splits)}); set [data] private = \"none\"")
+    # data without the private split (a path of one text, the default course's source replaced) is graded on
+    # its public split alone: results.json's data.private_split says none was, the rubric's why says so
+    private = opts.private and course.data_private is not None and course.data_private in source.splits
     basis = measurement_basis(course, source_sha256=source.sha256, split_rule=source.split_rule, private=private)
 
     measured: dict[str, Measurement] = {}

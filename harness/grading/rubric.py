@@ -145,8 +145,8 @@ def _perplexity_of_split(c: Criterion, ev: Evaluation, findings: list[Finding], 
                                private_ref.get("ppl") if private_ref else None, ref)
         return pts, f"private split ({ev.private_metrics.get('split', 'held out')}): {why}"
     pts, why = _perplexity(c, ev, findings, reference_ppl, reference)
-    return pts, (f"public split ({ev.metrics.get('split', 'validation')}) here: {why}; the grade scores the private "
-                 "split, which only the grader runs")
+    return pts, (f"public split ({ev.metrics.get('split', 'validation')}): {why} (the private split counts where "
+                 "`harness grade` scores it, on data that has one)")
 
 
 def _architecture(c: Criterion, ev: Evaluation, findings: list[Finding], course: Course | None) -> tuple[float, str]:
