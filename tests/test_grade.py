@@ -156,6 +156,22 @@ def test_every_unigram_baseline_counts_the_train_split(graded):
     assert {m["unigram_source"] for m in metrics.values()} == {"train"}
 
 
+def test_every_graded_model_writes_its_samples(graded):
+    """The course's prompts continued by every kind of causal model (a layout, Hugging Face, custom code in
+    its sandbox), and the masked LM's fill-ins, in results.json."""
+    subs = {s["id"]: s for s in graded["results"]["submissions"]}
+    for sid in ("s001_pre_ln", "nanogpt_clean", "hf_gpt2_clean", "custom_code"):
+        samples = subs[sid]["samples"]
+        assert samples["kind"] == "continuations" and len(samples["continuations"]) == 3, sid
+        assert all(c["error"] is None for c in samples["continuations"]), sid
+        assert sum(c["greedy_tokens"] + c["sampled_tokens"] for c in samples["continuations"]) > 0, sid
+        assert samples["settings"]["max_new_tokens"] == 40 and samples["settings"]["seed"] == 1234
+    bert = subs["s004_bert"]["samples"]
+    assert bert["kind"] == "fill-ins" and len(bert["fill_ins"]) == 3
+    assert all(len(mask) == 5 for f in bert["fill_ins"] for mask in f["masks"])
+    assert subs["broken_file"].get("samples") is None
+
+
 def test_calibration_stops_once_a_candidate_clearly_wins(graded):
     """The seeds' layouts needing calibration decide as they did on all 1,024 calibration targets (the values
     below), on fewer: the candidates' losses part by far more than 3 standard errors early; the measurement

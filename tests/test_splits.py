@@ -389,7 +389,8 @@ def test_the_measurement_key_follows_what_measures_and_nothing_else():
         assert same != text and key(same) == base
     for other in (text.replace("context = 64 ", "context = 32 "), text.replace('private = "test"', 'private = "validation"').replace('public = "validation"', 'public = "test"'),
                   text.replace("calibration_tokens = 4096    #", "calibration_tokens = 1024    #"),
-                  text.replace('tokenizer = "gpt2"', 'tokenizer = "char:vocab.txt"')):
+                  text.replace('tokenizer = "gpt2"', 'tokenizer = "char:vocab.txt"'),
+                  text.replace("max_new_tokens = 40 ", "max_new_tokens = 20 ")):
         assert other != text and key(other) != base
     assert key(text, private=False) != base  # `harness check` never takes a grader's entry, nor the other way
     assert measurement_key("files", measurement_basis(parse_course(text), source_sha256="t", split_rule="r")) != base

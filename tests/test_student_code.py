@@ -1079,16 +1079,17 @@ def graded(tmp_path_factory):
     course = load_course(root / "course.toml")
     tok = get_tokenizer(f"char:{root / 'vocab.txt'}")
     split = freeze(load_source(str(root / "data.txt")), tok).split("validation")
-    own, measured = {}, []
+    own, measured, forwards = {}, [], {}
     for sid, build in SUBMISSIONS.items():
         folder = root / "class" / sid
         folder.mkdir(parents=True)
-        forward = build(folder)
+        forward = forwards[sid] = build(folder)
         own[sid] = evaluate_clm(OwnForward(forward, V), split, tok, context=CONTEXT).loss
         measured.append(measure(Job(id=sid, paths=[str(folder)], course_path=str(root / "course.toml"))))
     report = assemble(course, measured, References(), root / "cache", []).to_json()
     return {"own": own, "results": {m.id: m.to_json() for m in measured},
-            "graded": {s["id"]: s for s in report["submissions"]}}
+            "graded": {s["id"]: s for s in report["submissions"]}, "forwards": forwards, "course": course,
+            "tokenizer": tok}
 
 
 def _criterion(sub: dict, kind_name: str) -> dict:
@@ -1106,6 +1107,21 @@ def test_student_code_is_graded_through_the_sandbox_to_its_own_loss(graded, sid)
     assert r["checkpoint"]["layout"] == "custom-code"
     assert r["metrics"]["loss"] == pytest.approx(graded["own"][sid], rel=1e-6)
     assert r["causal"]["ok"]
+
+
+@pytest.mark.slow  # seven submissions graded end to end: a reader and a sandbox process each
+@pytest.mark.parametrize("sid", ["nanogpt", "cs336"])
+def test_student_code_writes_its_samples_through_the_sandbox(graded, sid):
+    """The course's prompts continued by the sandboxed code (cs336's forward runs one window at a time) are
+    the continuations its own forward writes in this process, and reach the graded result."""
+    from harness.metrics.samples import continue_prompts
+
+    course = graded["course"]
+    own = continue_prompts(OwnForward(graded["forwards"][sid], V), graded["tokenizer"], course.samples,
+                           context=CONTEXT).to_dict()
+    got = graded["results"][sid]["samples"]
+    assert got == own and graded["graded"][sid]["samples"] == own
+    assert any(c["greedy_tokens"] == course.samples.max_new_tokens for c in got["continuations"])
 
 
 EXPECTED_ARCH = {

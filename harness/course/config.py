@@ -53,6 +53,22 @@ class Tolerances:
     validation_gap_nats: float = 0.05
 
 
+MASK_MARKER = "[MASK]"  # where a [samples] masked sentence hides a token (any tokenizer's mask token)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """What the model writes (harness.metrics.samples): each causal model continues each prompt greedily and
+    by seeded sampling; each masked LM fills in each MASK_MARKER of each masked sentence."""
+    prompts: tuple[str, ...] = ()
+    max_new_tokens: int = 40
+    temperature: float = 0.8
+    top_k: int = 40  # 0: the whole vocabulary
+    seed: int = 1234
+    masked: tuple[str, ...] = ()
+    top: int = 5  # fill-ins shown per masked position
+
+
 @dataclass(frozen=True)
 class Criterion:
     name: str
@@ -101,6 +117,7 @@ class Course:
     references: dict[str, str]
     rubric: tuple[Criterion, ...]
     data_private: str | None = None  # the private split only `harness grade` scores; None: none
+    samples: SampleSettings = SampleSettings()
     deadline: Deadline | None = None  # no [deadline]: lateness is not graded
     base_dir: Path = field(default=Path("."), compare=False)
     origin: str = field(default="<packaged default>", compare=False)
@@ -115,6 +132,8 @@ class Course:
         d["rubric"] = [asdict(c) for c in self.rubric]
         if self.deadline is None:  # courses without one keep the fingerprint they had
             d.pop("deadline")
+        if not self.samples.prompts and not self.samples.masked:  # no [samples]: nothing written, as before
+            d.pop("samples")
         return d
 
     @property
@@ -245,6 +264,32 @@ def _splits(data: _Reader, source: str) -> tuple[str, str | None]:
         raise HarnessError("course-invalid", f"data.private = {private!r} is the public split too; name another split "
                            f"or \"{NO_SPLIT}\"")
     return public, None if private == NO_SPLIT else private
+
+
+def _samples(table: dict) -> SampleSettings:
+    r = _Reader("samples", table, tuple(SampleSettings.__dataclass_fields__))
+
+    def texts(key: str) -> tuple[str, ...]:
+        value = r.get(key, list, [])
+        if not all(isinstance(t, str) and t.strip() for t in value):
+            raise HarnessError("course-invalid", f"samples.{key} must be a list of non-empty strings")
+        return tuple(value)
+
+    masked = texts("masked")
+    for sentence in masked:
+        if MASK_MARKER not in sentence:
+            raise HarnessError("course-invalid", f"samples.masked sentence {sentence!r} has no {MASK_MARKER}")
+    temperature = float(r.get("temperature", (int, float), 0.8))
+    if not 0 < temperature <= 100:
+        raise HarnessError("course-invalid", f"samples.temperature must be > 0 (and at most 100), not {temperature}")
+    samples = SampleSettings(prompts=texts("prompts"), max_new_tokens=r.positive("max_new_tokens", 40),
+                             temperature=temperature, top_k=r.positive("top_k", 40, zero_ok=True),
+                             seed=r.get("seed", int, 1234), masked=masked, top=r.positive("top", 5))
+    if samples.max_new_tokens > 1024:
+        raise HarnessError("course-invalid", f"samples.max_new_tokens must be at most 1024, not {samples.max_new_tokens}")
+    return samples
+
+
 def _deadline(table: dict | None) -> Deadline | None:
     if table is None:
         return None
@@ -274,7 +319,8 @@ def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<strin
     except tomllib.TOMLDecodeError as e:
         raise HarnessError("course-invalid", f"{origin} is not valid TOML ({e})") from None
     top = _Reader("", raw, ("course", "data", "eval", "requirements", "tolerances", "reference", "rubric",
-                            "deadline", "leaderboard"))
+                                 "samples", "deadline",
+                                 "leaderboard"))
     course = _Reader("course", top.get("course", dict, {}), ("name", "id"))
     data = _Reader("data", top.get("data", dict, {}), ("source", "split", "public", "private"))
     ev = _Reader("eval", top.get("eval", dict, {}), ("clm", "mlm"))
@@ -303,6 +349,7 @@ def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<strin
         tolerances=tolerances,
         references={f: ref.get(f, str, f"reference_model/{f}") for f in FAMILIES},
         rubric=rubric,
+        samples=_samples(top.get("samples", dict, {})),
         deadline=_deadline(top.get("deadline", dict, None)),
         base_dir=base_dir,
         origin=origin,

@@ -207,6 +207,7 @@ def assemble(course: Course, measured: list[Measurement], reference: References,
             metrics=m.metrics, claims=m.claims, causal=m.causal, tokenizer=m.tokenizer, findings=fs, score=sc,
             similar_to=similar, data=m.data, warnings=m.warnings, device=m.device, report_file=m.report_file,
             private=m.private, split_gap=gap.to_dict() if gap is not None else None,
+            samples=m.samples,
             # only with a [deadline]: results of courses without one stay as they were
             submitted=Submitted(**submitted.to_dict()) if course.deadline is not None else None))
     dates = sorted(m.measured_on or "" for m in measured)

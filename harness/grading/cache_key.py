@@ -2,7 +2,7 @@
 
 A measurement (`harness.grading.measure`) changes with the submission's files, the data (the source's
 fingerprint, its split rule, which splits are scored), the tokenizers, the protocols and their parameters,
-calibration, whether custom code ran outside the sandbox, and the code that measures. It does not change with
+calibration, the `[samples]` the model writes from, whether custom code ran outside the sandbox, and the code that measures. It does not change with
 the rubric, the tolerances, the requirements, the course's name, deadlines or overrides: those are applied
 to the cached measurements on every run (`harness.grading.batch.assemble`), so a changed weight re-scores a
 class without evaluating one model.
@@ -52,7 +52,8 @@ def measuring_course(course: Course, *, source_sha256: str | None, split_rule: s
     too (`harness grade`; never `harness check`)."""
     basis: dict[str, Any] = {"source": course.data_source, "source_sha256": source_sha256, "split_rule": split_rule,
                              "public": course.data_split, "private": course.data_private if private else None,
-                             "clm": asdict(course.clm), "mlm": asdict(course.mlm)}
+                             "clm": asdict(course.clm), "mlm": asdict(course.mlm),
+                             "samples": asdict(course.samples)}  # what the model writes is measured too
     for family, settings in (("clm", course.clm), ("mlm", course.mlm)):
         path = course.resolve(settings.tokenizer)
         if path.exists():  # a tokenizer file or folder beside the course: its contents, not its name

@@ -29,7 +29,7 @@ from harness.course.config import Course, load_course
 from harness.errors import HarnessError
 from harness.files import sha256_files, write_json
 from harness.grading.results import (CausalCheck, CheckpointInfo, DataInfo, ErrorInfo, Measurement, Metrics,
-                                     ModelInfo, TokenizerInfo)
+                                     ModelInfo, SamplesInfo, TokenizerInfo)
 
 if TYPE_CHECKING:
     from harness.course.data import FrozenData, TokenizedSplit
@@ -352,6 +352,11 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
     from harness.grading.private import measure_private
 
     measure_private(job, course, family, model, frozen, tokenizer, train, source, r, result)
+
+    from harness.metrics.samples import measured_samples
+
+    samples = measured_samples(model, tokenizer, family, course)
+    result.samples = SamplesInfo.from_json(samples) if samples is not None else None
     if custom is not None:
         custom.finish(result)
 

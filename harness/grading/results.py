@@ -287,6 +287,48 @@ class PrivateSplit(Record):
 
 
 @dataclass
+class ContinuationInfo(Record):
+    """A prompt continued (`harness.metrics.samples.Continuation`): the new text only, greedy and sampled."""
+
+    prompt: str = ""
+    greedy: str = ""
+    sampled: str = ""
+    greedy_tokens: int = 0
+    sampled_tokens: int = 0
+    greedy_ended: bool = False  # the model wrote end-of-text
+    sampled_ended: bool = False
+    prompt_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class FillInInfo(Record):
+    token: str = ""
+    id: int = 0
+    probability: float = 0.0
+
+
+@dataclass
+class MaskedSentenceInfo(Record):
+    sentence: str = ""
+    masks: list[list[FillInInfo]] = field(default_factory=list)  # per [MASK], best first
+    error: str | None = None
+
+
+@dataclass
+class SamplesInfo(Record):
+    """What the model writes (`harness.metrics.samples`): continuations of the course's prompts (causal
+    LMs) or fill-ins of its masked sentences (masked LMs); `error` where the model failed while writing."""
+
+    kind: str | None = None  # "continuations" | "fill-ins"
+    settings: dict[str, Any] = field(default_factory=dict)
+    continuations: list[ContinuationInfo] = field(default_factory=list)
+    fill_ins: list[MaskedSentenceInfo] = field(default_factory=list)
+    version: str | None = None
+    error: ErrorInfo | None = omitted_when_none()
+
+
+@dataclass
 class Measurement(Record):
     """Everything one worker measured about one submission (`harness.grading.measure`); errors of the
     submission are part of it (`error`), never exceptions. The cache keeps one per submission."""
@@ -314,6 +356,7 @@ class Measurement(Record):
     vocab_mismatch: str | None = omitted_when_none()
     signature_key: str | None = omitted_when_none()  # submissions sharing it have comparable weights
     cache_key: str | None = omitted_when_none()
+    samples: SamplesInfo | None = omitted_when_none()
     # what calibration took (rounds, candidates, targets, stopped_early, seconds): kept with the cached
     # measurement, never in results.json (its seconds differ from run to run)
     calibration_cost: dict[str, Any] | None = omitted_when_none()
@@ -378,6 +421,7 @@ class SubmissionResult(Record):
     report_file: str | None = None  # the student's report, relative to the submission
     private: PrivateSplit | None = omitted_when_none()  # `harness grade` only
     split_gap: dict[str, Any] | None = omitted_when_none()  # harness.grading.contamination.SplitGap.to_dict()
+    samples: SamplesInfo | None = omitted_when_none()  # what the model writes
     submitted: Submitted | None = omitted_when_none()  # only where the course has a [deadline]
 
 

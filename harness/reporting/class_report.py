@@ -14,7 +14,7 @@ from harness.grading.results import ClassResults, as_class_results
 from harness.intake.claims import Claims
 from harness.reporting import figures as figs
 from harness.reporting.format import DASH, finite, fmt_int, fmt_loss, fmt_num, fmt_points, fmt_points_column, fmt_ppl
-from harness.reporting.leaderboard import FAMILIES, standings
+from harness.reporting.leaderboard import standings
 from harness.reporting.pdf import created, figure, page, render_html, write_pdf
 from harness.reporting.views import (SEVERITY_ORDER, claimed_train_loss, claimed_val_loss, family, findings,
                                      fingerprints, manifest_text, reference, same_as_default_course)
@@ -28,7 +28,7 @@ def class_context(results: ClassResults | dict, *, grader: bool = True) -> dict:
     by_bpb = results.rank_metric == "bits_per_byte"  # per-token numbers of different tokenizers
     # the leaderboard's order: the course's chosen metric on the public split, causal LMs and MLMs apart
     places = {p.id: p for p in standings(results)}
-    order = [f for f, _ in FAMILIES]
+    order = list(FAMILIES)
     for s in subs:
         m = s.metrics
         ppl, loss, bpb = (m.ppl, m.loss, m.bits_per_byte) if m else (None, None, None)

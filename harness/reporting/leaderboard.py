@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.course.config import LeaderboardSettings
+from harness.families import FAMILIES
 from harness.files import write_atomic
 from harness.grading.results import ClassResults, SubmissionResult, as_class_results
 
 LABELS = {"ppl": "Perplexity", "bits_per_byte": "Bits per byte"}
-FAMILIES = (("gpt", "Causal language models"), ("mlm", "Masked language models"))
+SECTION_TITLES = {"gpt": "Causal language models", "mlm": "Masked language models"}  # the page's tables
 
 _ADJECTIVES = ("Agile", "Amber", "Azure", "Bold", "Brave", "Bright", "Brisk", "Calm", "Clever", "Cobalt", "Coral",
                "Crimson", "Dusky", "Eager", "Fleet", "Frosty", "Gentle", "Gilded", "Golden", "Hardy", "Indigo",
@@ -115,7 +116,7 @@ def standings(results: ClassResults | Mapping[str, Any],
     """Every submission's standing: causal LMs, then masked LMs, each best first, the unranked last (by id)."""
     results = as_class_results(results)
     out: list[Standing] = []
-    for family, _ in FAMILIES:
+    for family in FAMILIES:
         metric = family_metric(results, family)
         rows = []
         for sub in results.submissions:
@@ -205,7 +206,8 @@ def leaderboard_context(results: ClassResults | Mapping[str, Any], settings: Lea
     rows = standings(results, settings)
     names = pseudonyms(sorted({r.id for r in rows}), secret=settings.secret, course_id=results.course.id or "")
     tables = []
-    for family, title in FAMILIES:
+    for family in FAMILIES:
+        title = SECTION_TITLES[family]
         mine = [r for r in rows if r.family == family]
         if not mine:
             continue

@@ -22,6 +22,7 @@ from harness.reporting.format import (DASH, exp_or_none, finite, fmt_int, fmt_lo
                                       fmt_ppl, fmt_value)
 from harness.reporting.splits import private_notes, private_rows
 from harness.reporting.pdf import created, figure, page, render_html, write_pdf
+from harness.reporting.samples_view import samples_view
 from harness.reporting.views import (claim_sources, family, find_submission, findings, fingerprints, manifest_text,
                                      reference, same_as_default_course, student_curve)
 from harness.sources import UNESTABLISHED
@@ -333,6 +334,7 @@ def student_context(results: ClassResults | dict, submission_id: str, *, grader:
         "arch": _architecture(results, sub, course, codes),
         "metrics": _metrics(results, sub, codes),
         "curves": _curves(results, sub),
+        "samples": samples_view(sub.samples),
         "findings": shown,
         "similar": similar,
         "provenance": _provenance(results, sub),

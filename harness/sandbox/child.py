@@ -79,7 +79,10 @@ def main() -> None:
                                       "params": int(params), "notes": new})
             elif header["op"] == "logits":
                 ids = torch.from_numpy(np.frombuffer(payload, dtype=np.int64).reshape(header["shape"]).copy())
-                logits = caller.logits(ids).contiguous().numpy()
+                logits = caller.logits(ids)
+                if header.get("last"):  # generation: only each window's next-token row travels back
+                    logits = logits[:, -1:]
+                logits = logits.contiguous().numpy()
                 new, reported = caller.notes[reported:], len(caller.notes)
                 _write_frame(out_fd, {"ok": True, "shape": list(logits.shape), "notes": new}, logits.tobytes())
             else:

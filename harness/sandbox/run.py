@@ -233,14 +233,23 @@ class SandboxedModel:
         return self._n_outputs
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._logits(input_ids, last=False)
+
+    def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, V]: each window's last position only — what generation needs, without sending the rest back."""
+        return self._logits(input_ids, last=True)[:, 0]
+
+    def _logits(self, input_ids: torch.Tensor, *, last: bool) -> torch.Tensor:
         ids = np.ascontiguousarray(input_ids.cpu().numpy().astype(np.int64))
         vocab = self._n_outputs or MAX_VOCAB
-        header, payload = self._call({"op": "logits", "shape": list(ids.shape)}, ids.tobytes(),
-                                     self.limits.call_seconds, "computing logits", max_payload=4 * ids.size * vocab)
+        rows = (ids.shape[0], 1) if last else ids.shape
+        header, payload = self._call({"op": "logits", "shape": list(ids.shape), "last": last}, ids.tobytes(),
+                                     self.limits.call_seconds, "computing logits",
+                                     max_payload=4 * int(np.prod(rows)) * vocab)
         self.notes += [str(n)[:500] for n in header.get("notes") or ()][:20]
         shape = header.get("shape")
         if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and n > 0 for n in shape)
-                and tuple(shape[:2]) == ids.shape and shape[2] <= vocab
+                and tuple(shape[:2]) == rows and shape[2] <= vocab
                 and len(payload) == 4 * int(np.prod(shape, dtype=np.int64))):
             self.close()
             raise HarnessError("model-code-failed", f"the model returned logits of shape {shape!s:.80} for input "
