@@ -51,7 +51,7 @@ def class_context(results: ClassResults | dict, *, grader: bool = True) -> dict:
     scores = [s.score.total for s in subs if finite(s.score.total)]
     ppls = [s.metrics.ppl for s in graded if finite(s.metrics.ppl)]
     # the figures draw plain values
-    refs = [{"family": f, **r.to_json()} for f, _ in FAMILIES if (r := getattr(results.reference, f))]
+    refs = [{"family": f, **r.to_json()} for f in FAMILIES if (r := getattr(results.reference, f))]
     main_ref = next((r for r in refs if r["family"] == "gpt"), refs[0] if refs else None)
     stats = [
         (str(len(subs)), "submissions"),
