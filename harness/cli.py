@@ -180,7 +180,7 @@ def course_show(course: CourseOpt = None, as_json: JsonOpt = False) -> None:
         _print_json({"fingerprint": c.fingerprint, "origin": c.origin, "course": c.to_dict()})
         return
     out.print(_styled(c.name, "bold", f" ({c.origin})"))
-    out.print(f"data       {c.data_source}, split {c.data_split}")
+    out.print(f"data       {c.data_source}, public split {c.data_split}, private split {c.data_private or 'none'}")
     for fam, s in (("clm", c.clm), ("mlm", c.mlm)):
         out.print(f"{fam}        {s.protocol}, tokenizer {s.tokenizer}, context {s.context}, "
                   f"stride {s.stride or 'L'}, max tokens {s.max_tokens or 'all'}")
@@ -216,7 +216,8 @@ def demo(
     out.print(_class_table(r.grading.results))
     ref = r.grading.results.reference.gpt
     if ref is not None:
-        out.print(f"reference GPT (recomputed like a submission): perplexity {ref.ppl:,.1f}")
+        out.print(f"reference GPT (recomputed like a submission): perplexity {ref.ppl:,.1f}"
+                  + (f"; on the private split ({ref.private.split}) {ref.private.ppl:,.1f}" if ref.private else ""))
     out.print(f"{len(r.grading.measured)} evaluated, {len(r.grading.cached)} from the cache; "
               f"wall time {r.timings['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in r.timings.items()
                                                            if k != "total") + ")")
@@ -430,16 +431,19 @@ UnsandboxedOpt = Annotated[bool, typer.Option(
 
 
 def _class_table(results) -> Table:
-    """`results`: a ClassResults."""
-    table = Table("id", "student", "score", "ppl", "loss", "status", "findings", title=results.course.name,
-                  title_justify="left")
-    for col in (2, 3, 4):
+    """`results`: a ClassResults; `harness grade`'s has the private split's perplexity beside the public one's."""
+    private = results.data.private_split
+    table = Table("id", "student", "score", "ppl", *([f"ppl {private}"] if private else []), "loss", "status",
+                  "findings", title=results.course.name, title_justify="left")
+    for col in (2, 3, 4, 5) if private else (2, 3, 4):
         table.columns[col].justify = "right"
     for s in results.submissions:
         ppl, loss = (s.metrics.ppl, s.metrics.loss) if s.metrics else (None, None)
+        pp = s.private.metrics.ppl if s.private and s.private.metrics else None
         codes = ", ".join(f.code for f in s.findings if f.code != "submission-warning")
-        table.add_row(s.id, s.student, f"{s.score.total:g}/{s.score.max:g}",
-                      f"{ppl:,.1f}" if ppl else "—", f"{loss:.3f}" if loss else "—", s.status, codes or "—")
+        table.add_row(s.id, s.student, f"{s.score.total:g}/{s.score.max:g}", f"{ppl:,.1f}" if ppl else "—",
+                      *([f"{pp:,.1f}" if pp else "—"] if private else []), f"{loss:.3f}" if loss else "—",
+                      s.status, codes or "—")
     return table
 
 
@@ -541,7 +545,8 @@ def grade(
             err.print(line, highlight=False)
         return
     out.print(_class_table(outcome.results))
-    out.print(f"{len(outcome.measured)} evaluated, {len(outcome.cached)} from the cache")
+    out.print(f"{len(outcome.measured)} evaluated, {len(outcome.cached)} from the cache"
+              + ("; re-scored" if outcome.rescored and not outcome.measured else ""))
     out.print(f"results  {out_dir / 'results.json'}")
     out.print(f"grades   {out_dir / 'grades.csv'}")
     if reports:

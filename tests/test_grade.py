@@ -188,3 +188,12 @@ def test_calibration_stops_once_a_candidate_clearly_wins(graded):
         # results.json says what it cost, without the seconds (they differ from run to run)
         shown = next(s for s in graded["results"]["submissions"] if s["id"] == sid)["model"]["calibration_work"]
         assert shown == {k: v for k, v in cost.items() if k != "seconds"}, sid
+
+
+def test_no_example_model_is_found_trained_on_validation(graded):
+    """Issue #17: the example class trains on the train split only, so the private split finds none of it."""
+    subs = {s["id"]: s for s in graded["results"]["submissions"]}
+    assert graded["results"]["data"]["private_split"] == "test"
+    gaps = {sid: s["split_gap"] for sid, s in subs.items() if s["status"] == "graded" and s.get("split_gap")}
+    assert {"nanogpt_clean", "hf_gpt2_clean", "s001_pre_ln"} <= set(gaps)
+    assert not [sid for sid, s in subs.items() if "trained-on-validation" in {f["code"] for f in s["findings"]}]

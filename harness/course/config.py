@@ -23,6 +23,10 @@ REQUIREMENT_KEYS = ("n_layers", "d_model", "n_heads", "context", "d_ff", "params
 # what the perplexity criterion compares with the reference's: perplexity, bits per byte (comparable across
 # tokenizers), or auto: perplexity where the submission's tokenizer is the reference's, bits per byte where not
 PERPLEXITY_METRICS = ("auto", "ppl", "bits_per_byte")
+SPLIT_NAMES = ("train", "validation", "test")
+NO_SPLIT = "none"  # `private = "none"`: no private split (a path without splits has none to offer)
+# the sources whose splits are known without loading them: their test split is the private one by default
+NAMED_SOURCES = ("wiki-vital", "wikitext-2", "wikitext-103")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class Tolerances:
     params_relative: float = 0.10
     memorisation_ratio: float = 5.0
     similar_weights: float = 0.999
+    # trained-on-validation: public − private loss below the reference's by more than this many standard
+    # errors of the difference, and by at least this many nats
+    validation_gap_sigmas: float = 3.0
+    validation_gap_nats: float = 0.05
 
 
 MASK_MARKER = "[MASK]"  # where a [samples] masked sentence hides a token (any tokenizer's mask token)
@@ -68,6 +76,7 @@ class Criterion:
     points: float
     full_ratio: float = 1.10  # perplexity: full points up to this multiple of the reference's ppl
     metric: str = "auto"  # perplexity: one of PERPLEXITY_METRICS
+    split: str = "public"  # perplexity: the split it scores, public or private (`harness check`: public always)
 
 
 @dataclass(frozen=True)
@@ -100,13 +109,14 @@ class Course:
     name: str
     id: str
     data_source: str
-    data_split: str
+    data_split: str  # the public split: what `harness check` shows students
     clm: EvalSettings
     mlm: EvalSettings
     requirements: dict[str, dict[str, tuple[float, float]]]
     tolerances: Tolerances
     references: dict[str, str]
     rubric: tuple[Criterion, ...]
+    data_private: str | None = None  # the private split only `harness grade` scores; None: none
     samples: SampleSettings = SampleSettings()
     deadline: Deadline | None = None  # no [deadline]: lateness is not graded
     base_dir: Path = field(default=Path("."), compare=False)
@@ -221,7 +231,7 @@ def _rubric(items: Any) -> tuple[Criterion, ...]:
         raise HarnessError("course-invalid", "rubric must be a non-empty list of [[rubric]] tables")
     criteria = []
     for i, item in enumerate(items):
-        r = _Reader(f"rubric[{i}]", item, ("name", "kind", "points", "full_ratio", "metric"))
+        r = _Reader(f"rubric[{i}]", item, ("name", "kind", "points", "full_ratio", "metric", "split"))
         points = r.get("points", (int, float))
         if points < 0:
             raise HarnessError("course-invalid", f"rubric[{i}].points must be ≥ 0, not {points}")
@@ -229,12 +239,31 @@ def _rubric(items: Any) -> tuple[Criterion, ...]:
         if ratio < 1:
             raise HarnessError("course-invalid", f"rubric[{i}].full_ratio must be ≥ 1, not {ratio}")
         metric = r.get("metric", str, "auto", choices=PERPLEXITY_METRICS)
+        split = r.get("split", str, "public", choices=("public", "private"))
         criteria.append(Criterion(r.get("name", str), r.get("kind", str, choices=RUBRIC_KINDS), float(points), float(ratio),
-                                  metric))
+                                  metric, split))
     names = [c.name for c in criteria]
     if len(set(names)) != len(names):
         raise HarnessError("course-invalid", "rubric criteria must have distinct names")
     return tuple(criteria)
+
+
+def _splits(data: _Reader, source: str) -> tuple[str, str | None]:
+    """The public split (`public`, or the older `split`, which means the same) and the private one: what the
+    course names, `none` for none; unnamed, the test split of a named source and none for a path (which
+    may have no splits)."""
+    if "split" in data.table and "public" in data.table:
+        raise HarnessError("course-invalid", "data.split and data.public name the same thing (the public split); "
+                           "keep data.public")
+    key = "public" if "public" in data.table else "split"
+    public = data.get(key, str, "validation", choices=SPLIT_NAMES)
+    default = "test" if source in NAMED_SOURCES and public != "test" else NO_SPLIT
+    # never train: every model is trained on it, so its loss there says nothing held out
+    private = data.get("private", str, default, choices=("validation", "test", NO_SPLIT))
+    if private == public:
+        raise HarnessError("course-invalid", f"data.private = {private!r} is the public split too; name another split "
+                           f"or \"{NO_SPLIT}\"")
+    return public, None if private == NO_SPLIT else private
 
 
 def _samples(table: dict) -> SampleSettings:
@@ -293,7 +322,7 @@ def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<strin
                                  "samples", "deadline",
                                  "leaderboard"))
     course = _Reader("course", top.get("course", dict, {}), ("name", "id"))
-    data = _Reader("data", top.get("data", dict, {}), ("source", "split"))
+    data = _Reader("data", top.get("data", dict, {}), ("source", "split", "public", "private"))
     ev = _Reader("eval", top.get("eval", dict, {}), ("clm", "mlm"))
     tol = _Reader("tolerances", top.get("tolerances", dict, {}), tuple(Tolerances.__dataclass_fields__))
     ref = _Reader("reference", top.get("reference", dict, {}), FAMILIES)
@@ -301,17 +330,25 @@ def parse_course(text: str, *, base_dir: Path = Path("."), origin: str = "<strin
     for k, v in asdict(tolerances).items():
         if v <= 0:
             raise HarnessError("course-invalid", f"tolerances.{k} must be > 0, not {v}")
+    source = data.get("source", str, "wiki-vital")
+    public, private = _splits(data, source)
+    rubric = _rubric(top.get("rubric", list))
+    for i, c in enumerate(rubric):
+        if c.split == "private" and private is None:
+            raise HarnessError("course-invalid", f"rubric[{i}].split = 'private' but the course has no private split; "
+                               "name one with [data] private = \"test\", or score the public split")
     return Course(
         name=course.get("name", str, "Untitled course"),
         id=course.get("id", str, "course"),
-        data_source=data.get("source", str, "wiki-vital"),
-        data_split=data.get("split", str, "validation", choices=("train", "validation", "test")),
+        data_source=source,
+        data_split=public,
+        data_private=private,
         clm=_eval("eval.clm", ev.get("clm", dict, {}), "clm"),
         mlm=_eval("eval.mlm", ev.get("mlm", dict, {}), "mlm"),
         requirements=_requirements(top.get("requirements", dict, {})),
         tolerances=tolerances,
         references={f: ref.get(f, str, f"reference_model/{f}") for f in FAMILIES},
-        rubric=_rubric(top.get("rubric", list)),
+        rubric=rubric,
         samples=_samples(top.get("samples", dict, {})),
         deadline=_deadline(top.get("deadline", dict, None)),
         base_dir=base_dir,

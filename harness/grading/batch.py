@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,16 +27,18 @@ import numpy as np
 
 from harness import __version__
 from harness.grading.backends import Measured, backend
+from harness.grading.cache_key import measurement_basis, measurement_key
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
 from harness.families import FAMILIES
 from harness.files import fingerprint, pretty_json, sha256_file, write_atomic, write_json
+from harness.grading.contamination import measured_gap, reference_gap_documents
 from harness.grading.findings import Evaluation, find, finding
 from harness.grading.measure import TIMEOUT_S, Job, submission_fingerprint
 from harness.grading.outputs import Exports, check_exports, write_exports
 from harness.grading.results import (ClassData, ClassResults, ClmProtocol, CourseInfo, Measurement, MlmProtocol,
-                                     Protocols, ReferenceResult, References, SandboxRecord, SimilarPair, SimilarTo,
-                                     SubmissionResult, Submitted)
+                                     PrivateNumbers, Protocols, ReferenceResult, References, SandboxRecord, SimilarPair,
+                                     SimilarTo, SubmissionResult, Submitted)
 from harness.grading.rubric import LATE_PENALTY, read_overrides, score
 from harness.intake.deadlines import UNKNOWN, SubmittedAt, check_time, submission_times
 from harness.intake.claims import Claims
@@ -46,7 +48,7 @@ from harness.intake.submission import SubmissionRef, discover
 # /2: the MLM unigram baseline counts the train split, as the SPEC says (it counted the evaluated split)
 # /3: calibration keeps the default where candidates cannot be told apart, and records its statistics
 # /4: calibration scores its candidates in step and stops once one clearly wins; its cost is recorded
-CACHE_FORMAT = "harness-measure/4"
+# /5 and on: harness.grading.cache_key.CACHE_FORMAT (keyed by what measures, not the whole course)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class GradeOptions:
     backend: str = "local"  # local: processes on this machine; ray: a Ray task per submission
     ray_address: str | None = None  # for ray.init: None starts a Ray on this machine (or joins RAY_ADDRESS); "auto"
     allow_unsandboxed_code: bool = False  # custom code runs even where no sandbox can be made (recorded)
+    private: bool = True  # score the course's private split too (`harness check`: never)
     exports: Exports = field(default_factory=Exports)  # Canvas and Gradescope files written after grading
 
 
@@ -71,17 +74,14 @@ class GradeOutcome:
     results: ClassResults
     measured: list[str] = field(default_factory=list)  # ids evaluated in this run (not from the cache)
     cached: list[str] = field(default_factory=list)
+    rescored: bool = False  # results.json was there and changed: scores recomputed from what was measured
     exports: list[str] = field(default_factory=list)  # what the exports wrote, a line each
 
 
-def _cache_key(ref: SubmissionRef, course: Course, unsandboxed: bool = False) -> str:
-    # a deadline changes scores, never a measurement (without one this is the course's own fingerprint)
-    measuring = fingerprint({k: v for k, v in course.to_dict().items() if k != "deadline"})
-    key = {"format": CACHE_FORMAT, "files": submission_fingerprint(list(ref.key_paths or ref.paths)),
-           "course": measuring, "harness": __version__}
-    if unsandboxed:  # what was measured without the sandbox is never mistaken for what was measured in it
-        key["unsandboxed"] = True
-    return fingerprint(key)[:24]
+def _cache_key(ref: SubmissionRef, basis: dict[str, Any], unsandboxed: bool = False) -> str:
+    """Keyed by what measures (`harness.grading.cache_key`): a rubric, tolerance or deadline change keeps every
+    entry."""
+    return measurement_key(submission_fingerprint(list(ref.key_paths or ref.paths)), basis, unsandboxed)
 
 
 def _store(m: Measured, cache_dir: Path, sid: str, key: str) -> Measurement:
@@ -103,7 +103,8 @@ def evaluation_of(m: Measurement) -> Evaluation:
                       model=m.model.to_json() if m.model else {}, metrics=m.metrics.to_json() if m.metrics else None,
                       claims=m.claims or Claims(), causal=m.causal.to_json() if m.causal else None,
                       nonfinite=tuple(m.nonfinite), tokenizer=m.tokenizer.to_json() if m.tokenizer else {},
-                      error=m.error.to_json() if m.error else None, warnings=tuple(m.warnings), pad_id=m.pad_id)
+                      error=m.error.to_json() if m.error else None, warnings=tuple(m.warnings), pad_id=m.pad_id,
+                      private_metrics=m.private.metrics.to_json() if m.private and m.private.metrics else None)
 
 
 def similarity_pairs(measured: list[Measurement], cache_dir: Path, threshold: float) -> list[SimilarPair]:
@@ -157,7 +158,10 @@ def _reference(course: Course, measured: dict[str, Measurement]) -> References:
         setattr(out, family, ReferenceResult(
             path=course.references[family], loss=m.metrics.loss, ppl=m.metrics.ppl,
             bits_per_byte=m.metrics.bits_per_byte, tokenizer=m.tokenizer, params=m.model.params if m.model else None,
-            model=m.model, checkpoint=m.checkpoint, curve=curve))
+            model=m.model, checkpoint=m.checkpoint, curve=curve,
+            private=PrivateNumbers(split=m.private.split, loss=m.private.metrics.loss, ppl=m.private.metrics.ppl,
+                                   bits_per_byte=m.private.metrics.bits_per_byte)
+            if m.private is not None and m.private.metrics is not None else None))
     return out
 
 
@@ -173,8 +177,10 @@ def rank_metric(course: Course, measured: list[Measurement]) -> str:
 
 
 def assemble(course: Course, measured: list[Measurement], reference: References, cache_dir: Path,
-             overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None) -> ClassResults:
-    """`times`: when each submission was handed in (harness.intake.deadlines), for the course's [deadline]."""
+             overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None,
+             reference_documents: dict[str, Any] | None = None) -> ClassResults:
+    """`times`: when each submission was handed in (harness.intake.deadlines), for the course's [deadline];
+    `reference_documents`: the references' per-document losses (trained-on-validation), by family."""
     pairs = similarity_pairs(measured, cache_dir, course.tolerances.similar_weights)
     subs = []
     manifests = sorted({m.data.manifest_sha256 for m in measured if m.data is not None} - {None})
@@ -191,12 +197,16 @@ def assemble(course: Course, measured: list[Measurement], reference: References,
         for s in similar:
             fs.append(finding("similar-weights", f"Weights {s.similarity:.4f} similar to submission {s.id}.",
                               grader_only=True))
+        gap = measured_gap(m, (reference_documents or {}).get(ev.family or "gpt"), course.tolerances)
+        if gap is not None and gap.flagged:
+            fs.append(finding("trained-on-validation", gap.message()))
         submitted = (times or {}).get(ev.id, UNKNOWN)
         sc = score(ev, fs, course, ref_ppl, overrides, reference=ref_json, submitted=submitted)
         subs.append(SubmissionResult(
             id=ev.id, student=ev.student, status=m.status, error=m.error, checkpoint=m.checkpoint, model=m.model,
             metrics=m.metrics, claims=m.claims, causal=m.causal, tokenizer=m.tokenizer, findings=fs, score=sc,
             similar_to=similar, data=m.data, warnings=m.warnings, device=m.device, report_file=m.report_file,
+            private=m.private, split_gap=gap.to_dict() if gap is not None else None,
             samples=m.samples,
             # only with a [deadline]: results of courses without one stay as they were
             submitted=Submitted(**submitted.to_dict()) if course.deadline is not None else None))
@@ -209,7 +219,8 @@ def assemble(course: Course, measured: list[Measurement], reference: References,
                           requirements={f: {k: list(v) for k, v in r.items()} for f, r in course.requirements.items()},
                           tolerances=course.to_dict()["tolerances"], deadline=course.to_dict().get("deadline")),
         data=ClassData(source=course.data_source, split=course.data_split, tokenizer=course.clm.tokenizer,
-                       manifest_sha256=manifests[0] if len(manifests) == 1 else manifests),
+                       manifest_sha256=manifests[0] if len(manifests) == 1 else manifests,
+                       private_split=next((m.private.split for m in measured if m.private is not None), None)),
         protocol=Protocols(
             clm=ClmProtocol(protocol=course.clm.protocol, context=course.clm.context,
                             stride=course.clm.stride or course.clm.context, max_tokens=course.clm.max_tokens or None),
@@ -267,6 +278,7 @@ def check(submission: Path, out: Path, course_path: Path | None = None, opts: Gr
     template = check_exports(opts.exports)
     board = load_course(course_path).leaderboard
     sid = submission.name if submission.is_dir() else submission.stem
+    opts = replace(opts, private=False)  # the student's view: the private split is neither scored nor shown
     outcome = grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [],
                          times={sid or "submission": check_time(submission)})
     # a submission that is not gradable still gets its Gradescope score
@@ -290,12 +302,16 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
         freeze(source, course.clm.tokenizer)
     except HarnessError:
         pass
+    # data without the private split (a path of one text, the default course's source replaced) is graded on
+    # its public split alone: results.json's data.private_split says none was, the rubric's why says so
+    private = opts.private and course.data_private is not None and course.data_private in source.splits
+    basis = measurement_basis(course, source_sha256=source.sha256, split_rule=source.split_rule, private=private)
 
     measured: dict[str, Measurement] = {}
     todo = []
     outcome = GradeOutcome(out, ClassResults())
     for ref in refs:
-        key = _cache_key(ref, course, opts.allow_unsandboxed_code)
+        key = _cache_key(ref, basis, opts.allow_unsandboxed_code)
         cached = cache_dir / f"{ref.id}.{key}.json"
         if cached.is_file():
             try:
@@ -313,7 +329,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     jobs = [Job(id=ref.id, paths=[str(p.resolve()) for p in ref.paths],
                 course_path=str(course_path.resolve()) if course_path else None, threads=threads,
                 memory_mb=opts.memory_mb, timeout_s=opts.timeout_s,
-                allow_unsandboxed_code=opts.allow_unsandboxed_code) for ref, _ in todo]
+                allow_unsandboxed_code=opts.allow_unsandboxed_code, private=private) for ref, _ in todo]
     keys = {ref.id: key for ref, key in todo}
     for job, result in run(jobs, lambda job, m: _store(m, cache_dir, job.id, keys[job.id])):
         measured[job.id] = result
@@ -325,10 +341,18 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
             opts.progress(done, total)
 
     keep = {f"{m.id}.{m.cache_key}" for m in measured.values()}
+    reference_documents = {f: reference_gap_documents(measured.get(REFERENCE_ID.format(f))) for f in FAMILIES}
     reference = _reference(course, measured)
-    results = assemble(course, list(measured.values()), reference, cache_dir, overrides, times)
+    results = assemble(course, list(measured.values()), reference, cache_dir, overrides, times,
+                       reference_documents=reference_documents)
     results.custom_code_sandbox = _sandbox_record(measured.values(), opts.allow_unsandboxed_code)
-    write_atomic(out / "results.json", pretty_json(results.to_json()))
+    text = pretty_json(results.to_json())
+    try:
+        before = (out / "results.json").read_text(encoding="utf-8")
+    except OSError:
+        before = None
+    outcome.rescored = before is not None and before != text
+    write_atomic(out / "results.json", text)
     write_atomic(out / "grades.csv", grades_csv(results))
     outcome.results = results
     _prune_cache(cache_dir, keep)

@@ -67,6 +67,11 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "memorisation": (WARNING, "Training perplexity far below validation perplexity",
         "The claimed training perplexity is far below the recomputed validation perplexity: the model "
         "memorised its training data. Use more data, fewer epochs, or a smaller model, and report validation."),
+    "trained-on-validation": (WARNING, "Trained on the evaluation data",
+        "The model's loss on the public (validation) split sits far below its loss on the private split, by more "
+        "than the reference model's own gap and the evaluation's noise, and some validation documents are known far "
+        "better than any held-out one: the model saw validation documents in training. Train on the train split "
+        "only; the grade uses the private split."),
     "worse-than-unigram": (WARNING, "Worse than counting tokens",
         "The recomputed perplexity is worse than a unigram model (token frequencies alone): the model has not "
         "learned to use context."),
@@ -117,6 +122,7 @@ class Evaluation:
     error: dict[str, str] | None = None  # {"code", "message"}: loading or evaluating failed
     warnings: tuple[str, ...] = ()
     pad_id: int | None = None  # a padding id read from the checkpoint's config, if any
+    private_metrics: dict[str, Any] | None = None  # the private split's, where `harness grade` scored it
 
 
 def _fmt(x: float) -> str:

@@ -52,6 +52,7 @@ class Job:
     timeout_s: float = 0  # the worker ends itself after this long, even if its parent died; 0: never
     allow_unsandboxed_code: bool = False  # run custom code even where no sandbox boundary can be made
     tokenizer: str | None = None  # overrules the submission's and the course's (`harness eval --tokenizer`)
+    private: bool = False  # also score the course's private split (`harness grade`; `harness check` never)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
@@ -350,6 +351,10 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
         metrics.uniform_ppl = float(np.exp(metrics.uniform_loss))
     result.metrics = metrics
     result.data = DataInfo(manifest_sha256=frozen.manifest_sha256, split=course.data_split, source=source.name)
+    from harness.grading.private import measure_private
+
+    measure_private(job, course, family, model, frozen, tokenizer, train, source, r, result)
+
     from harness.metrics.samples import measured_samples
 
     samples = measured_samples(model, tokenizer, family, course)

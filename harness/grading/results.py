@@ -281,6 +281,16 @@ class DataInfo(Record):
 
 
 @dataclass
+class PrivateSplit(Record):
+    """The private split's numbers, measured beside the public split's by `harness grade` only
+    (`harness.grading.private`); `harness check` has none."""
+
+    split: str | None = None
+    manifest_sha256: str | None = None
+    metrics: Metrics | None = None
+
+
+@dataclass
 class ContinuationInfo(Record):
     """A prompt continued (`harness.metrics.samples.Continuation`): the new text only, greedy and sampled."""
 
@@ -356,6 +366,10 @@ class Measurement(Record):
     calibration_cost: dict[str, Any] | None = omitted_when_none()
     # seconds per stage (read, calibrate, evaluate, causality): the cached measurement only, as `seconds`
     stages_s: dict[str, float] | None = omitted_when_none()
+    private: PrivateSplit | None = omitted_when_none()
+    # per-document losses of both splits, {"public": {split, nll, tokens, titles}, "private": {...}}, for
+    # trained-on-validation (harness.metrics.documents); kept in the cache, not in results.json
+    documents: dict[str, Any] | None = omitted_when_none()
 
     @classmethod
     def failed(cls, sid: str, code: str, message: str, *, version: str | None = None) -> Measurement:
@@ -409,8 +423,20 @@ class SubmissionResult(Record):
     warnings: list[str] = field(default_factory=list)
     device: str = "cpu"
     report_file: str | None = None  # the student's report, relative to the submission
+    private: PrivateSplit | None = omitted_when_none()  # `harness grade` only
+    split_gap: dict[str, Any] | None = omitted_when_none()  # harness.grading.contamination.SplitGap.to_dict()
     samples: SamplesInfo | None = omitted_when_none()  # what the model writes
     submitted: Submitted | None = omitted_when_none()  # only where the course has a [deadline]
+
+
+@dataclass
+class PrivateNumbers(Record):
+    """A reference's numbers on the private split."""
+
+    split: str | None = None
+    loss: float | None = None
+    ppl: float | None = None
+    bits_per_byte: float | None = None
 
 
 @dataclass
@@ -427,6 +453,7 @@ class ReferenceResult(Record):
     checkpoint: CheckpointInfo | None = None
     curve: list[dict[str, float | None]] = field(default_factory=list)  # metrics.csv's rows
     accuracy: float | None = omitted_when_none()  # an MLM's top-1 accuracy, where recorded
+    private: PrivateNumbers | None = omitted_when_none()  # `harness grade` only
 
 
 @dataclass
@@ -455,6 +482,7 @@ class ClassData(Record):
     split: str | None = None
     tokenizer: str | None = None
     manifest_sha256: str | list[str] | None = None  # a list where submissions were scored on several
+    private_split: str | None = omitted_when_none()  # scored by `harness grade` only
 
 
 @dataclass

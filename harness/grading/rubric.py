@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,23 @@ def _perplexity(c: Criterion, ev: Evaluation, findings: list[Finding], reference
 
 
 
+def _perplexity_of_split(c: Criterion, ev: Evaluation, findings: list[Finding], reference_ppl: float | None,
+                         reference: dict[str, Any] | None) -> tuple[float, str]:
+    """The perplexity criterion on the split it names. The private split's numbers exist only where `harness
+    grade` scored it; `harness check` (the student's view) scores the public split and says so."""
+    if c.split != "private" or not ev.metrics:
+        return _perplexity(c, ev, findings, reference_ppl, reference)
+    if ev.private_metrics:
+        private_ref = (reference or {}).get("private")
+        ref = {**reference, **private_ref} if reference and private_ref else None
+        pts, why = _perplexity(c, replace(ev, metrics=ev.private_metrics), findings,
+                               private_ref.get("ppl") if private_ref else None, ref)
+        return pts, f"private split ({ev.private_metrics.get('split', 'held out')}): {why}"
+    pts, why = _perplexity(c, ev, findings, reference_ppl, reference)
+    return pts, (f"public split ({ev.metrics.get('split', 'validation')}): {why} (the private split counts where "
+                 "`harness grade` scores it, on data that has one)")
+
+
 def _architecture(c: Criterion, ev: Evaluation, findings: list[Finding], course: Course | None) -> tuple[float, str]:
     """Full points only for what was verified: a requirement whose value nobody established (custom code
     that hides its heads) earns no share of the points, and the why says which."""
@@ -174,7 +191,7 @@ def criterion_score(c: Criterion, ev: Evaluation, findings: list[Finding], refer
         else:
             pts, why = c.points, "predictions do not depend on later tokens"
     elif c.kind == "perplexity":
-        pts, why = _perplexity(c, ev, findings, reference_ppl, reference)
+        pts, why = _perplexity_of_split(c, ev, findings, reference_ppl, reference)
     elif c.kind == "validation":
         if ev.claims.has_validation:
             where = next((ev.claims.sources[k] for k in ("val_loss", "val_ppl", "val_bpb") if k in ev.claims.sources),

@@ -38,6 +38,7 @@ def class_context(results: ClassResults | dict, *, grader: bool = True) -> dict:
         rows.append({"id": s.id, "student": s.student or DASH,
                      "status": "graded" if graded else "error",
                      "score": fmt_points(score), "ppl": fmt_ppl(ppl), "loss": fmt_loss(loss), "bpb": fmt_loss(bpb),
+                     "private_ppl": fmt_ppl(s.private.metrics.ppl if s.private and s.private.metrics else None),
                      "family": family(s), "findings": findings(s, grader), "_total": score,
                      "rank": str(place.rank) if place.rank is not None else DASH,
                      "_key": (place.rank is None, not graded, order.index(place.family), place.rank or 0,
@@ -118,6 +119,7 @@ def class_context(results: ClassResults | dict, *, grader: bool = True) -> dict:
         "stats": stats,
         "rows": rows,
         "by_bpb": by_bpb,
+        "private": results.data.private_split,  # the column only `harness grade` fills
         "max": fmt_points(mx),
         "dist_svg": dist_svg,
         "scatter_svg": scatter_svg,

@@ -20,6 +20,7 @@ from harness.intake.claims import Claims
 from harness.reporting import figures as figs
 from harness.reporting.format import (DASH, exp_or_none, finite, fmt_int, fmt_loss, fmt_points, fmt_points_column,
                                       fmt_ppl, fmt_value)
+from harness.reporting.splits import private_notes, private_rows
 from harness.reporting.pdf import created, figure, page, render_html, write_pdf
 from harness.reporting.samples_view import samples_view
 from harness.reporting.views import (claim_sources, family, find_submission, findings, fingerprints, manifest_text,
@@ -160,6 +161,7 @@ def _metrics(results: ClassResults, sub: SubmissionResult, codes: set[str]) -> d
         rows.append({"label": "Word perplexity", "cells": [fmt_ppl(m.word_ppl), DASH, DASH, DASH, DASH, DASH]})
     rows.append({"label": "Masked positions scored" if fam == "mlm" else "Targets scored",
                  "cells": [fmt_int(m.tokens), DASH, DASH, DASH, DASH, DASH]})
+    rows += private_rows(sub, ref, unit)  # harness.reporting.splits: `harness grade` only
     parts = [proto.protocol or ("mlm-v1" if fam == "mlm" else "clm-v1")]
     if proto.context:
         parts.append(f"context {proto.context}")
@@ -183,6 +185,7 @@ def _metrics(results: ClassResults, sub: SubmissionResult, codes: set[str]) -> d
                      "the report.")
     if ref is None:
         notes.append("No reference model is recorded for this family.")
+    notes += private_notes(sub)
     return {"rows": rows, "columns": columns, "protocol": protocol, "notes": notes}
 
 
