@@ -133,12 +133,12 @@ def test_lecture_gpt_graded_inspected_and_reported_alike(tmp_path):
 
     info = inspect_checkpoint(sub, course_path=course_path)["layout"]
     assert info["architecture"]["attn_scale"] == {"value": "head_dim", "source": UNDECIDED}
-    # the same decisions, candidates and targets; losses to 1e-9 (inspect runs in this process, grading in a
+    # the same decisions, candidates and targets; losses to 1e-7 (inspect runs in this process, grading in a
     # worker with its own thread count: float32 matmuls may differ in their last bits)
     a, b = info["calibration"]["attn_scale"], model["calibration"]["attn_scale"]
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a if k not in ("losses", "margin", "stderr"))
-    assert a["losses"] == pytest.approx(b["losses"], rel=1e-9) and a["margin"] == pytest.approx(b["margin"], abs=1e-7)
-    assert a["stderr"] == pytest.approx(b["stderr"], abs=1e-7)
+    assert a["losses"] == pytest.approx(b["losses"], rel=1e-7) and a["margin"] == pytest.approx(b["margin"], abs=1e-6)
+    assert a["stderr"] == pytest.approx(b["stderr"], abs=1e-6)
     assert info["unverified"] == model["unverified"]
 
     arch = student_context(outcome.results, s["id"])["arch"]
