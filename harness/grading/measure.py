@@ -7,6 +7,9 @@ changed rubric or an override never needs a re-evaluation).
 
 `python -m harness.grading.measure JOB.json OUT.json` runs one job in its own process: the batch starts one per
 submission, with limits, so that a crash or a hang takes only that submission down.
+
+(Just over 500 lines: the one measuring path that grade, check, eval and the references share, kept whole
+so that what a measurement does can be read from top to bottom.)
 """
 
 from __future__ import annotations

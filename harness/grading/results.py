@@ -1,5 +1,7 @@
 """The typed values grading hands from stage to stage, and their JSON.
 
+(Over 500 lines on purpose: every record of results.json in one file, so its whole shape reads in one place.)
+
     Measurement        what one worker measured about one submission (`measure.py`; the cache entry)
     SubmissionResult   a measurement with its findings, rubric score and similar submissions (`batch.py`)
     ClassResults       the class: course, data, protocols, reference models, submissions (`results.json`)
