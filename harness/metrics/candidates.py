@@ -44,7 +44,9 @@ def score_candidates(models: Sequence[Any], family: str, data: EvalData, setting
             plan = plan_clm(m, data.split, data.tokenizer, context=settings.context,
                             stride=settings.stride or None, max_tokens=max_tokens)
             # target s[p] is slot p - 1 (s[0] is never a target)
-            walks.append((p - 1, v) for p, v in clm_nll(m, plan, batch_tokens=batch_tokens))
+            # the logits path, not the fused head: the candidates' losses are written to results.json, and the
+            # fused head's float32 tiles moved them by 1e-7 between thread counts (1 worker vs 2)
+            walks.append((p - 1, v) for p, v in clm_nll(m, plan, batch_tokens=batch_tokens, fused=False))
             sizes.append(int(plan.stream.size) - 1)
         else:
             plan = plan_mlm(m, data.split, data.tokenizer, context=settings.context, seed=settings.seed,
