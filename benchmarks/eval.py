@@ -15,7 +15,7 @@ the same run, interleaved round by round (the best round of each counts):
 - the textbook loop of the Hugging Face perplexity guide: one window per forward,
   `model(input_ids, labels=target_ids)` with -100 for the context tokens, the loss computed as
   Hugging Face's causal-LM loss does (float upcast, shifted labels, cross-entropy);
-- our `evaluate_clm` on the plain logits path (`fused=False`) and on the fused head (the default).
+- our `evaluate_clm` on the plain logits path (the default) and on the fused head (`fused=True`).
 
 Each side's fraction of peak counts the FLOPs it executes: the body (2 x non-embedding parameters +
 attention) on every input position of its windows, the head (2 x d_model x vocab) on every position it
@@ -239,7 +239,7 @@ def compare(name, model, split, tok, stream, stride, rounds, hf, fpt, batch_toke
     sides = {"plain": lambda: evaluate_clm(model, split, tok, context=CONTEXT, stride=stride, max_tokens=n_targets,
                                            batch_tokens=batch_tokens, fused=False).total_nll,
              "fused": lambda: evaluate_clm(model, split, tok, context=CONTEXT, stride=stride, max_tokens=n_targets,
-                                           batch_tokens=batch_tokens).total_nll,
+                                           batch_tokens=batch_tokens, fused=True).total_nll,
              "textbook": lambda: textbook_loop(model, stream, CONTEXT, stride, hf)[0]}
     if callable(lm_eval) and stride == CONTEXT:
         sides = {"lm_eval": lm_eval, **sides}
