@@ -11,9 +11,11 @@ of `cached_class()` (written once, kept in the harness's cache) less custom_loop
 `measure_limit()` grades a class of `submissions` made of the example class's folders taken in turn (each
 copy graded as its own submission: the cache is per id), every validation target unless `max_tokens`, with
 2 workers and the PDFs, and adds up each stage over the class from the workers' own clocks (the cached
-measurements' `stages_s`: read, calibrate, evaluate, causality; PDF: from the last measurement to the end).
-Its arithmetic limit: the FLOPs of the class's evaluations (each model's FLOPs per position times the
-positions its windows run) over the fp32 matmul peak of all cores, measured in the same run.
+measurements' `stages_s`: read, calibrate, evaluate, causality, private, samples; PDF: from the last
+measurement to the end).
+Its arithmetic limit: the FLOPs of the class's evaluations, public and private split (each model's FLOPs
+per position times the positions its windows run), over the fp32 matmul peak of all cores, measured in the
+same run.
 """
 
 from __future__ import annotations
@@ -186,13 +188,16 @@ def measure_limit(*, submissions: int = 30, scale: str = "demo", max_tokens: int
         t0 = time.perf_counter()
         outcome = grade(root / "class", root / "out", course, opts)
         whole = time.perf_counter() - t0
-    stages: dict[str, float] = {"read": 0.0, "calibrate": 0.0, "evaluate": 0.0, "causality": 0.0}
+    stages: dict[str, float] = {"read": 0.0, "calibrate": 0.0, "evaluate": 0.0, "causality": 0.0, "private": 0.0,
+                                "samples": 0.0}
     flops = 0.0
     for r in raw:
         for k, v in (r.get("stages_s") or {}).items():
             stages[k] = stages.get(k, 0.0) + v
         if r.get("metrics") and r.get("model"):
             flops += model_flops(r["model"], r["metrics"])
+            if (r.get("private") or {}).get("metrics"):  # the private split, measured by the same path
+                flops += model_flops(r["model"], r["private"]["metrics"])
     measured_s = (stamps[-1] - t0) if stamps else whole
     subs = outcome.results.submissions
     return {"submissions": len(subs), "ids": ids, "workers": workers, "scale": scale, "max_tokens": max_tokens,

@@ -215,3 +215,65 @@ def test_a_head_in_another_dtype_keeps_the_plain_path():
     assert not FusedHead.accepts(head, 10)
     assert not FusedHead.accepts(OutputHead(torch.zeros(10, 4)), 11)
     assert FusedHead.accepts(OutputHead(torch.zeros(10, 4), torch.zeros(10), 30.0), 10)
+
+
+def test_each_tile_runs_on_one_thread_and_the_threads_share_the_tiles():
+    """The mechanism that makes a row's NLL thread-count-free: every block of rows is worked on one thread
+    whose intra-op count is 1, each block exactly once, the blocks spread over the pool's threads, the
+    caller's count put back, and a block's exception raised in the caller."""
+    import threading
+
+    from harness.metrics.fused import _tiles_one_thread_each
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen: list[tuple[int, int, int]] = []
+        lock = threading.Lock()
+
+        def work(i: int) -> None:
+            x = torch.randn(64, 256) @ torch.randn(256, 512)  # some real work, so both threads get blocks
+            x.exp_()
+            with lock:
+                seen.append((i, torch.get_num_threads(), threading.get_ident()))
+
+        _tiles_one_thread_each(work, range(0, 40 * 7, 7))
+        assert sorted(i for i, _, _ in seen) == list(range(0, 280, 7))
+        assert {n for _, n, _ in seen} == {1}
+        assert len({t for _, _, t in seen}) == 2
+        assert torch.get_num_threads() == 2
+
+        def fails(i: int) -> None:
+            if i == 3:
+                raise ValueError("block 3")
+
+        with pytest.raises(ValueError, match="block 3"):
+            _tiles_one_thread_each(fails, range(8))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_rows_nll_has_the_same_bits_at_any_thread_count():
+    """The grading worker's thread count (1 with two workers, 2 with one) must not reach results.json: the
+    fused head at 1, 2 and 3 intra-op threads, repeated, gives one set of bits (the GPT-2 vocabulary, the
+    seeds' width, rows that do not fill the last tile)."""
+    before = torch.get_num_threads()
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(50257, 32, generator=g) * 0.3
+    head = FusedHead(OutputHead(w))
+    h = torch.randn(3 * head.tiling.rows + 5, 32, generator=g) * 2
+    t = torch.randint(0, 50257, (h.shape[0],), generator=g)
+    try:
+        got = set()
+        with torch.inference_mode():
+            for threads in (1, 2, 3, 2, 1, 2):
+                torch.set_num_threads(threads)
+                for _ in range(5):
+                    got.add(head.nll(h, t).numpy().tobytes())
+        assert len(got) == 1
+        plain = F.cross_entropy(h @ w.T, t, reduction="none")
+        assert torch.allclose(torch.from_numpy(np.frombuffer(got.pop(), dtype=np.float32).copy()), plain,
+                              rtol=1e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(before)

@@ -117,6 +117,7 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
     as soon as one clearly wins, or decides on every target; None where the course turns calibration off."""
     from harness.metrics.candidates import score_candidates
     from harness.metrics.protocol import TruncatedVocabulary
+    from harness.models.calibration import CALIBRATION_FIRST_LOOK
     from harness.metrics.score import EvalData
 
     settings = course.eval_settings(family)
@@ -130,7 +131,8 @@ def _calibrator(course: Course, family: str, tokenizer, train_split):
         models = [TruncatedVocabulary(model, config.vocab_size, tokenizer.vocab_size)
                   if config.vocab_size < tokenizer.vocab_size else model  # seed 002's 49,805: scorable all the same
                   for model, config in zip(candidates, candidates.configs)]
-        return score_candidates(models, family, data, settings)
+        # rounds of at most the first look's targets, so a clear winner stops there
+        return score_candidates(models, family, data, settings, batch_tokens=CALIBRATION_FIRST_LOOK)
 
     return calibrate
 
@@ -357,11 +359,13 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
     from harness.grading.private import measure_private
 
     measure_private(job, course, family, model, frozen, tokenizer, train, source, r, result)
+    lap("private")
 
     from harness.metrics.samples import measured_samples
 
     samples = measured_samples(model, tokenizer, family, course)
     result.samples = SamplesInfo.from_json(samples) if samples is not None else None
+    lap("samples")
     if custom is not None:
         custom.finish(result)
 

@@ -366,7 +366,8 @@ class Measurement(Record):
     # what calibration took (rounds, candidates, targets, stopped_early, seconds): kept with the cached
     # measurement, never in results.json (its seconds differ from run to run)
     calibration_cost: dict[str, Any] | None = omitted_when_none()
-    # seconds per stage (read, calibrate, evaluate, causality): the cached measurement only, as `seconds`
+    # seconds per stage (read, calibrate, evaluate, causality, private, samples): the cached measurement only,
+    # as `seconds`
     stages_s: dict[str, float] | None = omitted_when_none()
     private: PrivateSplit | None = omitted_when_none()
     # per-document losses of both splits, {"public": {split, nll, tokens, titles}, "private": {...}}, for

@@ -28,11 +28,13 @@ if TYPE_CHECKING:
     from harness.metrics.score import EvalData
 
 
-def score_candidates(models: Sequence[Any], family: str, data: EvalData, settings: EvalSettings
-                     ) -> Iterator[list[np.ndarray]]:
+def score_candidates(models: Sequence[Any], family: str, data: EvalData, settings: EvalSettings, *,
+                     batch_tokens: int | None = None) -> Iterator[list[np.ndarray]]:
     """Each round: every candidate's per-target NLLs (float64) on the longest common prefix of targets
     scored so far, in the protocol's order; the last round holds every target. `settings` as `score` takes
-    them (stride 0: the context; max_tokens 0: every target; pseudo-perplexity is not scored)."""
+    them (stride 0: the context; max_tokens 0: every target; pseudo-perplexity is not scored).
+    `batch_tokens` caps a causal round's input positions: a caller that looks after N targets needs rounds
+    no larger than N (the fused head's own batches hold a thousand rows and more)."""
     check_family(family)
     wrapped = [as_logits_model(m) for m in models]
     max_tokens = settings.max_tokens or None
@@ -41,10 +43,9 @@ def score_candidates(models: Sequence[Any], family: str, data: EvalData, setting
         if family == "gpt":
             plan = plan_clm(m, data.split, data.tokenizer, context=settings.context,
                             stride=settings.stride or None, max_tokens=max_tokens)
-            # target s[p] is slot p - 1 (s[0] is never a target)
-            # the logits path, not the fused head: the candidates' losses are written to results.json, and the
-            # fused head's float32 tiles moved them by 1e-7 between thread counts (1 worker vs 2)
-            walks.append((p - 1, v) for p, v in clm_nll(m, plan, fused=False))
+            # target s[p] is slot p - 1 (s[0] is never a target); the fused head where the model offers it,
+            # as `evaluate_clm` scores: a candidate's losses are the protocol's to the last bit
+            walks.append((p - 1, v) for p, v in clm_nll(m, plan, batch_tokens=batch_tokens))
             sizes.append(int(plan.stream.size) - 1)
         else:
             plan = plan_mlm(m, data.split, data.tokenizer, context=settings.context, seed=settings.seed,

@@ -121,15 +121,15 @@ def plan_clm(model: LogitsModel, split: Any, tokenizer: Any, *, context: int, st
 
 @torch.inference_mode()
 def clm_nll(model: LogitsModel, plan: ClmPlan, *, batch_tokens: int | None = None,
-            logits_budget: int | None = None, fused: bool | Tiling = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            logits_budget: int | None = None, fused: bool | Tiling = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """`plan` scored a batch of windows at a time: each batch's target positions in the stream (in stream
     order) and their NLLs (float32 values, as float64). Calibration walks several models through it in step.
 
     A model that hands over its hidden states and output layer (`hidden_and_head`) is scored through the
     fused head (`harness.metrics.fused`): the head runs on the scored positions only, chunk by chunk, never
-    a batch's full logits. `fused=False` (the default, and grading's: the fused head's float32 tiles are not bit-identical across
-    thread counts, and results.json must be) takes the logits path; `True` or a `Tiling` the fused head
-    (default: this machine's)."""
+    a batch's full logits; its tiles each run on one thread, so a row's NLL is the same bits at any thread
+    count. `True` (the default, grading's) or a `Tiling` takes the fused head where the model offers it
+    (default tiles: this machine's); `fused=False` the logits path always."""
     s_t = torch.from_numpy(plan.stream)
     n_outputs = plan.n_outputs
     scorer = None
@@ -175,7 +175,7 @@ def evaluate_clm(
     train_split: Any | None = None,
     progress: Progress | None = None,
     logits_budget: int | None = None,
-    fused: bool | Tiling = False,
+    fused: bool | Tiling = True,
 ) -> ClmResult:
     """clm-v1 of `model` on `split` (see SPEC "Evaluation protocols").
 
@@ -187,8 +187,8 @@ def evaluate_clm(
     `progress(done, total)` is called with scored targets after each batch. A model that hands over its
     hidden states and output layer (`hidden_and_head`) is scored through the fused head
     (`harness.metrics.fused`): the head runs on the scored positions only, chunk by chunk, never a batch's
-    full logits, and a batch holds `Tiling.batch_rows` scored rows. `fused=False` takes the logits path
-    always; a `Tiling` sets the fused head's tiles (default: this machine's).
+    full logits, and a batch holds `Tiling.batch_rows` scored rows (the default, grading's). `fused=False`
+    takes the logits path always; a `Tiling` sets the fused head's tiles (default: this machine's).
     """
     model = as_logits_model(model)
     plan = plan_clm(model, split, tokenizer, context=context, stride=stride, max_tokens=max_tokens)

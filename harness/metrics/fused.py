@@ -24,10 +24,11 @@ path's to float32's rounding of its log-sum-exp (about 1e-7 of it), whatever the
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -142,9 +143,17 @@ class FusedHead:
         k = int(hidden.shape[0])
         out = torch.empty(k, dtype=torch.float32, device=self.device)
         r = self.tiling.rows
+        blocks = range(0, k, r)
+
+        def block(i: int) -> None:
+            out[i : i + r] = self._block(hidden[i : i + r], targets[i : i + r])
+
         with torch.autocast(self.device.type, enabled=False):  # the protocol's float32, whoever called
-            for i in range(0, k, r):
-                out[i : i + r] = self._block(hidden[i : i + r], targets[i : i + r])
+            if self.device.type == "cpu":
+                _tiles_one_thread_each(block, blocks)
+            else:
+                for i in blocks:
+                    block(i)
             bad = ~torch.isfinite(out)
             if bool(bad.any()):
                 where = bad.nonzero().squeeze(1)
@@ -267,6 +276,52 @@ class FusedScorer:
             parts.append(F.cross_entropy(rows, targets[o : o + rows.shape[0]].to(rows.device), reduction="none"))
             o += rows.shape[0]
         return torch.cat(parts)
+
+
+def _tiles_one_thread_each(work: Callable[[int], None], blocks: range) -> None:
+    """`work(i)` for every block `i`, each block on one thread from start to end, the blocks spread over as
+    many threads as torch's intra-op pool has (llm.c's one tile per core).
+
+    So a row's NLL does not depend on the thread count: an op split across threads is not bit-stable. MKL's
+    vectorised exp (torch's `exp_` on a float32 CPU tensor) gave the same tile's exponentials in two
+    variants over 300 runs at two threads, and one at one thread. Here every op of a tile runs with torch's
+    intra-op threads at 1 (OpenMP's and MKL's counts are per thread: each thread sets its own) and the threads share the
+    blocks, not the ops. The intra-op count is put back on return.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if n <= 1 or len(blocks) <= 1:
+            for i in blocks:
+                work(i)
+            return
+        todo = iter(blocks)
+        lock = threading.Lock()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            torch.set_num_threads(1)  # this thread's OpenMP and MKL counts (each thread has its own)
+            with torch.inference_mode():
+                while not failed:
+                    with lock:
+                        i = next(todo, None)
+                    if i is None:
+                        return
+                    try:
+                        work(i)
+                    except BaseException as e:  # handed to the caller's thread below
+                        failed.append(e)
+
+        helpers = [threading.Thread(target=run, daemon=True) for _ in range(min(n, len(blocks)) - 1)]
+        for t in helpers:
+            t.start()
+        run()
+        for t in helpers:
+            t.join()
+        if failed:
+            raise failed[0]
+    finally:
+        torch.set_num_threads(n)
 
 
 def _fits(hidden: Any, inputs: torch.Tensor, head: OutputHead) -> bool:
