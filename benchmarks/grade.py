@@ -3,7 +3,7 @@ of 30 at the demo's scale, stage by stage, beside its arithmetic limit.
 
 Prints submissions/minute of the first run, the cached rerun's time, their ratio, and workers 1 vs 2.
 Usage: python -m benchmarks.grade [--workers 1 2]
-       python -m benchmarks.grade --limit [--submissions 30] [--max-tokens N] [--scale demo|test]
+       python -m benchmarks.grade --limit [--submissions 30] [--max-tokens N] [--scale demo|test] [--each]
 
 `measure()` returns the rows that `main()` prints and `python -m benchmarks` tabulates; the suite grades a copy
 of `cached_class()` (written once, kept in the harness's cache) less custom_loop, or `tiny_class()` for tests.
@@ -191,20 +191,25 @@ def measure_limit(*, submissions: int = 30, scale: str = "demo", max_tokens: int
     stages: dict[str, float] = {"read": 0.0, "calibrate": 0.0, "evaluate": 0.0, "causality": 0.0, "private": 0.0,
                                 "samples": 0.0}
     flops = 0.0
+    each = []  # per submission: what it cost, and its evaluations' FLOPs
     for r in raw:
         for k, v in (r.get("stages_s") or {}).items():
             stages[k] = stages.get(k, 0.0) + v
+        mine = 0.0
         if r.get("metrics") and r.get("model"):
-            flops += model_flops(r["model"], r["metrics"])
+            mine = model_flops(r["model"], r["metrics"])
             if (r.get("private") or {}).get("metrics"):  # the private split, measured by the same path
-                flops += model_flops(r["model"], r["private"]["metrics"])
+                mine += model_flops(r["model"], r["private"]["metrics"])
+        flops += mine
+        each.append({"id": r.get("id"), "layout": ((r.get("checkpoint") or {}).get("layout")),
+                     "seconds": r.get("seconds") or 0.0, "stages_s": r.get("stages_s") or {}, "flops": mine})
     measured_s = (stamps[-1] - t0) if stamps else whole
     subs = outcome.results.submissions
     return {"submissions": len(subs), "ids": ids, "workers": workers, "scale": scale, "max_tokens": max_tokens,
             "stages_s": stages, "pdf_s": whole - measured_s if reports else None, "measure_s": measured_s,
             "whole_s": whole, "worker_s": sum(r.get("seconds") or 0.0 for r in raw),
             "eval_flops": flops, "peak_flops": peak, "limit_s": flops / peak if peak else None,
-            "errors": sum(s.error is not None for s in subs), "graded": len(raw)}
+            "errors": sum(s.error is not None for s in subs), "graded": len(raw), "each": each}
 
 
 def limit_lines(r: dict) -> list[str]:
@@ -220,6 +225,20 @@ def limit_lines(r: dict) -> list[str]:
             f"GFLOP/s peak = {r['limit_s']:.1f} s; whole / limit = {r['whole_s'] / r['limit_s']:.1f}x (aim <= 2x)"]
 
 
+def each_lines(r: dict) -> list[str]:
+    """One line per submission: its worker's seconds, its stages, and its evaluations' share of the peak of
+    one core (each worker has `cores / workers` of them)."""
+    per_worker = r["peak_flops"] / max(1, r["workers"])
+    lines = []
+    for e in sorted(r["each"], key=lambda e: -e["seconds"]):
+        st = e["stages_s"]
+        ev = st.get("evaluate", 0.0) + st.get("private", 0.0)
+        share = f"{e['flops'] / ev / per_worker:.0%} of a worker's peak" if ev and e["flops"] else "-"
+        lines.append(f"  {e['id']:<24} {e['layout'] or '-':<16} {e['seconds']:6.1f} s  "
+                     + " ".join(f"{k} {v:.1f}" for k, v in st.items()) + f"  evaluation {share}")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -228,10 +247,11 @@ def main() -> None:
     p.add_argument("--limit", action="store_true", help="the class at the limit: stages and arithmetic limit")
     p.add_argument("--submissions", type=int, default=30, help="--limit: submissions in the class")
     p.add_argument("--scale", choices=("demo", "test"), default="demo", help="--limit: the example class's scale")
+    p.add_argument("--each", action="store_true", help="--limit: a line per submission")
     a = p.parse_args()
     if a.limit:
-        for line in limit_lines(measure_limit(submissions=a.submissions, scale=a.scale, max_tokens=a.max_tokens,
-                                              log=print)):
+        r = measure_limit(submissions=a.submissions, scale=a.scale, max_tokens=a.max_tokens, log=print)
+        for line in limit_lines(r) + (each_lines(r) if a.each else []):
             print(line)
         return
     print(f"{'workers':>7} {'first run s':>12} {'subs/min':>9} {'cached s':>9} {'ratio':>7}")

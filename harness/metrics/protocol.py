@@ -9,6 +9,8 @@ all answer the same way.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -39,6 +41,12 @@ class LogitsModel(Protocol):
     max_positions: int | None
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+def nan_or_posinf(logits: torch.Tensor) -> bool:
+    """Whether `logits` hold a NaN or +inf (-inf is a harsh logit, not an error): one pass, its maximum (NaN
+    propagates through it), where `isnan(x).any() or isposinf(x).any()` takes four."""
+    return logits.numel() > 0 and not bool(logits.amax() < math.inf)
 
 
 def first_logits(out: Any) -> torch.Tensor:

@@ -60,7 +60,7 @@ def main() -> None:
                 model, account = sc.construct(cls, module, header.get("stored") or {}, header.get("model") or {},
                                               header.get("kwargs") or {})
                 stage = "loading the weights into"
-                notes += sc.load_weights(model, st_load(payload), cls.__name__)
+                notes += sc.load_weights(model, st_load(bytes(payload)), cls.__name__)
                 model.eval()
                 caller = sc.Caller(model)
                 _write_frame(out_fd, {"ok": True, "notes": notes})
@@ -82,9 +82,9 @@ def main() -> None:
                 logits = caller.logits(ids)
                 if header.get("last"):  # generation: only each window's next-token row travels back
                     logits = logits[:, -1:]
-                logits = logits.contiguous().numpy()
+                logits = np.ascontiguousarray(logits.float().numpy(), dtype="<f4")
                 new, reported = caller.notes[reported:], len(caller.notes)
-                _write_frame(out_fd, {"ok": True, "shape": list(logits.shape), "notes": new}, logits.tobytes())
+                _write_frame(out_fd, {"ok": True, "shape": list(logits.shape), "notes": new}, logits)
             else:
                 raise ValueError(f"unknown op {header['op']!r}")
         except Exception as e:

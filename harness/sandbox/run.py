@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
+from harness.metrics.protocol import nan_or_posinf
 from harness.sandbox.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
 
 _HEADER = struct.Struct("<II")  # JSON length, payload length
@@ -64,36 +65,52 @@ MAX_HEADER = 1 << 20  # a reply's JSON; anything longer is not ours
 MAX_VOCAB = 1 << 21  # outputs per position a logits reply may claim
 
 
-def _write_frame(fd: int, header: dict[str, Any], payload: bytes = b"", deadline: float | None = None) -> None:
-    """One frame; with a `deadline` (the parent writing to a child that may stop reading: its fd is
+def _write_frame(fd: int, header: dict[str, Any], payload: Any = b"", deadline: float | None = None) -> None:
+    """One frame; `payload` any contiguous buffer (bytes, a numpy array), sent as it lies in memory, never
+    copied into the frame. With a `deadline` (the parent writing to a child that may stop reading: its fd is
     non-blocking), `TimeoutError` when the child has not taken it all by then."""
     data = json.dumps(header).encode()
-    view = memoryview(_HEADER.pack(len(data), len(payload)) + data + payload)
-    while view:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([], [fd], [], left)[1]:
-                raise TimeoutError
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            continue
-        view = view[n:]
+    body = memoryview(payload).cast("B")
+    for view in (memoryview(_HEADER.pack(len(data), body.nbytes) + data), body):
+        while view:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([], [fd], [], left)[1]:
+                    raise TimeoutError
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                continue
+            view = view[n:]
 
 
-def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
-    chunks, got = [], 0
+def _read_exact(fd: int, n: int, deadline: float | None) -> bytearray:
+    """`n` bytes, read straight into the buffer returned (no chunks joined afterwards)."""
+    out = bytearray(n)
+    view, got = memoryview(out), 0
     while got < n:
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 raise TimeoutError
-        chunk = os.read(fd, min(n - got, 1 << 20))
-        if not chunk:
+        k = os.readv(fd, [view[got:]])
+        if not k:
             raise EOFError
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+        got += k
+    return out
+
+
+def _widen(*fds: int) -> None:
+    """The pipes' buffers at the system's most (Linux's default limit: 1 MiB, 16 times the default), so a
+    batch of logits crosses in a dozen writes, not hundreds of wake-ups of the other side."""
+    try:
+        import fcntl
+
+        most = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        for fd in fds:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(most, 1 << 20))
+    except (OSError, ValueError, AttributeError):  # not Linux, or no say: the default size works, slower
+        pass
 
 
 def _read_frame(fd: int, deadline: float | None, max_payload: int | None = None) -> tuple[dict[str, Any], bytes]:
@@ -161,6 +178,7 @@ class SandboxedModel:
 
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        _widen(to_child_w, from_child_r)
         self.boundary = boundary()
         sandboxed = self.boundary.available
         if not sandboxed and not allow_unsandboxed:
@@ -256,9 +274,9 @@ class SandboxedModel:
                                f"{ids.shape}; it must return [B, T, V] (V: {vocab} here)"
                                if self._n_outputs else f"the model returned logits of shape {shape!s:.80} for "
                                f"input {ids.shape}; it must return [B, T, V]")
-        logits = torch.from_numpy(np.frombuffer(payload, dtype="<f4").reshape(shape).copy())
+        logits = torch.from_numpy(np.frombuffer(payload, dtype="<f4").reshape(shape))  # the parent's own buffer
         # NaN weights give NaN logits: the weights' finding; from finite weights, the code's failure
-        if self._finite_weights and (torch.isnan(logits).any() or torch.isposinf(logits).any()):
+        if self._finite_weights and nan_or_posinf(logits):
             self.close()
             raise HarnessError("model-code-failed", "the model returned NaN or +inf logits from finite weights")
         return logits

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from harness.metrics.protocol import first_logits
+from harness.metrics.protocol import first_logits, nan_or_posinf
 
 CONFIG_NAMES = re.compile(r"^(\w+_)?(config|cfg|conf|args|hp|hparams|hyperparameters|settings|opts?)$", re.I)
 NEVER_PASSED = {"device", "dtype", "compile", "init_from", "backend", "out_dir", "wandb_log", "wandb_project",
@@ -375,7 +375,7 @@ class Caller:
             raise TypeError(f"the model returned logits of type {logits.dtype}, not floating point")
         logits = logits.detach().float()
         # -inf is a (harsh) logit; NaN and +inf are not
-        if self.check_finite and (torch.isnan(logits).any() or torch.isposinf(logits).any()):
+        if self.check_finite and nan_or_posinf(logits):
             raise ValueError(f"the model returned NaN or +inf logits for input {tuple(ids.shape)}")
         return logits
 
