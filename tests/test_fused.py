@@ -277,3 +277,21 @@ def test_a_rows_nll_has_the_same_bits_at_any_thread_count():
                               rtol=1e-6, atol=1e-6)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_a_model_with_fewer_outputs_than_the_tokenizer_has_ids(softcap, split, tok):
+    """Seed 002's case (49,805 outputs for GPT-2's 50,257 ids): the ids the model lacks are scored at the
+    row's lowest logit (`TruncatedVocabulary`); the fused head pads the same way without the padded logits,
+    for targets it has and targets it lacks (the text's p to z and end-of-text are past its 80 outputs)."""
+    from harness.metrics.protocol import TruncatedVocabulary
+
+    cfg = GPTConfig(vocab_size=80, context=T, n_layers=1, d_model=32, n_heads=4, tied=softcap is None,
+                    head_bias=softcap is not None, logit_softcap=softcap)
+    model = randomize(GPT(cfg), seed=5).eval()
+    wrapped = TruncatedVocabulary(model, 80, V)
+    assert any(t >= 80 for t in np.asarray(split.tokens)), "the text must hold ids past the model's outputs"
+    assert_fused_equals_plain(wrapped, split, tok)
+    with torch.inference_mode():
+        hidden, head = wrapped.hidden_and_head(torch.tensor([[1, 2, 3]]))
+        assert head.pad_to == V and torch.equal(head.logits(hidden), wrapped.logits(torch.tensor([[1, 2, 3]])))

@@ -46,12 +46,18 @@ class OutputHead:
     weight: torch.Tensor  # [n_outputs, d]
     bias: torch.Tensor | None = None  # [n_outputs]
     softcap: float | None = None
+    # outputs past the weight's rows, up to `pad_to`, each take the row's lowest logit: a model with fewer
+    # outputs than the tokenizer has ids, scored all the same (`protocol.TruncatedVocabulary`)
+    pad_to: int | None = None
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The model's own logits of `hidden` [..., d]: what the plain path scores."""
         out = F.linear(hidden, self.weight, self.bias)
         if self.softcap is not None:
             out = self.softcap * torch.tanh(out / self.softcap)
+        if self.pad_to is not None and self.pad_to > out.shape[-1]:
+            floor = out.min(dim=-1, keepdim=True).values
+            out = torch.cat([out, floor.expand(*out.shape[:-1], self.pad_to - out.shape[-1])], dim=-1)
         return out
 
 
@@ -96,13 +102,15 @@ def tiling_for(device_type: str, d_model: int, l2: int | None = None) -> Tiling:
 class FusedHead:
     """An `OutputHead` prepared for `nll`: its weight widened by the bias and shift columns, once.
 
-    `n_outputs` is the softmax's width (the head's rows). Only float32 heads are taken (`accepts`).
+    `n_outputs` is the softmax's width: the head's rows, or its `pad_to`. Only float32 heads are taken
+    (`accepts`).
     """
 
     def __init__(self, head: OutputHead, tiling: Tiling | None = None):
         w = head.weight.detach()
         self.head = head
-        self.n_outputs, self.d_model = int(w.shape[0]), int(w.shape[1])
+        self.n_own, self.d_model = int(w.shape[0]), int(w.shape[1])
+        self.n_outputs = max(self.n_own, int(head.pad_to or 0))
         self.device = w.device
         self.tiling = tiling or tiling_for(w.device.type, self.d_model)
         self.softcap = head.softcap
@@ -113,7 +121,7 @@ class FusedHead:
         if head.bias is not None:
             cols.append(head.bias.detach().reshape(-1, 1))
         if self.shift_in_matmul:
-            cols.append(torch.ones(self.n_outputs, 1, dtype=w.dtype, device=w.device))
+            cols.append(torch.ones(self.n_own, 1, dtype=w.dtype, device=w.device))
         self.weight = torch.cat(cols, dim=1).contiguous() if len(cols) > 1 else w.contiguous()
         self.width = int(self.weight.shape[1])
         self.source = (head.weight, head.bias)
@@ -124,7 +132,12 @@ class FusedHead:
         if not isinstance(head, OutputHead) or not isinstance(head.weight, torch.Tensor):
             return False
         w, b = head.weight, head.bias
-        if w.dim() != 2 or w.dtype != torch.float32 or int(w.shape[0]) != int(n_outputs):
+        if w.dim() != 2 or w.dtype != torch.float32:
+            return False
+        pad = head.pad_to
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < int(w.shape[0])):
+            return False
+        if (pad or int(w.shape[0])) != int(n_outputs):
             return False
         if b is not None and (not isinstance(b, torch.Tensor) or b.dtype != torch.float32
                               or tuple(b.shape) != (w.shape[0],) or b.device != w.device):
@@ -134,7 +147,8 @@ class FusedHead:
 
     def same_head(self, head: OutputHead) -> bool:
         """Whether `head` is the head this was prepared from (the same tensors, unchanged)."""
-        return head.weight is self.source[0] and head.bias is self.source[1] and head.softcap == self.softcap
+        return (head.weight is self.source[0] and head.bias is self.source[1] and head.softcap == self.softcap
+                and max(self.n_own, int(head.pad_to or 0)) == self.n_outputs)
 
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """NLL (float32) of `targets` [K] under the head applied to `hidden` [K, d], one per row."""
@@ -165,7 +179,9 @@ class FusedHead:
         return F.cross_entropy(self.head.logits(hidden).float(), targets, reduction="none")
 
     def _block(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        r, d, V = int(h.shape[0]), self.d_model, self.n_outputs
+        r, d, V = int(h.shape[0]), self.d_model, self.n_own
+        padded = self.n_outputs > V  # the outputs past V: the row's lowest logit each
+        t_own = t.clamp(max=V - 1) if padded else t
         C = min(self.tiling.vocab_chunk, V)
         n_chunks = -(-V // C)
         dev = h.device
@@ -176,14 +192,15 @@ class FusedHead:
         if self.shift_in_matmul:
             ha[:, -1] = 0.0  # no shift for the first chunk: its maxima become the shift
         # targets grouped by chunk; `at` indexes each target's logit in its (row-major) tile
-        chunk_of = torch.div(t, C, rounding_mode="floor")
+        chunk_of = torch.div(t_own, C, rounding_mode="floor")
         order = torch.argsort(chunk_of, stable=True)
         counts = torch.bincount(chunk_of, minlength=n_chunks).tolist()
         last_c = V - (n_chunks - 1) * C
         width = torch.where(chunk_of == n_chunks - 1, last_c, C)
-        at = (order * width[order] + (t[order] - chunk_of[order] * C))
+        at = (order * width[order] + (t_own[order] - chunk_of[order] * C))
         xt_sorted = torch.empty(r, dtype=torch.float32, device=dev)
         sums = torch.empty(r, n_chunks, dtype=torch.float32, device=dev)
+        lows = torch.empty(r, n_chunks, dtype=torch.float32, device=dev) if padded else None
         buf = torch.empty(r * C, dtype=torch.float32, device=dev)
         m = None
         pos = 0
@@ -205,10 +222,16 @@ class FusedHead:
             if n:
                 torch.take(tile, at[pos : pos + n], out=xt_sorted[pos : pos + n])
                 pos += n
+            if lows is not None:
+                torch.amin(tile, dim=1, out=lows[:, k])
             torch.sum(tile.exp_(), dim=1, out=sums[:, k])
         xt = torch.empty_like(xt_sorted)
         xt[order] = xt_sorted
         total = sums.sum(dim=1, dtype=torch.float64)
+        if lows is not None:  # the padded outputs: the row's lowest (shifted) logit, n_outputs - V times
+            floor = lows.amin(dim=1)
+            total += (self.n_outputs - V) * floor.double().exp()
+            xt = torch.where(t >= V, floor, xt)
         return (total.log() - xt.double()).float()
 
 

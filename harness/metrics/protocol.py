@@ -167,3 +167,15 @@ class TruncatedVocabulary:
         inner = self.inner.logits(input_ids.clamp(max=self.n_own - 1))
         floor = inner.min(dim=-1, keepdim=True).values
         return torch.cat([inner, floor.expand(*inner.shape[:-1], self.n_outputs - self.n_own)], dim=-1)
+
+    def hidden_and_head(self, input_ids: torch.Tensor) -> Any:
+        """The inner model's hidden states and head, the head padded to the tokenizer's ids the way `logits`
+        pads (the fused head scores it without the padded logits); None where the inner model gives none."""
+        ask = getattr(self.inner, "hidden_and_head", None)
+        got = ask(input_ids.clamp(max=self.n_own - 1)) if callable(ask) else None
+        if got is None:
+            return None
+        from dataclasses import replace
+
+        hidden, head = got
+        return hidden, replace(head, pad_to=self.n_outputs)

@@ -161,6 +161,11 @@ def _last_rows(model: Any, windows: list[list[int]]) -> torch.Tensor:
             raise HarnessError("model-output-invalid", f"the model returned next-token logits of shape "
                                f"{tuple(rows.shape)} for input {tuple(inputs.shape)}; expected [B, V]")
         return rows.float().cpu()
+    ask = getattr(model, "hidden_and_head", None)  # a model that hands over its head: the last row's logits only
+    got = ask(inputs) if callable(ask) else None
+    if got is not None and isinstance(got[0], torch.Tensor) and tuple(got[0].shape[:2]) == tuple(inputs.shape):
+        hidden, head = got
+        return head.logits(hidden[:, -1]).float().cpu()
     logits = model.logits(inputs)
     if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(inputs.shape):
         raise HarnessError("model-output-invalid", f"the model returned logits of shape {tuple(logits.shape)} for "
