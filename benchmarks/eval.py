@@ -15,7 +15,7 @@ the same run, interleaved round by round (the best round of each counts):
 - the textbook loop of the Hugging Face perplexity guide: one window per forward,
   `model(input_ids, labels=target_ids)` with -100 for the context tokens, the loss computed as
   Hugging Face's causal-LM loss does (float upcast, shifted labels, cross-entropy);
-- our `evaluate_clm` on the plain logits path (the default) and on the fused head (`fused=True`).
+- our `evaluate_clm` on the fused head (the default, grading's) and on the plain logits path (`fused=False`).
 
 Each side's fraction of peak counts the FLOPs it executes: the body (2 x non-embedding parameters +
 attention) on every input position of its windows, the head (2 x d_model x vocab) on every position it
