@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from harness.errors import HarnessError
 from harness.families import check_family
 from harness.metrics.clm import clm_nll, plan_clm
 from harness.metrics.mlm import mlm_nll, plan_mlm

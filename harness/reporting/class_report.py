@@ -17,7 +17,7 @@ from harness.reporting.format import DASH, finite, fmt_int, fmt_loss, fmt_num, f
 from harness.reporting.leaderboard import standings
 from harness.reporting.pdf import created, figure, page, render_html, write_pdf
 from harness.reporting.views import (SEVERITY_ORDER, claimed_train_loss, claimed_val_loss, family, findings,
-                                     fingerprints, manifest_text, reference, same_as_default_course)
+                                     fingerprints, manifest_text, same_as_default_course)
 
 
 def class_context(results: ClassResults | dict, *, grader: bool = True) -> dict:
