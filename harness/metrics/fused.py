@@ -15,6 +15,10 @@ exponentials and sums while the tile is hot (llm.c's fused classifier, Liger's c
 - a row whose shifted exponentials overflow (its maximum more than ~80 nats above the first chunk's, or a
   non-finite hidden state) is recomputed the plain way: `F.cross_entropy` of its full row of logits.
 
+Each tile runs on one thread from start to end with torch's intra-op count at 1, the tiles spread over
+the pool's threads (`_tiles_one_thread_each`): an op split across threads is not bit-stable (MKL's exp),
+and grading's numbers must not depend on how many threads a worker has.
+
 Only rows that are scored are handed in (with stride S < L that is S of each window's L positions), in
 float32: a model in another dtype keeps the plain path. Tile sizes come from the machine's per-core cache
 (`tiling_for`), so they are the same on every run on that machine; a row's NLL agrees with the plain
