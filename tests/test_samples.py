@@ -30,6 +30,8 @@ from harness.metrics.samples import (
     rounded_logits,
     sample_pick,
 )
+
+from test_sandbox import MODEL_PY  # a student's TinyLM: embeddings, a causal running mean, a head
 from harness.models.gpt import GPT, GPTConfig
 
 CHARS = " .,abcdefghijklmnopqrstuvwxyzTIW"
@@ -155,24 +157,6 @@ def test_samples_are_byte_identical_on_rerun_and_across_thread_counts(tmp_path):
 
 # --- student code, through the sandbox --------------------------------------------------------------------
 
-MODEL_PY = '''
-import torch, torch.nn as nn
-
-class Scribe(nn.Module):
-    """A student's own causal model: embeddings, a causal running mean, a head."""
-    def __init__(self, vocab_size=31, d=16, block_size=12):
-        super().__init__()
-        self.block_size = block_size
-        self.tok = nn.Embedding(vocab_size, d)
-        self.pos = nn.Embedding(block_size, d)
-        self.head = nn.Linear(d, vocab_size)
-
-    def forward(self, idx):
-        print("writing")  # students print; the frames must not care
-        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
-        x = torch.cumsum(x, dim=1) / torch.arange(1, idx.shape[1] + 1)[None, :, None]
-        return self.head(torch.tanh(x) * 6), None
-'''
 
 
 @pytest.mark.slow  # a sandboxed Python importing torch
@@ -184,7 +168,7 @@ def test_student_code_writes_through_the_sandbox_as_it_does_in_process(tmp_path)
     ns: dict = {}
     exec(MODEL_PY, ns)
     torch.manual_seed(5)
-    local = ns["Scribe"](vocab_size=len(CHARS)).eval()
+    local = ns["TinyLM"](vocab_size=len(CHARS), block_size=12).eval()
 
     class InProcess:  # the same module, asked in this process the way the sandbox asks it
         n_outputs, max_positions = len(CHARS), 12
@@ -194,7 +178,7 @@ def test_student_code_writes_through_the_sandbox_as_it_does_in_process(tmp_path)
                 return local(ids)[0]
 
     sd = {k: v.clone() for k, v in local.state_dict().items()}
-    with SandboxedModel(tmp_path, "model.py:Scribe", sd, kwargs={"vocab_size": len(CHARS)},
+    with SandboxedModel(tmp_path, "model.py:TinyLM", sd, kwargs={"vocab_size": len(CHARS), "block_size": 12},
                         max_positions=12) as sm:
         sandboxed = continue_prompts(sm, tok, SETTINGS, context=64)
         windows = torch.randint(0, len(CHARS), (2, 12))
