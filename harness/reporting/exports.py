@@ -28,7 +28,7 @@ from harness.files import pretty_json, write_atomic
 from harness.grading.results import (ClassResults, Score, SubmissionResult, as_class_results,
                                      as_submission_result)
 from harness.intake.submission import safe_id
-from harness.reporting.leaderboard import gradescope_entries
+from harness.reporting.leaderboard import gradescope_entries, standing_entries, standings
 
 # --- Canvas --------------------------------------------------------------------------------------
 
@@ -346,12 +346,15 @@ def reference_ppl(results: ClassResults, submission_result: SubmissionResult) ->
 
 
 def write_gradescope(results: ClassResults | dict[str, Any], submission_id: str, path: Path,
-                     settings: LeaderboardSettings = LeaderboardSettings()) -> Path:
+                     settings: LeaderboardSettings = LeaderboardSettings(),
+                     entries: list[dict[str, Any]] | None = None) -> Path:
+    """`entries`: the submission's leaderboard entries where the caller has them (default: ranked here)."""
     results = as_class_results(results)
     s = results.submission(submission_id)
     if s is None:
         raise HarnessError("submission-unknown", f"results hold no submission {submission_id!r}")
-    entries = gradescope_entries(results, submission_id, settings)
+    if entries is None:
+        entries = gradescope_entries(results, submission_id, settings)
     return write_atomic(path, pretty_json(gradescope_results(s, reference_ppl(results, s), entries)))
 
 
@@ -361,5 +364,7 @@ def write_gradescope_all(results: ClassResults | dict[str, Any], out: Path,
     results = as_class_results(results)
     # ids of `harness grade` are file-name safe already; this keeps a stray "." or "/" from leaving OUT
     safe = {s.id: safe_id(s.id) for s in results.submissions}
-    return [write_gradescope(results, sid, out / "gradescope" / name / "results.json", settings)
+    places = {p.id: p for p in standings(results, settings)}  # the class ranked once, not once a submission
+    return [write_gradescope(results, sid, out / "gradescope" / name / "results.json", settings,
+                             standing_entries(places.get(sid), settings))
             for sid, name in safe.items()]

@@ -32,6 +32,8 @@ from harness.course.config import LeaderboardSettings
 from harness.families import FAMILIES
 from harness.files import write_atomic
 from harness.grading.results import ClassResults, SubmissionResult, as_class_results
+from harness.reporting.format import finite
+from harness.reporting.views import family as family_of
 
 LABELS = {"ppl": "Perplexity", "bits_per_byte": "Bits per byte"}
 SECTION_TITLES = {"gpt": "Causal language models", "mlm": "Masked language models"}  # the page's tables
@@ -66,19 +68,9 @@ class Standing:
     unranked: str | None = None
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _field(obj: Any, name: str) -> Any:
-    """`obj.name`, a mapping's `name`, or a key of a newer results.json that a record kept as it came."""
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    if hasattr(obj, name):
-        return getattr(obj, name)
-    return (getattr(obj, "_unknown", None) or {}).get(name)
+    """`obj.name`, None where `obj` is None or has no such field."""
+    return getattr(obj, name, None)
 
 
 def _private(obj: Any, metric: str) -> Any:
@@ -87,10 +79,6 @@ def _private(obj: Any, metric: str) -> Any:
     private = _field(obj, "private")
     metrics = _field(private, "metrics")
     return _field(private if metrics is None else metrics, metric)
-
-
-def _family(sub: SubmissionResult) -> str:
-    return (sub.model.family if sub.model is not None else None) or "gpt"
 
 
 def family_metric(results: ClassResults, family: str) -> str:
@@ -106,7 +94,7 @@ def _why_unranked(sub: SubmissionResult, value: Any, split: str) -> str | None:
         return "looks ahead: its number is invalid"
     if sub.metrics.partial:
         return "evaluated only in part"
-    if not _finite(value):
+    if not finite(value):
         return f"no number on the {split} split"
     return None
 
@@ -120,14 +108,14 @@ def standings(results: ClassResults | Mapping[str, Any],
         metric = family_metric(results, family)
         rows = []
         for sub in results.submissions:
-            if _family(sub) != family:
+            if family_of(sub) != family:
                 continue
             public = _field(sub.metrics, metric)
             private = _private(sub, metric)
             value = private if settings.split == "private" else public
             why = _why_unranked(sub, value, settings.split)
             rows.append((why is not None, value if why is None else math.inf, sub.id,
-                         public if _finite(public) else None, private if _finite(private) else None, why))
+                         public if finite(public) else None, private if finite(private) else None, why))
         rows.sort(key=lambda r: r[:3])
         prev, rank = None, 0
         for i, (unranked, value, sid, public, private, why) in enumerate(rows):
@@ -179,7 +167,13 @@ def gradescope_entries(results: ClassResults | Mapping[str, Any], submission_id:
                        settings: LeaderboardSettings = LeaderboardSettings()) -> list[dict[str, Any]]:
     """Gradescope's `leaderboard` entries for one submission: its public-split number (and the private
     one where the course publishes them), lower first; none for a submission that is not ranked."""
-    mine = next((s for s in standings(results, settings) if s.id == submission_id), None)
+    return standing_entries(next((s for s in standings(results, settings) if s.id == submission_id), None), settings)
+
+
+def standing_entries(mine: Standing | None, settings: LeaderboardSettings = LeaderboardSettings()
+                     ) -> list[dict[str, Any]]:
+    """`gradescope_entries` of one submission's standing (None: not in the class), for a caller that ranked
+    the class once."""
     if mine is None or mine.rank is None:
         return []
     label = LABELS[mine.metric] + (" (MLM)" if mine.family == "mlm" else "")
@@ -202,7 +196,7 @@ def leaderboard_context(results: ClassResults | Mapping[str, Any], settings: Lea
     """What the page shows, and nothing else: pseudonyms and numbers, never a name, an id or a message."""
     results = as_class_results(results)
     public_split = results.data.split or "public"
-    private_split = _field(results.data, "private_split") or "private"
+    private_split = results.data.private_split or "private"
     rows = standings(results, settings)
     names = pseudonyms(sorted({r.id for r in rows}), secret=settings.secret, course_id=results.course.id or "")
     tables = []
@@ -217,7 +211,7 @@ def leaderboard_context(results: ClassResults | Mapping[str, Any], settings: Lea
         ranked = sorted((r for r in mine if r.rank is not None), key=lambda r: (r.rank, names[r.id]))
         tables.append({
             "title": title, "metric": LABELS[metric],
-            "reference": _fmt(metric, ref_value) if _finite(ref_value) else None,
+            "reference": _fmt(metric, ref_value) if finite(ref_value) else None,
             "rows": [{"rank": r.rank, "name": names[r.id], "public": _fmt(metric, r.public),
                       "private": _fmt(metric, r.private)} for r in ranked],
             "unranked": sorted(({"name": names[r.id], "why": r.unranked} for r in mine if r.rank is None),
@@ -229,7 +223,7 @@ def leaderboard_context(results: ClassResults | Mapping[str, Any], settings: Lea
         "public_split": public_split,
         "private_split": private_split,
         "show_private": settings.show_private,
-        "has_private": bool(_field(results.data, "private_split")) or any(r.private is not None for r in rows),
+        "has_private": bool(results.data.private_split) or any(r.private is not None for r in rows),
         "ranked_by": private_split if settings.split == "private" else public_split,
         "tables": tables,
         "pseudonyms": "keyed by a course secret" if settings.secret else "derived from the submission ids",
