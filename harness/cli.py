@@ -416,13 +416,12 @@ def eval_(
 
 
 def _grade_options(workers: int, timeout: float, reports: bool, progress, grader: bool = False, overrides=None,
-                   backend: str = "local", address: str | None = None, unsandboxed: bool = False, exports=None):
+                   backend: str = "local", address: str | None = None, unsandboxed: bool = False, *, exports):
     from harness.grading.batch import GradeOptions
-    from harness.grading.outputs import Exports
 
     return GradeOptions(workers=workers, timeout_s=timeout, reports=reports, progress=progress,
                         grader_reports=grader, overrides=overrides, backend=backend, ray_address=address,
-                        allow_unsandboxed_code=unsandboxed, exports=exports or Exports())
+                        allow_unsandboxed_code=unsandboxed, exports=exports)
 
 
 UnsandboxedOpt = Annotated[bool, typer.Option(

@@ -263,11 +263,12 @@ def _late_cells(s: SubmissionResult) -> list[str]:
 def grade(directory: Path, out: Path, course_path: Path | None = None, opts: GradeOptions = GradeOptions()) -> GradeOutcome:
     """Grade a class folder into `out`: results.json, grades.csv, the PDFs, the exports asked for."""
     template = check_exports(opts.exports)
-    board = load_course(course_path).leaderboard  # a wrong [leaderboard] fails now, not after the grading
+    course = load_course(course_path)  # a wrong course or [leaderboard] fails now, not after the grading
     overrides = read_overrides(opts.overrides if opts.overrides else directory / "overrides.csv")
     refs = discover(directory)
-    outcome = grade_refs(refs, out, course_path, opts, overrides, times=submission_times(directory, refs))
-    outcome.exports = write_exports(outcome.results, out, opts.exports, template, board)
+    outcome = grade_refs(refs, out, course_path, opts, overrides, times=submission_times(directory, refs),
+                         course=course)
+    outcome.exports = write_exports(outcome.results, out, opts.exports, template, course.leaderboard)
     return outcome
 
 
@@ -276,20 +277,22 @@ def check(submission: Path, out: Path, course_path: Path | None = None, opts: Gr
     if not submission.exists():
         raise HarnessError("submission-missing", f"{submission} does not exist")
     template = check_exports(opts.exports)
-    board = load_course(course_path).leaderboard
+    course = load_course(course_path)
     sid = submission.name if submission.is_dir() else submission.stem
     opts = replace(opts, private=False)  # the student's view: the private split is neither scored nor shown
     outcome = grade_refs([SubmissionRef(sid or "submission", (submission,))], out, course_path, opts, [],
-                         times={sid or "submission": check_time(submission)})
+                         times={sid or "submission": check_time(submission)}, course=course)
     # a submission that is not gradable still gets its Gradescope score
-    outcome.exports = write_exports(outcome.results, out, opts.exports, template, board)
+    outcome.exports = write_exports(outcome.results, out, opts.exports, template, course.leaderboard)
     return outcome
 
 
 def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, opts: GradeOptions,
-               overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None) -> GradeOutcome:
+               overrides: list[dict[str, Any]], times: dict[str, SubmittedAt] | None = None,
+               course: Course | None = None) -> GradeOutcome:
+    """`course`: the course at `course_path`, where the caller has loaded it already."""
     run = backend(opts.backend, workers=opts.workers, address=opts.ray_address)
-    course = load_course(course_path)
+    course = course or load_course(course_path)
     refs = refs + reference_refs(course)
     cache_dir = (out / ".cache").resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)

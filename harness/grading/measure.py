@@ -31,7 +31,7 @@ from harness import __version__
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
 from harness.files import sha256_files, write_json
-from harness.grading.results import (CausalCheck, CheckpointInfo, DataInfo, ErrorInfo, Measurement, Metrics,
+from harness.grading.results import (CausalCheck, CheckpointInfo, DataInfo, ErrorInfo, Measurement,
                                      ModelInfo, SamplesInfo, TokenizerInfo)
 
 if TYPE_CHECKING:
@@ -346,17 +346,14 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
             check_causal(model, context=r.context, vocab_size=min(tokenizer.vocab_size, n_outputs),
                          seed_material=raw.sha256).to_dict())
     lap("causality")
-    metrics = Metrics.from_json(r.to_dict())
+    from harness.grading.private import measure_private, metrics_of
+
+    metrics = metrics_of(r)
     if isinstance(model, TruncatedVocabulary):
         metrics.partial = (f"the model has {model.n_own:,} outputs for {model.n_outputs:,} token ids: ids it lacks "
                            "were scored at its lowest logit; not comparable with complete models")
-    if metrics.unigram_loss is not None:
-        metrics.unigram_ppl = float(np.exp(metrics.unigram_loss))
-    if metrics.uniform_loss is not None:
-        metrics.uniform_ppl = float(np.exp(metrics.uniform_loss))
     result.metrics = metrics
     result.data = DataInfo(manifest_sha256=frozen.manifest_sha256, split=course.data_split, source=source.name)
-    from harness.grading.private import measure_private
 
     measure_private(job, course, family, model, frozen, tokenizer, train, source, r, result)
     lap("private")

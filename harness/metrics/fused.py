@@ -42,6 +42,15 @@ _DEFAULT_L2 = 1 * 2**20
 _GPU_ROWS, _GPU_CHUNK = 4096, 8192  # a 128 MiB tile of float32 logits
 
 
+def pad_with_floor(logits: torch.Tensor, n: int) -> torch.Tensor:
+    """`logits` [..., V] widened to `n` outputs, each added one the row's lowest logit: how a model with fewer
+    outputs than the tokenizer has ids is scored (`protocol.TruncatedVocabulary`)."""
+    if n <= logits.shape[-1]:
+        return logits
+    floor = logits.min(dim=-1, keepdim=True).values
+    return torch.cat([logits, floor.expand(*logits.shape[:-1], n - logits.shape[-1])], dim=-1)
+
+
 @dataclass(frozen=True)
 class OutputHead:
     """A causal LM's output layer: `logits = h @ weight.T + bias`, then `softcap * tanh(logits / softcap)`
@@ -59,10 +68,7 @@ class OutputHead:
         out = F.linear(hidden, self.weight, self.bias)
         if self.softcap is not None:
             out = self.softcap * torch.tanh(out / self.softcap)
-        if self.pad_to is not None and self.pad_to > out.shape[-1]:
-            floor = out.min(dim=-1, keepdim=True).values
-            out = torch.cat([out, floor.expand(*out.shape[:-1], self.pad_to - out.shape[-1])], dim=-1)
-        return out
+        return pad_with_floor(out, self.pad_to) if self.pad_to is not None else out
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,6 @@ class FusedHead:
             cols.append(torch.ones(self.n_own, 1, dtype=w.dtype, device=w.device))
         self.weight = torch.cat(cols, dim=1).contiguous() if len(cols) > 1 else w.contiguous()
         self.width = int(self.weight.shape[1])
-        self.source = (head.weight, head.bias)
 
     @staticmethod
     def accepts(head: Any, n_outputs: int) -> bool:
@@ -151,8 +156,9 @@ class FusedHead:
 
     def same_head(self, head: OutputHead) -> bool:
         """Whether `head` is the head this was prepared from (the same tensors, unchanged)."""
-        return (head.weight is self.source[0] and head.bias is self.source[1] and head.softcap == self.softcap
-                and max(self.n_own, int(head.pad_to or 0)) == self.n_outputs)
+        mine = self.head
+        return (head.weight is mine.weight and head.bias is mine.bias and head.softcap == mine.softcap
+                and head.pad_to == mine.pad_to)
 
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """NLL (float32) of `targets` [K] under the head applied to `hidden` [K, d], one per row."""

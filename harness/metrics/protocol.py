@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from harness.errors import HarnessError
+from harness.metrics.fused import pad_with_floor
 
 # Attribute names under which models record how many positions they have, most specific first.
 _POSITION_ATTRS = ("n_positions", "max_position_embeddings", "block_size", "n_ctx", "context", "max_seq_len",
@@ -164,9 +165,7 @@ class TruncatedVocabulary:
         self.max_positions = self.inner.max_positions
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        inner = self.inner.logits(input_ids.clamp(max=self.n_own - 1))
-        floor = inner.min(dim=-1, keepdim=True).values
-        return torch.cat([inner, floor.expand(*inner.shape[:-1], self.n_outputs - self.n_own)], dim=-1)
+        return pad_with_floor(self.inner.logits(input_ids.clamp(max=self.n_own - 1)), self.n_outputs)
 
     def hidden_and_head(self, input_ids: torch.Tensor) -> Any:
         """The inner model's hidden states and head, the head padded to the tokenizer's ids the way `logits`

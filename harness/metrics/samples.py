@@ -147,6 +147,13 @@ def _check_vocabulary(model: Any, tokenizer: Any) -> None:
                            f"{tokenizer.name!r} has {int(tokenizer.vocab_size):,} tokens; it cannot write with it")
 
 
+def _ordinary(tokenizer: Any, V: int) -> np.ndarray:
+    """Which of the first `V` ids are the tokenizer's ordinary tokens (its special ones are not)."""
+    allowed = np.ones(V, dtype=bool)
+    allowed[[i for i in tokenizer.special_ids if i < V]] = False
+    return allowed
+
+
 def _context(model: Any, fallback: int) -> int:
     limit = getattr(model, "max_positions", None)
     return int(limit) if limit else int(fallback)
@@ -192,8 +199,7 @@ def continue_prompts(model: Any, tokenizer: Any, settings: Any, *, context: int)
     V = int(tokenizer.vocab_size)
     eot = tokenizer.eot_id
     # what may be written: the tokenizer's ordinary tokens, and end-of-text (which ends the text)
-    allowed = np.ones(V, dtype=bool)
-    allowed[[i for i in tokenizer.special_ids if i < V]] = False
+    allowed = _ordinary(tokenizer, V)
     if eot is not None and eot < V:
         allowed[eot] = True
     out = []
@@ -245,8 +251,7 @@ def fill_masks(model: Any, tokenizer: Any, settings: Any, *, context: int) -> Sa
     _check_vocabulary(model, tokenizer)
     L = _context(model, context)
     V = int(tokenizer.vocab_size)
-    allowed = np.ones(V, dtype=bool)
-    allowed[[i for i in tokenizer.special_ids if i < V]] = False
+    allowed = _ordinary(tokenizer, V)
     out = []
     for sentence in settings.masked:
         pieces = sentence.split(MASK_MARKER)

@@ -78,11 +78,11 @@ def main() -> None:
                 _write_frame(out_fd, {"ok": True, "n_outputs": n_outputs, "built": account, "architecture": arch,
                                       "params": int(params), "notes": new})
             elif header["op"] == "logits":
-                ids = torch.from_numpy(np.frombuffer(payload, dtype=np.int64).reshape(header["shape"]).copy())
+                ids = torch.from_numpy(np.frombuffer(payload, dtype=np.int64).reshape(header["shape"]))  # its own buffer
                 logits = caller.logits(ids)
                 if header.get("last"):  # generation: only each window's next-token row travels back
                     logits = logits[:, -1:]
-                logits = np.ascontiguousarray(logits.float().numpy(), dtype="<f4")
+                logits = np.ascontiguousarray(logits.numpy(), dtype="<f4")  # Caller.logits: float32 already
                 new, reported = caller.notes[reported:], len(caller.notes)
                 _write_frame(out_fd, {"ok": True, "shape": list(logits.shape), "notes": new}, logits)
             else:
