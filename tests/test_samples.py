@@ -170,12 +170,7 @@ def test_student_code_writes_through_the_sandbox_as_it_does_in_process(tmp_path)
     torch.manual_seed(5)
     local = ns["TinyLM"](vocab_size=len(CHARS), block_size=12).eval()
 
-    class InProcess:  # the same module, asked in this process the way the sandbox asks it
-        n_outputs, max_positions = len(CHARS), 12
-
-        def logits(self, ids, attention_mask=None):
-            with torch.no_grad():
-                return local(ids)[0]
+    in_process = TorchLogitsModel(local, n_outputs=len(CHARS), max_positions=12)  # the same module, here
 
     sd = {k: v.clone() for k, v in local.state_dict().items()}
     with SandboxedModel(tmp_path, "model.py:TinyLM", sd, kwargs={"vocab_size": len(CHARS), "block_size": 12},
@@ -184,7 +179,7 @@ def test_student_code_writes_through_the_sandbox_as_it_does_in_process(tmp_path)
         windows = torch.randint(0, len(CHARS), (2, 12))
         assert torch.equal(sm.last_logits(windows), sm.logits(windows)[:, -1])  # only the last rows travel
     assert sandboxed.settings["context"] == 12
-    assert _settings_json(sandboxed) == _settings_json(continue_prompts(InProcess(), tok, SETTINGS, context=64))
+    assert _settings_json(sandboxed) == _settings_json(continue_prompts(in_process, tok, SETTINGS, context=64))
     assert all(c.greedy_tokens == 24 for c in sandboxed.continuations)
 
 
