@@ -46,7 +46,8 @@ def _write(name: str, value: dict) -> None:
         json.dump(value, f, allow_nan=False)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Reads request.json in the current folder (`argv` is not used: the request carries everything)."""
     import resource
 
     from harness.processes import die_with_parent

@@ -1,6 +1,8 @@
 """The runner of the reader child: everything that unpickles or inflates a checkpoint runs in
-`harness.checkpoint.child`, started here as `python -I` in an empty scratch folder with a scrubbed
-environment, its own session and address-space, CPU-time, file-size and wall-time limits. A
+`harness.checkpoint.child`, in an empty scratch folder with a scrubbed environment, its own session and
+address-space, CPU-time, file-size and wall-time limits. It is forked by the reader's fork server (an
+interpreter started as `python -I` with the same scrubbed environment, torch imported once: see
+`harness.forkserver`), or started as `python -I` where there is none. A
 decompression bomb, a giant stride-0 tensor or a pickle built to exhaust memory kills only the child.
 
 The child answers with `result.json` (plain JSON) and `tensors.safetensors`, never a pickle; a limit
@@ -12,22 +14,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness import forkserver
 from harness.checkpoint.child import EXIT_MEMORY
 from harness.checkpoint.errors import UNREADABLE, UNSAFE, CheckpointError, short
 from harness.checkpoint.hf_folder import check_safetensors_header
 from harness.checkpoint.limits import MB, Limits
-
-_BOOT = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
-         "from harness.checkpoint.child import main; sys.exit(main())")
 
 
 def _child_env(tmp: Path) -> dict[str, str]:
@@ -40,12 +37,12 @@ def _child_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _child_sys_path() -> list[str]:
-    """The harness package's parent first, then this interpreter's absolute path entries: the child runs
-    with -I (no cwd, no PYTHON* variables), so it finds exactly what this process finds."""
-    pkg_parent = str(Path(__file__).resolve().parents[2])
-    rest = [p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p) and p != pkg_parent]
-    return [pkg_parent, *rest]
+# The reader's fork server imports what the child imports before it limits its address space.
+READER = forkserver.Kind(name="read", entry="harness.checkpoint.child:main", isolated=True,
+                         preload=("torch", "numpy", "safetensors.torch", "harness.checkpoint.child",
+                                  "harness.checkpoint.errors", "harness.checkpoint.hf_folder",
+                                  "harness.checkpoint.unwrap"),
+                         server_env=_child_env, address_env="HARNESS_READ_SERVER")
 
 
 def run_reader(request: dict, limits: Limits, display: str) -> dict:
@@ -54,11 +51,9 @@ def run_reader(request: dict, limits: Limits, display: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="harness-read-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "request.json").write_text(json.dumps(request), encoding="utf-8")
-        with open(tmp / "stderr.txt", "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, json.dumps(_child_sys_path())], cwd=tmp,
-                                    env=_child_env(tmp), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, start_new_session=True, close_fds=True)
-            code, cpu, timed_out = _wait(proc, limits.wall_seconds)
+        ended = forkserver.run(READER, [], cwd=tmp, env=_child_env(tmp), stderr=tmp / "stderr.txt",
+                               timeout_s=limits.wall_seconds)
+        code, cpu, timed_out = ended.code, ended.cpu_s, ended.timed_out
         result = None
         result_path = tmp / "result.json"
         if result_path.is_file() and result_path.stat().st_size <= 64 * MB:
@@ -96,45 +91,6 @@ def run_reader(request: dict, limits: Limits, display: str) -> dict:
     return {"tensors": tensors, "config": _dict(result.get("config")), "meta": _dict(result.get("meta")),
             "refused_globals": sorted(str(x) for x in result.get("refused_globals") or []),
             "warnings": [str(x) for x in result.get("warnings") or []]}
-
-
-def _wait(proc: subprocess.Popen, wall_seconds: float) -> tuple[int | None, float, bool]:
-    """Wait for the child up to the wall limit (then kill its process group); return its exit code
-    (negative: killed by that signal), the CPU seconds it used, and whether it ran out of time."""
-    deadline = time.monotonic() + wall_seconds
-    delay = 0.01
-    try:
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                return proc.returncode, usage.ru_utime + usage.ru_stime, False
-            if time.monotonic() >= deadline:
-                _kill_group(proc)
-                _, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                return proc.returncode, usage.ru_utime + usage.ru_stime, True
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
-    except BaseException:
-        if proc.returncode is None:
-            _kill_group(proc)
-            try:
-                os.wait4(proc.pid, 0)
-            except ChildProcessError:
-                pass
-            proc.returncode = -signal.SIGKILL
-        raise
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
 
 
 def _memory_error(display: str, limits: Limits) -> CheckpointError:

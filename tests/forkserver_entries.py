@@ -1,0 +1,41 @@
+"""Entries that tests/test_forkserver.py runs through `harness.forkserver`, in a server or a fresh interpreter."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def describe(argv: list[str]) -> int:
+    """Print what the process sees (one JSON line) and exit with the code argv[0] asks for."""
+    fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in fds if os.path.exists(f"/proc/self/fd/{fd}")]
+    print(json.dumps({"argv": argv, "sys_argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ),
+                      "session_leader": os.getsid(0) == os.getpid(), "stdin": os.read(0, 10).decode(),
+                      "sockets": [l for l in links if l.startswith("socket:")],
+                      "pipes": [l for l in links if l.startswith("pipe:")]}))
+    print("to stderr", file=sys.stderr)
+    return int(argv[0]) if argv else 0
+
+
+def hang(argv: list[str]) -> int:
+    """Start a grandchild in the same group, write both pids to argv[0], then wait forever."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(argv[0] + ".tmp", "w") as f:
+        json.dump({"worker": os.getpid(), "grandchild": child.pid}, f)
+    os.replace(argv[0] + ".tmp", argv[0])
+    time.sleep(600)
+    return 0
+
+
+def fail(argv: list[str]) -> int:
+    raise RuntimeError("the entry failed on purpose")
+
+
+def burn(argv: list[str]) -> int:
+    """CPU for argv[0] seconds, then exit 0: what the worker's CPU seconds must show."""
+    end = time.process_time() + float(argv[0])
+    while time.process_time() < end:
+        pass
+    return 0

@@ -1,0 +1,150 @@
+"""`harness.forkserver`: a worker forked by a server sees what a fresh interpreter sees (folder, exactly the
+environment asked for, arguments, its own session, no descriptor of the server's), ends the same ways (exit
+codes, a traceback, a wall-time limit that kills its group, its CPU seconds), and nothing outlives a
+client or a starter killed with -9. A server that is gone or that refuses leaves the work to a fresh
+interpreter."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import forkserver
+
+TESTS = Path(__file__).resolve().parent
+
+
+def kind(name: str, entry: str, preload: tuple[str, ...] = ("forkserver_entries",)) -> forkserver.Kind:
+    return forkserver.Kind(name=name, entry=f"forkserver_entries:{entry}", isolated=False, preload=preload,
+                           server_env=lambda folder: {**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+
+
+def env_for(tmp_path: Path) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LC_ALL": "C.UTF-8", "ONLY_THIS": "yes"}
+
+
+def gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie of ours counts as gone
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def described(tmp_path, monkeypatch):
+    """The same request run by a server and by a fresh interpreter: what each printed, and how it ended."""
+    k = kind("describe", "describe")
+    seen = {}
+    for mode in ("server", "fresh"):
+        monkeypatch.setenv("HARNESS_FORKSERVER", "1" if mode == "server" else "0")
+        folder = tmp_path / mode
+        folder.mkdir()
+        out, err = folder / "out.txt", folder / "err.txt"
+        ended = forkserver.run(k, ["7", "two words"], cwd=folder, env=env_for(tmp_path), stdout=out, stderr=err,
+                               timeout_s=60)
+        seen[mode] = (ended, json.loads(out.read_text()), err.read_text())
+    return seen
+
+
+def test_a_forked_worker_sees_what_a_fresh_one_sees(described, tmp_path):
+    (forked, f, f_err), (fresh, g, g_err) = described["server"], described["fresh"]
+    assert forked.forked and not fresh.forked
+    assert forked.code == fresh.code == 7 and not forked.timed_out and not fresh.timed_out
+    assert f["argv"] == g["argv"] == ["7", "two words"] and f["sys_argv"] == g["sys_argv"] == ["7", "two words"]
+    assert f["cwd"] == str(tmp_path / "server") and g["cwd"] == str(tmp_path / "fresh")
+    assert f["env"] == g["env"] == env_for(tmp_path)  # exactly what was asked: nothing of the server's
+    assert f["session_leader"] and g["session_leader"]
+    assert f["stdin"] == g["stdin"] == ""  # /dev/null
+    assert f["sockets"] == [] and f["pipes"] == []  # neither the server's socket nor its lifeline
+    assert f_err == g_err == "to stderr\n"
+
+
+def test_a_failing_entry_exits_1_with_its_traceback(tmp_path, monkeypatch):
+    for mode in ("1", "0"):
+        monkeypatch.setenv("HARNESS_FORKSERVER", mode)
+        err = tmp_path / f"err{mode}.txt"
+        ended = forkserver.run(kind("fail", "fail"), [], cwd=tmp_path, env=env_for(tmp_path), stderr=err)
+        assert ended.code == 1 and ended.forked == (mode == "1")
+        assert "RuntimeError: the entry failed on purpose" in err.read_text()
+
+
+def test_cpu_seconds_are_the_workers_own(tmp_path):
+    ended = forkserver.run(kind("burn", "burn"), ["0.5"], cwd=tmp_path, env=env_for(tmp_path))
+    assert ended.forked and ended.code == 0 and 0.45 <= ended.cpu_s < 5  # not the server's imports
+
+
+@pytest.mark.parametrize("mode", ["server", "fresh"])
+def test_the_wall_time_limit_kills_the_workers_group(tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("HARNESS_FORKSERVER", "1" if mode == "server" else "0")
+    pids = tmp_path / "pids.json"
+    start = time.monotonic()
+    ended = forkserver.run(kind("hang", "hang"), [str(pids)], cwd=tmp_path, env=env_for(tmp_path), timeout_s=3)
+    assert ended.timed_out and ended.code == -signal.SIGKILL and ended.forked == (mode == "server")
+    assert time.monotonic() - start < 30
+    assert gone(json.loads(pids.read_text())["grandchild"])
+
+
+def _run_and_get_killed(tmp_path: Path) -> dict:
+    """A client process that starts the server, asks it for a worker that hangs, and is killed with -9."""
+    pids = tmp_path / "pids.json"
+    script = f"""
+import json, os, sys
+sys.path[:0] = {[str(TESTS.parent), str(TESTS)]!r}
+from harness import forkserver
+k = forkserver.Kind(name="hang", entry="forkserver_entries:hang", isolated=False, preload=("forkserver_entries",),
+                    server_env=lambda folder: {{**os.environ, "OPENBLAS_NUM_THREADS": "1"}})
+forkserver.address(k)
+with open({str(tmp_path / 'server.json')!r}, "w") as f:
+    json.dump({{"server": forkserver._servers["hang"].proc.pid}}, f)
+forkserver.run(k, [{str(pids)!r}], cwd={str(tmp_path)!r}, env=dict(os.environ))
+"""
+    client = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not pids.exists() and time.monotonic() < deadline and client.poll() is None:
+        time.sleep(0.05)
+    assert pids.exists(), "the worker never started"
+    client.kill()
+    client.wait()
+    return {**json.loads(pids.read_text()), **json.loads((tmp_path / "server.json").read_text())}
+
+
+def test_nothing_outlives_a_client_and_starter_killed_with_9(tmp_path):
+    pids = _run_and_get_killed(tmp_path)
+    assert gone(pids["worker"]) and gone(pids["grandchild"]) and gone(pids["server"])
+
+
+def test_a_killed_server_leaves_the_work_to_a_fresh_interpreter(tmp_path):
+    k = kind("killed", "describe")
+    first = forkserver.run(k, ["0"], cwd=tmp_path, env=env_for(tmp_path))
+    assert first.forked and first.code == 0
+    server = forkserver._servers["killed"].proc
+    server.kill()
+    server.wait()
+    shutil.rmtree(Path(forkserver._servers["killed"].socket_path).parent)  # what a server killed leaves
+    out = tmp_path / "out.txt"
+    again = forkserver.run(k, ["0"], cwd=tmp_path, env=env_for(tmp_path), stdout=out)
+    assert not again.forked and again.code == 0 and json.loads(out.read_text())["argv"] == ["0"]
+
+
+def test_a_server_with_threads_refuses_and_the_work_is_done_fresh(tmp_path):
+    k = kind("threads", "describe", preload=("forkserver_entries", "forkserver_threads"))
+    out = tmp_path / "out.txt"
+    ended = forkserver.run(k, ["0"], cwd=tmp_path, env=env_for(tmp_path), stdout=out)
+    assert not ended.forked and ended.code == 0 and json.loads(out.read_text())["argv"] == ["0"]
+    server = forkserver._servers["threads"].proc
+    assert server.wait(timeout=30) == 1
