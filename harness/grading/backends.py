@@ -20,16 +20,15 @@ import functools
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from harness import __version__
+from harness import __version__, forkserver
 from harness.errors import HarnessError
+from harness.checkpoint.runner import READER
 from harness.grading.measure import Job
 from harness.grading.results import Measurement
 
@@ -53,34 +52,38 @@ def error_result(sid: str, code: str, message: str) -> Measurement:
     return Measurement.failed(sid, code, message, version=__version__)
 
 
+# The measuring process's fork server imports what measuring imports (transformers too, where installed:
+# an MLM's tokenizer and Hugging Face folders need it), never CUDA: a worker picks its device after the fork.
+MEASURER = forkserver.Kind(
+    name="measure", entry="harness.grading.measure:main", isolated=False,
+    preload=("torch", "numpy", "safetensors.torch", "tiktoken", "harness.grading.measure",
+             "harness.grading.private", "harness.checkpoint.read", "harness.course.data",
+             "harness.course.tokenizers", "harness.course.tokenizer_files", "harness.intake.submission",
+             "harness.metrics.score", "harness.metrics.fused", "harness.metrics.candidates",
+             "harness.metrics.causality", "harness.metrics.samples", "harness.models.build", "harness.models.hf",
+             "harness.sandbox.custom_code", "transformers", "transformers.tokenization_utils_fast"),
+    server_env=lambda folder: {**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+
+
 def measure_in_process(job: Job, env: dict[str, str] | None = None) -> Measured:
     """One submission in its own process group; whatever happens, a result comes back."""
-    with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp, open(Path(tmp) / "log.txt", "w+b") as log:
+    with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
         job_file, out_file, sig_file = Path(tmp) / "job.json", Path(tmp) / "out.json", Path(tmp) / "signature.npy"
+        log_file = Path(tmp) / "log.txt"
         job_file.write_text(json.dumps(replace(job, signature_path=str(sig_file)).__dict__))
         full_env = {**os.environ, "OMP_NUM_THREADS": str(job.threads)}
         if job.device.startswith("cuda:"):
             full_env["CUDA_VISIBLE_DEVICES"] = job.device.split(":")[1]
         full_env.update(env or {})
-        proc = subprocess.Popen([sys.executable, "-m", "harness.grading.measure", str(job_file), str(out_file)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=full_env,
-                                start_new_session=True, cwd=tmp)
-        try:
-            code = proc.wait(timeout=job.timeout_s or None)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        ended = forkserver.run(MEASURER, [str(job_file), str(out_file)], cwd=Path(tmp), env=full_env,
+                               stdout=log_file, stderr=log_file, timeout_s=job.timeout_s)
+        if ended.timed_out:
             return Measured(error_result(job.id, "grading-timeout", f"grading took longer than {job.timeout_s:g} s "
                                          "and was stopped"))
-        finally:
-            try:
-                os.killpg(proc.pid, 9)  # nothing of the submission's outlives its process
-            except ProcessLookupError:
-                pass
-        if code != 0 or not out_file.exists():
-            log.seek(0)
-            tail = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
-            why = "out of memory" if code in (-9, 137) else f"exit code {code}"
+        if ended.code != 0 or not out_file.exists():
+            log = log_file.read_bytes() if log_file.is_file() else b""
+            tail = [line for line in log.decode("utf-8", "replace").splitlines() if line.strip()]
+            why = "out of memory" if ended.code in (-9, 137) else f"exit code {ended.code}"
             last = tail[-1][:200] if tail else ""
             message = f"grading crashed ({why}){': ' + last if last else ''}"
             return Measured(error_result(job.id, "grading-crashed", message), cacheable=False)
@@ -117,7 +120,10 @@ def run_local(jobs: list[Job], finish: Finish, *, workers: int) -> Iterator[tupl
     devices = _devices(workers)
     jobs = [replace(job, device=devices[i % len(devices)]) for i, job in enumerate(jobs)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(lambda j: finish(j, measure_in_process(j)), job): job for job in jobs}
+        # the reader's server, started here, serves every measuring process (they are gone before this one)
+        read_server = forkserver.address(READER)
+        env = {READER.address_env: read_server} if read_server else {}
+        futures = {pool.submit(lambda j: finish(j, measure_in_process(j, env)), job): job for job in jobs}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
 
