@@ -25,11 +25,12 @@ from harness.files import fingerprint, named_files, sha256_file
 # /5: keyed by what measures (this module), not by the whole course; the private split measured beside the public
 CACHE_FORMAT = "harness-measure/5"
 
-# paths under harness/ whose code never changes a measurement: reporting, scoring, the CLI, the demo, training.
+# paths under harness/ whose code never changes a measurement: reporting, scoring, the exports, the CLI, the demo,
+# training.
 # (findings.py lends measure.py one message, vocab-mismatch's wording; a reworded message keeps old entries.)
 NOT_MEASURING = ("reporting/", "demo/", "train/", "cli.py", "progress.py", "__main__.py", "resources/",
                  "grading/batch.py", "grading/rubric.py", "grading/findings.py", "grading/contamination.py",
-                 "grading/cache_key.py", "intake/deadlines.py")
+                 "grading/cache_key.py", "grading/outputs.py", "intake/deadlines.py")
 
 
 @functools.lru_cache(maxsize=1)
