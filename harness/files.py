@@ -24,6 +24,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def named_files(base: Path) -> list[tuple[str, Path]]:
+    """A file as (its name, itself), or every file under a folder as (its name relative to the folder, it), in
+    path order: what a fingerprint of files names, so that the same files anywhere give the same fingerprint."""
+    if base.is_file():
+        return [(base.name, base)]
+    return [(f.relative_to(base).as_posix(), f) for f in sorted(p for p in base.rglob("*") if p.is_file())]
+
+
 def sha256_files(named: Iterable[tuple[str, str | os.PathLike]]) -> str:
     """sha256 over files as (name, path) pairs, in the order given: each name and its content's sha256."""
     h = hashlib.sha256()

@@ -20,7 +20,6 @@ one with both protocols capped at 512 targets and calibration off.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -33,8 +32,7 @@ GOLDEN_FILES = ("results.json", "grades.csv")
 
 # fields of results.json that are not a function of the inputs: removed before comparing (and from the
 # golden file). `generated` is the day of the newest measurement; the sandbox boundary is this machine's. The
-# class's own temporary folder, in absolute paths, is written `<root>`, and the fingerprint of the data frozen
-# with a tokenizer the student named by its (absolute) path `<volatile: ...>` (`without_volatile`).
+# class's own temporary folder, in absolute paths, is written `<root>` (`without_volatile`).
 VOLATILE = (("generated",), ("custom_code_sandbox", "boundary"))
 
 WORDS = ("the of and in to a is was for as on by with he that at from his it an are were which be this "
@@ -130,30 +128,13 @@ def grade_golden_class(root: Path) -> Path:
     return out
 
 
-# the class's data fingerprints: a sorted list, where a volatile one's place depends on its random value
-_LIST_OF_FINGERPRINTS = re.compile(r'^(    "manifest_sha256": \[\n)((?:      "[^"\n]*",?\n)+)(    \])', re.MULTILINE)
-
-
-def _volatile_last(m: re.Match) -> str:
-    items = sorted((line.strip().rstrip(",") for line in m.group(2).splitlines()),
-                   key=lambda v: (v.startswith('"<volatile'), v))
-    return m.group(1) + ",\n".join(f"      {v}" for v in items) + "\n" + m.group(3)
-
-
 def without_volatile(name: str, data: bytes, root: Path) -> bytes:
     """`data` with the value of each VOLATILE field of results.json replaced by `"<volatile>"` (on its own
-    line, as written) and the temporary folder the class was written in (`root`: absolute paths, such as a
-    tokenizer the student named) by `<root>`; every other byte as written."""
-    text = data.decode("utf-8")
-    if name == "results.json":
-        # data frozen with a tokenizer named by its path is fingerprinted with that path
-        for s in json.loads(text)["submissions"]:
-            if str((s.get("tokenizer") or {}).get("name", "")).startswith(str(root.resolve())):
-                text = text.replace(s["data"]["manifest_sha256"], "<volatile: data fingerprint of a tokenizer path>")
-    text = text.replace(str(root.resolve()), "<root>")
+    line, as written) and the temporary folder the class was written in (`root`, in any absolute path into it;
+    none is written today) by `<root>`; every other byte as written."""
+    text = data.decode("utf-8").replace(str(root.resolve()), "<root>")
     if name != "results.json":
         return text.encode("utf-8")
-    text = _LIST_OF_FINGERPRINTS.sub(_volatile_last, text)
     for path in VOLATILE:
         indent = "  " * len(path)
         pattern = re.compile(rf'^({indent}"{re.escape(path[-1])}": )(?:"[^"\n]*"|null|true|false|[-0-9.e]+)(,?)$',

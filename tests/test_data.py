@@ -1,4 +1,3 @@
-import hashlib
 import json
 from pathlib import Path
 
@@ -75,6 +74,21 @@ def test_a_damaged_frozen_file_is_prepared_afresh(tmp_path):
     again = freeze("wiki-vital", "gpt2", tmp_path)
     assert not again.reused and again.manifest_sha256 == first.manifest_sha256
     assert read_frozen(tmp_path).split("validation").tokens.size == 53285
+
+
+def test_a_frozen_folder_whose_manifest_says_otherwise_is_prepared_afresh(tmp_path):
+    """Same key, another description: an older harness named a student's vocab.txt by its absolute path. Not
+    reused, so that the manifest's sha256 (the data fingerprint) is what this freeze writes, wherever it runs."""
+    (tmp_path / "t.txt").write_text("the cat sat on the mat")
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat"]))
+    first = freeze(str(tmp_path / "t.txt"), str(tmp_path / "vocab.txt"), tmp_path / "frozen")
+    assert first.manifest["tokenizer"]["name"] == "vocab.txt"
+    old = json.loads((tmp_path / "frozen" / "manifest.json").read_text())
+    old["tokenizer"]["name"] = str(tmp_path / "vocab.txt")
+    (tmp_path / "frozen" / "manifest.json").write_text(json.dumps(old))
+    again = freeze(str(tmp_path / "t.txt"), str(tmp_path / "vocab.txt"), tmp_path / "frozen")
+    assert not again.reused and again.manifest_sha256 == first.manifest_sha256
+    assert freeze(str(tmp_path / "t.txt"), str(tmp_path / "vocab.txt"), tmp_path / "frozen").reused
 
 
 def test_local_text_jsonl_and_parquet(tmp_path):

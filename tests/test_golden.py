@@ -2,9 +2,9 @@
 gives exactly the golden `tests/data/golden/results.json` and `grades.csv`.
 
 Compared after removing only what is not a function of the inputs (`golden_class.VOLATILE`): the
-`generated` day, the sandbox boundary this machine offers, the absolute path of the temporary folder
-the class is written in (`<root>`), and the fingerprint of the data frozen with the MLM's own tokenizer,
-which hashes that tokenizer's absolute path. Everything else (every number, key, order and space) must match.
+`generated` day, the sandbox boundary this machine offers and the absolute path of the temporary folder
+the class is written in (`<root>`). Everything else (every number, key, order and space, the fingerprint of
+the data frozen with the MLM's own vocab.txt among them) must match.
 
 The golden files were made on an x86-64 CPU; a change of torch or of the CPU's kernels can move a float's
 last digits, and then the files are regenerated. When what grading writes changes on purpose (a new field,

@@ -406,6 +406,42 @@ def test_the_fingerprint_follows_the_merges_and_the_roles(tmp_path):
     assert len({a.sha256, b.sha256, c.sha256}) == 3
 
 
+@pytest.mark.slow  # three measurements in-process, a few seconds each
+def test_the_same_tokenizer_files_anywhere_give_the_same_fingerprints(tmp_path, monkeypatch):
+    """Seed 004's case: a BERT student's own vocab.txt. Two copies of the submission at different paths, each
+    measured with its own data cache (two clones, two machines), give the same data fingerprint, tokenizer and
+    cache key: the tokenizer is named by its file, not its path. A changed vocab.txt gives other ones."""
+    from harness.course.config import load_course
+    from harness.course.data import load_source
+    from harness.grading.cache_key import measurement_basis, measurement_key
+    from harness.grading.measure import submission_fingerprint
+
+    course = _course(tmp_path / "course")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *sorted(set(WORDS))]
+    torch.manual_seed(0)
+    model = BertMLM(BertConfig(vocab_size=len(vocab), hidden=32, n_layers=2, n_heads=2, intermediate=64,
+                               max_positions=64, dropout=0.0, pad_id=0)).eval()
+    here = _submission(tmp_path / "here", model, "mlm", "vocab.txt")
+    (here / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    there = shutil.copytree(here, tmp_path / "clone" / "deeper" / "sub")
+    changed = shutil.copytree(here, tmp_path / "changed" / "sub")
+    (changed / "vocab.txt").write_text("\n".join([*vocab[:-1], "zebra"]) + "\n", encoding="utf-8")
+    loaded = load_course(course)
+    source = load_source(loaded.data_source)
+    basis = measurement_basis(loaded, source_sha256=source.sha256, split_rule=source.split_rule)
+
+    def measured(sub: Path) -> tuple[Measurement, str]:
+        monkeypatch.setenv("HARNESS_CACHE", str(sub.parent / "data-cache"))  # no folder frozen by another copy
+        return _measure(sub, course), measurement_key(submission_fingerprint([sub]), basis)
+
+    (a, key_a), (b, key_b), (c, key_c) = measured(here), measured(there), measured(changed)
+    assert a.tokenizer == b.tokenizer and a.tokenizer.name == "vocab.txt"
+    assert a.data == b.data and a.metrics == b.metrics and key_a == key_b
+    assert str(here.parent) not in json.dumps(a.to_json())  # the course's data is named by its path; the submission not
+    assert c.tokenizer.sha256 != a.tokenizer.sha256 and c.data.manifest_sha256 != a.data.manifest_sha256
+    assert key_c != key_a
+
+
 def test_a_tokenizer_named_outside_the_submission_is_refused(tmp_path):
     from harness.course.config import load_course
     from harness.grading.measure import _tokenizer_for

@@ -4,6 +4,9 @@
 merges.txt, a SentencePiece tokenizer.model or a WordPiece vocab.txt, and the files beside it that name the
 special tokens' roles (tokenizer_config.json, special_tokens_map.json). The kinds it builds, and the spec
 strings that lead here, are in `harness.course.tokenizers`.
+
+A tokenizer read here is named by its files' names, never by where they are: the name is written into the frozen
+data's manifest, whose sha256 is the data fingerprint, so the same files anywhere give the same fingerprint.
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ def _from_tokenizer_json(path: Path) -> HuggingFaceTokenizer:
         backend = Backend.from_str(json.dumps(spec))
     except Exception as e:  # the library's parse errors have no common type
         raise _tokenizers_error(path, e) from None
-    return _wrap_backend(str(path), backend, path.parent, spec)
+    return _wrap_backend(path.name, backend, path.parent, spec)
 
 
 def _from_bpe_files(vocab_path: Path, merges_path: Path) -> HuggingFaceTokenizer:
@@ -191,7 +194,7 @@ def _from_bpe_files(vocab_path: Path, merges_path: Path) -> HuggingFaceTokenizer
         raise _tokenizers_error(vocab_path, e) from None
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    return _wrap_backend(f"{vocab_path.parent}/{vocab_path.name}+{merges_path.name}", backend, vocab_path.parent, None)
+    return _wrap_backend(f"{vocab_path.name}+{merges_path.name}", backend, vocab_path.parent, None)
 
 
 def _from_sentencepiece(path: Path) -> SentencePieceTokenizer:
@@ -216,7 +219,7 @@ def _from_sentencepiece(path: Path) -> SentencePieceTokenizer:
     own = {r: sp.id_to_piece(i) for r, i in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()),
                                               ("pad", sp.pad_id())) if i >= 0}
     named = [*_named_roles(_side_files(path.parent)), ("tokenizer.model {role}_id", own)]
-    return SentencePieceTokenizer(str(path), data, resolve_roles(named, token_id), sp)
+    return SentencePieceTokenizer(path.name, data, resolve_roles(named, token_id), sp)
 
 
 def _from_vocab_txt(path: Path) -> HuggingFaceTokenizer:
@@ -236,7 +239,7 @@ def _from_vocab_txt(path: Path) -> HuggingFaceTokenizer:
     tok = transformers.BertTokenizerFast(**{key: str(path)}, do_lower_case=lower)
     ids = {t: i for i, t in enumerate(vocab)}
     roles = resolve_roles(_named_roles(side), ids.get)
-    return HuggingFaceTokenizer(str(path), tok, roles, tok.all_special_ids)
+    return HuggingFaceTokenizer(path.name, tok, roles, tok.all_special_ids)
 
 
 def tokenizer_from_path(path: Path) -> Tokenizer:

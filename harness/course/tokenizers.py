@@ -373,7 +373,7 @@ def get_tokenizer(spec: str, *, texts: Iterable[str] | None = None) -> Tokenizer
         tok: Tokenizer = TiktokenGPT2()
     elif spec.startswith("char:"):
         path = Path(spec[5:]).expanduser()
-        tok = CharTokenizer(str(path), _char_vocabulary(path))
+        tok = CharTokenizer(path.name, _char_vocabulary(path))  # its file's name: the data fingerprint holds it
     elif spec.startswith("tiktoken:"):
         raise HarnessError("tokenizer-unknown", f"tiktoken encoding {spec[9:]!r} is not available offline; use gpt2")
     else:

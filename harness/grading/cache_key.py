@@ -20,16 +20,17 @@ from typing import Any
 
 from harness import __version__
 from harness.course.config import Course
-from harness.files import fingerprint, sha256_file
+from harness.files import fingerprint, named_files, sha256_file
 
 # /5: keyed by what measures (this module), not by the whole course; the private split measured beside the public
 CACHE_FORMAT = "harness-measure/5"
 
-# paths under harness/ whose code never changes a measurement: reporting, scoring, the CLI, the demo, training.
+# paths under harness/ whose code never changes a measurement: reporting, scoring, the exports, the CLI, the demo,
+# training.
 # (findings.py lends measure.py one message, vocab-mismatch's wording; a reworded message keeps old entries.)
 NOT_MEASURING = ("reporting/", "demo/", "train/", "cli.py", "progress.py", "__main__.py", "resources/",
                  "grading/batch.py", "grading/rubric.py", "grading/findings.py", "grading/contamination.py",
-                 "grading/cache_key.py", "intake/deadlines.py")
+                 "grading/cache_key.py", "grading/outputs.py", "intake/deadlines.py")
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,9 +58,7 @@ def measuring_course(course: Course, *, source_sha256: str | None, split_rule: s
     for family, settings in (("clm", course.clm), ("mlm", course.mlm)):
         path = course.resolve(settings.tokenizer)
         if path.exists():  # a tokenizer file or folder beside the course: its contents, not its name
-            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-            basis[f"{family}_tokenizer_files"] = fingerprint({p.name if p == path else p.relative_to(path).as_posix():
-                                                              sha256_file(p) for p in files})
+            basis[f"{family}_tokenizer_files"] = fingerprint({name: sha256_file(p) for name, p in named_files(path)})
     return basis
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from harness import __version__
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
-from harness.files import sha256_files, write_json
+from harness.files import named_files, sha256_files, write_json
 from harness.grading.results import (CausalCheck, CheckpointInfo, DataInfo, ErrorInfo, Measurement,
                                      ModelInfo, SamplesInfo, TokenizerInfo)
 
@@ -64,12 +64,7 @@ class Job:
 
 def submission_fingerprint(paths: list[Path]) -> str:
     """sha256 over every file of a submission (relative names and contents): the cache key's part."""
-    def named(base: Path) -> list[tuple[str, Path]]:
-        if base.is_file():
-            return [(base.name, base)]
-        return [(f.relative_to(base).as_posix(), f) for f in sorted(p for p in base.rglob("*") if p.is_file())]
-
-    return sha256_files(pair for base in sorted(paths) for pair in named(base))
+    return sha256_files(pair for base in sorted(paths) for pair in named_files(base))
 
 
 def _materialise(job: Job, tmp: Path) -> Path:
