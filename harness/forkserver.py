@@ -59,6 +59,7 @@ class Kind:
     preload: tuple[str, ...]  # what the server imports before it forks (absent optional ones are skipped)
     server_env: Callable[[Path], dict[str, str]]  # the server's own environment, given its private folder
     address_env: str | None = None  # where a parent passes its server's address to the processes it starts
+    lazy: bool = True  # the first run starts the server (False: only `address` does, where many runs will follow)
 
 
 @dataclass(frozen=True)
@@ -103,18 +104,21 @@ def run(kind: Kind, argv: list[str], *, cwd: Path, env: dict[str, str], stdout: 
 
 
 def address(kind: Kind) -> str | None:
-    """The socket of `kind`'s server, started now if need be: for the processes this one starts."""
-    server = _server(kind)
+    """The socket of `kind`'s server, started now if need be: for this process's runs and the processes it
+    starts."""
+    server = _server(kind, start=True)
     return server.socket_path if server is not None else None
 
 
-def _server(kind: Kind) -> _Server | None:
+def _server(kind: Kind, start: bool = False) -> _Server | None:
     if os.environ.get("HARNESS_FORKSERVER", "1") == "0" or not hasattr(os, "fork"):
         return None
     with _lock:
         server = _servers.get(kind.name)
         if server is None:
             passed = os.environ.get(kind.address_env or "") if kind.address_env else None
+            if not passed and not (start or kind.lazy):
+                return None
             server = _Server(passed) if passed else _start(kind)
             _servers[kind.name] = server
         if server.dead or server.proc is not None and server.proc.poll() is not None:

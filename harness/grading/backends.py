@@ -62,7 +62,7 @@ MEASURER = forkserver.Kind(
              "harness.metrics.score", "harness.metrics.fused", "harness.metrics.candidates",
              "harness.metrics.causality", "harness.metrics.samples", "harness.models.build", "harness.models.hf",
              "harness.sandbox.custom_code", "transformers", "transformers.tokenization_utils_fast"),
-    server_env=lambda folder: {**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    server_env=lambda folder: {**os.environ, "OPENBLAS_NUM_THREADS": "1"}, lazy=False)
 
 
 def measure_in_process(job: Job, env: dict[str, str] | None = None) -> Measured:
@@ -120,9 +120,12 @@ def run_local(jobs: list[Job], finish: Finish, *, workers: int) -> Iterator[tupl
     devices = _devices(workers)
     jobs = [replace(job, device=devices[i % len(devices)]) for i, job in enumerate(jobs)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        # the reader's server, started here, serves every measuring process (they are gone before this one)
-        read_server = forkserver.address(READER)
-        env = {READER.address_env: read_server} if read_server else {}
+        env = {}
+        if len(jobs) > 1:  # servers pay from their second fork on (one job: fresh processes, as `harness check`)
+            forkserver.address(MEASURER)
+            # the reader's server serves every measuring process (they are gone before this one)
+            read_server = forkserver.address(READER)
+            env = {READER.address_env: read_server} if read_server else {}
         futures = {pool.submit(lambda j: finish(j, measure_in_process(j, env)), job): job for job in jobs}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
