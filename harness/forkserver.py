@@ -103,14 +103,15 @@ def run(kind: Kind, argv: list[str], *, cwd: Path, env: dict[str, str], stdout: 
     return _run_fresh(kind, argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, timeout_s=timeout_s)
 
 
-def address(kind: Kind) -> str | None:
-    """The socket of `kind`'s server, started now if need be: for this process's runs and the processes it
-    starts."""
-    server = _server(kind, start=True)
+def address(kind: Kind, env: dict[str, str] | None = None) -> str | None:
+    """The socket of `kind`'s server, started now if need be (with `env` over its own environment: what
+    its workers' runs will set that is read once, at import, as OMP_NUM_THREADS): for this process's runs
+    and the processes it starts."""
+    server = _server(kind, start=True, env=env)
     return server.socket_path if server is not None else None
 
 
-def _server(kind: Kind, start: bool = False) -> _Server | None:
+def _server(kind: Kind, start: bool = False, env: dict[str, str] | None = None) -> _Server | None:
     if os.environ.get("HARNESS_FORKSERVER", "1") == "0" or not hasattr(os, "fork"):
         return None
     with _lock:
@@ -119,7 +120,7 @@ def _server(kind: Kind, start: bool = False) -> _Server | None:
             passed = os.environ.get(kind.address_env or "") if kind.address_env else None
             if not passed and not (start or kind.lazy):
                 return None
-            server = _Server(passed) if passed else _start(kind)
+            server = _Server(passed) if passed else _start(kind, env or {})
             _servers[kind.name] = server
         if server.dead or server.proc is not None and server.proc.poll() is not None:
             server.dead = True  # not started again: whatever ended it would end the next one too
@@ -127,7 +128,7 @@ def _server(kind: Kind, start: bool = False) -> _Server | None:
         return server
 
 
-def _start(kind: Kind) -> _Server:
+def _start(kind: Kind, env: dict[str, str]) -> _Server:
     folder = Path(tempfile.mkdtemp(prefix=f"harness-{kind.name}-server-"))
     path = str(folder / "socket")
     if len(path.encode()) > SOCKET_PATH_MAX:
@@ -137,7 +138,7 @@ def _start(kind: Kind) -> _Server:
     with open(folder / "server.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, *flags, "-c", _BOOT.format("serve", "serve"),
                                  json.dumps(_sys_path()), kind.entry, path, json.dumps(kind.preload)],
-                                cwd=folder, env=kind.server_env(folder), stdin=subprocess.PIPE,
+                                cwd=folder, env={**kind.server_env(folder), **env}, stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, close_fds=True)
     # proc.stdin is the lifeline: never written, closed when this process ends
     deadline = time.monotonic() + 30

@@ -122,7 +122,7 @@ def run_local(jobs: list[Job], finish: Finish, *, workers: int) -> Iterator[tupl
     with ThreadPoolExecutor(max_workers=workers) as pool:
         env = {}
         if len(jobs) > 1:  # servers pay from their second fork on (one job: fresh processes, as `harness check`)
-            forkserver.address(MEASURER)
+            forkserver.address(MEASURER, env={"OMP_NUM_THREADS": str(jobs[0].threads)})  # as measure_in_process
             # the reader's server serves every measuring process (they are gone before this one)
             read_server = forkserver.address(READER)
             env = {READER.address_env: read_server} if read_server else {}
