@@ -27,12 +27,9 @@ def _course(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    from harness.demo.example_class import write_example_class
-
+def graded(tmp_path_factory, example_class):
     root = tmp_path_factory.mktemp("class")
-    class_dir = root / "submissions"
-    write_example_class(class_dir, scale="test")
+    class_dir = example_class[0]  # conftest's test-scale example class, graded as it is (never changed)
     course = _course(root / "course.toml")
     out = root / "out"
     cmd = [sys.executable, "-m", "harness", "grade", str(class_dir), "--out", str(out), "--course", str(course),
@@ -197,3 +194,23 @@ def test_no_example_model_is_found_trained_on_validation(graded):
     gaps = {sid: s["split_gap"] for sid, s in subs.items() if s["status"] == "graded" and s.get("split_gap")}
     assert {"nanogpt_clean", "hf_gpt2_clean", "s001_pre_ln"} <= set(gaps)
     assert not [sid for sid, s in subs.items() if "trained-on-validation" in {f["code"] for f in s["findings"]}]
+
+
+def test_similar_pairs_do_not_depend_on_which_measurement_finished_first(tmp_path):
+    """Workers finish in any order; a pair names its two submissions in id order, and the pairs are sorted."""
+    import numpy as np
+
+    from harness.grading.batch import similarity_pairs
+    from harness.grading.results import Measurement
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(4096).astype(np.float32)
+    signatures = {"zed": base, "amy": base + 1e-4 * rng.standard_normal(4096).astype(np.float32),
+                  "kim": base.copy(), "other": rng.standard_normal(4096).astype(np.float32)}
+    measured = []
+    for sid, v in signatures.items():
+        np.save(tmp_path / f"{sid}.k.npy", v)
+        measured.append(Measurement(id=sid, status="graded", cache_key="k", signature_key="same-shapes"))
+    pairs = [similarity_pairs(order, tmp_path, 0.99) for order in (measured, measured[::-1])]
+    assert pairs[0] == pairs[1]
+    assert [(p.a, p.b) for p in pairs[0]] == [("amy", "kim"), ("amy", "zed"), ("kim", "zed")]

@@ -111,7 +111,7 @@ def similarity_pairs(measured: list[Measurement], cache_dir: Path, threshold: fl
     """Pairs of submissions whose weights (same names and shapes) are nearly identical: cosine ≥ threshold
     of the centred weight samples."""
     groups: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for m in measured:
+    for m in sorted(measured, key=lambda m: m.id):  # not in the order they finished: a pair is (first id, second)
         path = cache_dir / f"{m.id}.{m.cache_key}.npy"
         if m.signature_key and path.exists():
             v = np.load(path, allow_pickle=False).astype(np.float64)
