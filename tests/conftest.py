@@ -20,6 +20,16 @@ def _cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def example_class(tmp_path_factory):
+    """The test-scale example class, written once a session by two processes (half a minute: it trains a
+    dozen small models): (its folder, what write_example_class returned). Tests read it and never change it."""
+    from harness.demo.example_class import write_example_class
+
+    out = tmp_path_factory.mktemp("example-class")
+    return out, write_example_class(out, scale="test", progress=lambda done, total: None)
+
+
+@pytest.fixture(scope="session")
 def main_env(tmp_path_factory):
     """A venv with only the main dependencies, `harness` the tree under test (see main_env.py)."""
     from main_env import build

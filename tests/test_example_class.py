@@ -46,10 +46,8 @@ TORCH_FILES = {"s000_encoder": "mini_gpt_checkpoint.pt", "s001_pre_ln": "ckpt.pt
 
 
 @pytest.fixture(scope="module")
-def klass(tmp_path_factory):
-    out = tmp_path_factory.mktemp("example-class")
-    written = ec.write_example_class(out, scale="test", progress=lambda done, total: None)
-    return out, written
+def klass(example_class):
+    return example_class  # conftest's, written once a session (test_grade grades the same folder)
 
 
 @pytest.fixture(scope="module")
