@@ -8,22 +8,29 @@ be started for it (isolated with -I or not), and what its server imports beforeh
 through the kind's server where one can be had, else in a fresh interpreter, the same entry either way;
 it waits up to a wall-time limit, kills the process group, and says how it ended (`Ended`).
 
-A server is started by the first process that runs its kind (`harness grade` starts both before its
-workers, and hands the reader's address to its measuring processes in `HARNESS_READ_SERVER`), and lives as
-long as that process: it reads a lifeline pipe whose write end only its starter holds and exits when the
-pipe closes, however its starter ended. It listens on a Unix socket in a private (0700) folder.
+A server is started by the first process that runs its kind (a lazy kind, as the reader's) or by `address`
+(`harness grade` starts both before its workers where it has two jobs or more, and hands the reader's
+address to its measuring processes in `HARNESS_READ_SERVER`), and lives as long as that process: it reads a
+lifeline pipe whose write end only its starter holds and exits when the pipe closes, however its starter
+ended. It listens on a Unix socket in a private (0700) folder.
 
 Per request (one JSON line: argv, folder, environment, output files) the server forks a *monitor*, which
 forks the *worker*: its own session, the folder, exactly the environment asked for, stdin from /dev/null,
 then the entry. The monitor answers the worker's pid at once and, when it ends, its exit status and CPU
-seconds (`wait4`). A client that goes away (killed, timed out) closes the connection and the monitor kills
-the worker's process group. Monitor and worker die with their parents (PR_SET_PDEATHSIG), the server
-with its lifeline: a grader killed with -9 leaves nothing running.
+seconds (`wait4`). A client that goes away (killed, timed out) closes the connection and the monitor, which
+alone may reap the worker, kills the worker's process group. The worker dies with the monitor, the monitor
+with the server, killing the worker's group first (both by PR_SET_PDEATHSIG), the server with its lifeline:
+a grader killed with -9 leaves nothing running. A request can run the server's one entry and nothing else;
+only processes of the grader's user that see its temporary folder can connect (the sandbox has its own
+/tmp; the reader and the sandbox get scrubbed environments, without the address).
 
-Forking is safe because the server has one thread: it checks so after its imports (OpenBLAS's pool is
-kept to one thread by the server's environment) and refuses to serve otherwise. A caller that finds no
-server (it refused, died, `HARNESS_FORKSERVER=0`, a Ray node, a socket path too long) starts a fresh
-interpreter, as before.
+What a fresh interpreter does at exit, a worker does too: its atexit functions (temporary folders'
+finalizers among them) run before it exits.
+
+Forking is safe because the server has one thread: it checks so after its imports (OpenBLAS's pool is kept
+to one thread by the server's environment) and refuses to serve otherwise, its reason left in its folder's
+server.log. A caller that finds no server (it refused, died, `HARNESS_FORKSERVER=0`, a Ray node, a socket
+path too long) starts a fresh interpreter, as before.
 """
 
 from __future__ import annotations
@@ -44,11 +51,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-_BOOT = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); from harness.forkserver import {}; "
-         "sys.exit({}(*sys.argv[2:]))")
+from harness.processes import die_with_parent
+
+_BOOT = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); from harness.forkserver import {0}; "
+         "sys.exit({0}(*sys.argv[2:]))")
 MAX_LINE = 1 << 20  # a request (argv, environment) or an answer, in bytes
 STARTUP_S = 300.0  # the longest a server may take to import before its first answer
-SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; a longer folder means no server
+SOCKET_PATH_MAX = 99  # sun_path holds 107 bytes and a NUL, the server binds PATH.binding first (8 more)
 
 
 @dataclass(frozen=True)
@@ -92,12 +101,13 @@ def run(kind: Kind, argv: list[str], *, cwd: Path, env: dict[str, str], stdout: 
         stderr: Path | None = None, timeout_s: float = 0) -> Ended:
     """Run `kind`'s entry with `argv` in `cwd` with exactly `env`, its output appended to the files given
     (else /dev/null); wait up to `timeout_s` (0: no limit), then kill its process group. Through the
-    kind's server where one can be had; a server that is lost half-way (killed) costs a fresh start."""
+    kind's server where one can be had; a server lost before its worker started leaves the run to a fresh
+    interpreter, one lost while its worker ran (killed with it) ends the run with no exit code."""
     server = _server(kind)
     if server is not None:
         try:
             return _run_forked(server, argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, timeout_s=timeout_s)
-        except _Lost:
+        except _Lost:  # before the worker started: nothing ran yet
             if server.proc is None or server.proc.poll() is not None:
                 server.dead = True  # it is gone (one started elsewhere cannot be checked: not asked again)
     return _run_fresh(kind, argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, timeout_s=timeout_s)
@@ -117,7 +127,7 @@ def _server(kind: Kind, start: bool = False, env: dict[str, str] | None = None) 
     with _lock:
         server = _servers.get(kind.name)
         if server is None:
-            passed = os.environ.get(kind.address_env or "") if kind.address_env else None
+            passed = os.environ.get(kind.address_env) if kind.address_env else None
             if not passed and not (start or kind.lazy):
                 return None
             server = _Server(passed) if passed else _start(kind, env or {})
@@ -136,7 +146,7 @@ def _start(kind: Kind, env: dict[str, str]) -> _Server:
         return _Server(path, dead=True)
     flags = ["-I"] if kind.isolated else []
     with open(folder / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, *flags, "-c", _BOOT.format("serve", "serve"),
+        proc = subprocess.Popen([sys.executable, *flags, "-c", _BOOT.format("serve"),
                                  json.dumps(_sys_path()), kind.entry, path, json.dumps(kind.preload)],
                                 cwd=folder, env={**kind.server_env(folder), **env}, stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, close_fds=True)
@@ -161,7 +171,7 @@ def _run_fresh(kind: Kind, argv: list[str], *, cwd: Path, env: dict[str, str], s
     out = _append(stdout)
     err = out if stderr == stdout else _append(stderr)
     try:
-        proc = subprocess.Popen([sys.executable, *flags, "-c", _BOOT.format("fresh", "fresh"),
+        proc = subprocess.Popen([sys.executable, *flags, "-c", _BOOT.format("fresh"),
                                  json.dumps(_sys_path()), kind.entry, *argv], cwd=cwd, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
                                 close_fds=True)
@@ -180,24 +190,22 @@ def _append(path: Path | str | None) -> int:
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int | None, float, bool]:
-    """Wait for a fresh process up to the limit (then kill its group); its exit code, CPU seconds and
-    whether it ran out of time. Whatever else is left of its group is killed too."""
+    """Wait for a fresh process up to the limit; its exit code, CPU seconds and whether it ran out of time.
+    Its group is killed once it ended or timed out, before it is reaped (so that its pid names nothing else)."""
     deadline = time.monotonic() + timeout_s if timeout_s else None
     delay = 0.005
+    timed_out = False
     try:
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                _kill_group(proc.pid)
-                return proc.returncode, usage.ru_utime + usage.ru_stime, False
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
             if deadline is not None and time.monotonic() >= deadline:
-                _kill_group(proc.pid)
-                _, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                return proc.returncode, usage.ru_utime + usage.ru_stime, True
+                timed_out = True
+                break
             time.sleep(delay)
             delay = min(delay * 1.5, 0.1)
+        _kill_group(proc.pid)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode, usage.ru_utime + usage.ru_stime, timed_out
     except BaseException:
         if proc.returncode is None:
             _kill_group(proc.pid)
@@ -231,19 +239,21 @@ def _run_forked(server: _Server, argv: list[str], *, cwd: Path, env: dict[str, s
         started = lines.next(time.monotonic() + STARTUP_S)  # a server still importing answers when ready
         if not isinstance(started, dict) or not isinstance(started.get("pid"), int):
             raise _Lost()
-        pid = started["pid"]
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        timed_out = False
         try:
             ended = lines.next(deadline)
+            timed_out = False
         except TimeoutError:
             timed_out = True
-            _kill_group(pid)  # the monitor has not reaped it: the pid is still the worker's group
-            ended = lines.next(time.monotonic() + 60)
+            conn.shutdown(socket.SHUT_WR)  # the monitor, which alone may reap the worker, kills its group
+            try:
+                ended = lines.next(time.monotonic() + 60)
+            except TimeoutError:
+                ended = None
         if not isinstance(ended, dict) or not isinstance(ended.get("status"), int):
-            raise _Lost()
+            return Ended(None, 0.0, timed_out, True)  # the monitor died, and the worker with it
         return Ended(os.waitstatus_to_exitcode(ended["status"]), float(ended.get("cpu") or 0.0), timed_out, True)
-    except TimeoutError:
+    except TimeoutError:  # no answer to the request
         raise _Lost() from None
     finally:
         conn.close()  # before an answer came: the monitor kills the worker's group
@@ -318,7 +328,11 @@ def serve(entry: str, socket_path: str, preload: str) -> int:
         threads = _threads()
         if threads != 1:
             print(f"forkserver: {threads} threads after importing; forking would not be safe", file=sys.stderr)
-            return 1
+            listener.close()
+            os.unlink(socket_path)
+            os._exit(1)  # its folder stays, with server.log saying why
+        sys.stdout.flush()  # what the imports printed is not every worker's to print again
+        sys.stderr.flush()
         server_pid = os.getpid()
         while True:
             ready, _, _ = select.select([0, listener], [], [], 5.0)
@@ -352,10 +366,8 @@ def _reap() -> None:
             return
 
 
-def _die_with(parent: int) -> None:
-    from harness.processes import die_with_parent
-
-    die_with_parent()
+def _die_with(parent: int, sig: int = signal.SIGKILL) -> None:
+    die_with_parent(sig)
     if os.getppid() != parent:  # it died before the request took hold
         os._exit(1)
 
@@ -363,7 +375,7 @@ def _die_with(parent: int) -> None:
 def _monitor(conn: socket.socket, listener: socket.socket, server_pid: int, run_entry) -> None:
     code = 1
     try:
-        _die_with(server_pid)
+        _die_with(server_pid, signal.SIGTERM)  # the server gone: the worker's group first (below), then itself
         listener.close()
         os.close(0)
         request = _Lines(conn).next(time.monotonic() + 60)
@@ -373,6 +385,7 @@ def _monitor(conn: socket.socket, listener: socket.socket, server_pid: int, run_
         pid = os.fork()
         if pid == 0:
             _worker(request, conn, monitor_pid, run_entry)  # never returns
+        signal.signal(signal.SIGTERM, lambda *_: (_kill_group(pid), os._exit(1)))
         _send(conn, {"pid": pid})
         status, cpu = _watch(pid, conn)
         _send(conn, {"status": status, "cpu": cpu})
@@ -447,6 +460,11 @@ def _worker(request: dict, conn: socket.socket, monitor_pid: int, run_entry) -> 
         traceback.print_exc()
         code = 1
     try:
+        import atexit
+        import gc
+
+        gc.collect()
+        atexit._run_exitfuncs()  # as an interpreter's exit: temporary folders' finalizers among them
         sys.stdout.flush()
         sys.stderr.flush()
     finally:

@@ -2,19 +2,27 @@
 
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 
 def describe(argv: list[str]) -> int:
     """Print what the process sees (one JSON line) and exit with the code argv[0] asks for."""
-    fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
-    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in fds if os.path.exists(f"/proc/self/fd/{fd}")]
+    fds = [fd for fd in sorted(int(fd) for fd in os.listdir("/proc/self/fd")) if os.path.exists(f"/proc/self/fd/{fd}")]
+    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in fds]
+    limits = {name: resource.getrlimit(getattr(resource, name)) for name in
+              ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_CORE")}
+    handlers = {sig.name: repr(signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE,
+                                                                  signal.SIGCHLD, signal.SIGHUP)}
     print(json.dumps({"argv": argv, "sys_argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ),
                       "session_leader": os.getsid(0) == os.getpid(), "stdin": os.read(0, 10).decode(),
-                      "sockets": [l for l in links if l.startswith("socket:")],
-                      "pipes": [l for l in links if l.startswith("pipe:")]}))
+                      "fds": fds, "sockets": [l for l in links if l.startswith("socket:")],
+                      "pipes": [l for l in links if l.startswith("pipe:")], "limits": limits, "signals": handlers,
+                      "tempdir": tempfile.gettempdir(), "isolated": sys.flags.isolated}))
     print("to stderr", file=sys.stderr)
     return int(argv[0]) if argv else 0
 

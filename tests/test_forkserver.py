@@ -70,7 +70,9 @@ def test_a_forked_worker_sees_what_a_fresh_one_sees(described, tmp_path):
     assert f["env"] == g["env"] == env_for(tmp_path)  # exactly what was asked: nothing of the server's
     assert f["session_leader"] and g["session_leader"]
     assert f["stdin"] == g["stdin"] == ""  # /dev/null
-    assert f["sockets"] == [] and f["pipes"] == []  # neither the server's socket nor its lifeline
+    assert f["fds"] == g["fds"] == [0, 1, 2]  # neither the server's socket nor its lifeline nor its log
+    assert f["limits"] == g["limits"] and f["signals"] == g["signals"]
+    assert f["tempdir"] == g["tempdir"] and f["isolated"] == g["isolated"] == 0
     assert f_err == g_err == "to stderr\n"
 
 
@@ -84,8 +86,9 @@ def test_a_failing_entry_exits_1_with_its_traceback(tmp_path, monkeypatch):
 
 
 def test_cpu_seconds_are_the_workers_own(tmp_path):
-    ended = forkserver.run(kind("burn", "burn"), ["0.5"], cwd=tmp_path, env=env_for(tmp_path))
-    assert ended.forked and ended.code == 0 and 0.45 <= ended.cpu_s < 5  # not the server's imports
+    k = kind("burn", "burn", preload=("forkserver_entries", "forkserver_slow_import"))  # 1 s of CPU importing
+    ended = forkserver.run(k, ["0.3"], cwd=tmp_path, env=env_for(tmp_path))
+    assert ended.forked and ended.code == 0 and 0.28 <= ended.cpu_s < 0.9  # not the server's imports
 
 
 @pytest.mark.parametrize("mode", ["server", "fresh"])
@@ -148,3 +151,39 @@ def test_a_server_with_threads_refuses_and_the_work_is_done_fresh(tmp_path):
     assert not ended.forked and ended.code == 0 and json.loads(out.read_text())["argv"] == ["0"]
     server = forkserver._servers["threads"].proc
     assert server.wait(timeout=30) == 1
+
+
+def test_checkpoints_read_through_the_server_and_fresh_are_the_same(tmp_path, monkeypatch):
+    """The reader's own kind: forked from its server (kept for this process), or fresh; the same tensors, the
+    same refusal of a pickle that would run a command."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    from harness.checkpoint.errors import CheckpointError
+    from harness.checkpoint.read import read_checkpoint
+    from harness.checkpoint.runner import READER
+
+    torch.manual_seed(0)
+    clean = tmp_path / "clean.pt"
+    torch.save({"model": {"w": torch.randn(3, 4), "b": torch.zeros(4)}, "iter_num": 7}, clean)
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"w": torch.zeros(2)}, hostile)
+    with zipfile.ZipFile(hostile) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    payload = pickle.dumps(type("P", (), {"__reduce__": lambda self: (os.system, ("true",))})(), protocol=2)
+    entries = {n: (payload if n.endswith("data.pkl") else b) for n, b in entries.items()}
+    with zipfile.ZipFile(hostile, "w") as z:
+        for n, b in entries.items():
+            z.writestr(n, b)
+    seen = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("HARNESS_FORKSERVER", mode)
+        raw = read_checkpoint(clean, root=tmp_path)
+        with pytest.raises(CheckpointError) as refused:
+            read_checkpoint(hostile, root=tmp_path)
+        seen[mode] = ({k: v.tolist() for k, v in raw.tensors.items()}, refused.value.code, refused.value.message)
+    assert seen["1"] == seen["0"] and seen["1"][1] == "checkpoint-unsafe"
+    server = forkserver._servers.get(READER.name)
+    assert server is not None and not server.dead and (server.proc is None or server.proc.poll() is None)

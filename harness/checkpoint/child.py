@@ -1,7 +1,7 @@
 """The child process that reads untrusted checkpoints for `harness.checkpoint.read`.
 
-Started by `harness.checkpoint.runner.run_reader` as `python -I -c ...` in an empty scratch folder with a
-scrubbed environment and its own session. It reads `request.json` there, limits itself before it touches
+Run by `harness.checkpoint.runner.run_reader` (forked from the reader's server, or started as `python -I`)
+in an empty scratch folder with a scrubbed environment and its own session. It reads `request.json` there, limits itself before it touches
 the checkpoint (CPU time, file size, no core dumps; after importing torch, whose own address space it
 measures, the address space), reads, and writes `tensors.safetensors` and `result.json` beside it.
 Expected failures are answers ({"ok": false, "code", "message"}); running out of memory is

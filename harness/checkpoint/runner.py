@@ -39,9 +39,9 @@ def _child_env(tmp: Path) -> dict[str, str]:
 
 # The reader's fork server imports what the child imports before it limits its address space.
 READER = forkserver.Kind(name="read", entry="harness.checkpoint.child:main", isolated=True,
-                         preload=("torch", "numpy", "safetensors.torch", "harness.checkpoint.child",
-                                  "harness.checkpoint.errors", "harness.checkpoint.hf_folder",
-                                  "harness.checkpoint.unwrap"),
+                         preload=("torch", "numpy", "safetensors.torch", "harness.processes",
+                                  "harness.checkpoint.child", "harness.checkpoint.errors",
+                                  "harness.checkpoint.hf_folder", "harness.checkpoint.unwrap"),
                          server_env=_child_env, address_env="HARNESS_READ_SERVER")
 
 

@@ -1,6 +1,7 @@
 """Where the submissions are measured: in threads on this machine (`local`), or as tasks of a Ray cluster (`ray`).
 
-Both run every job the same way, `measure_in_process`: `python -m harness.grading.measure` in its own session, with
+Both run every job the same way, `measure_in_process`: `harness.grading.measure.main` in a process of its own
+session (forked from the measuring server where the batch started one, else a fresh interpreter), with
 the job's wall-time and memory limits, its files in a temporary folder of the machine that runs it. What
 comes back is data (the result and the weights signature's bytes), never files: a Ray node need not share
 `OUT/.cache` with the grader, and only the grader writes the cache (`finish`).
@@ -27,8 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from harness import __version__, forkserver
-from harness.errors import HarnessError
 from harness.checkpoint.runner import READER
+from harness.errors import HarnessError
 from harness.grading.measure import Job
 from harness.grading.results import Measurement
 
@@ -56,7 +57,7 @@ def error_result(sid: str, code: str, message: str) -> Measurement:
 # an MLM's tokenizer and Hugging Face folders need it), never CUDA: a worker picks its device after the fork.
 MEASURER = forkserver.Kind(
     name="measure", entry="harness.grading.measure:main", isolated=False,
-    preload=("torch", "numpy", "safetensors.torch", "tiktoken", "harness.grading.measure",
+    preload=("torch", "numpy", "safetensors.torch", "tiktoken", "harness.processes", "harness.grading.measure",
              "harness.grading.private", "harness.checkpoint.read", "harness.course.data",
              "harness.course.tokenizers", "harness.course.tokenizer_files", "harness.intake.submission",
              "harness.metrics.score", "harness.metrics.fused", "harness.metrics.candidates",
