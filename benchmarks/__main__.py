@@ -10,7 +10,8 @@ What is measured (the scripts beside this file, each also runnable alone):
 - train (train.py): tokens/s of the harness's training step against a plain PyTorch loop, same model, batches
   and optimizer (the reference GPT; the full run adds the reference MLM);
 - grade (grade.py): a test-scale example class graded from scratch, 2 workers against 1 (submissions per
-  minute), and the cached rerun's time against the first run's; (full size only) a class of 30 at the demo's
+  minute), with the fork servers against fresh interpreters (HARNESS_FORKSERVER=0), and the cached rerun's
+  time against the first run's; a checkpoint read forked against fresh; (full size only) a class of 30 at the demo's
   scale, every validation target, per stage and whole, against the 5-minute aim and its arithmetic limit; (sandbox.py) an honest custom-code
   submission graded inside the sandbox's boundary against the same without it;
 - arch (arch.py): seconds per submission of a Llama-style model (RMSNorm, RoPE, SwiGLU) against the
@@ -63,6 +64,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "eval": dict(tokens=8192, rounds=5, strides=(64, 32)),
         "train": dict(families=("gpt", "mlm"), steps=6, repeat=2, overrides=()),
         "grade": dict(tiny=False, keep=None, max_tokens=4096, timeout_s=300, sandbox_rounds=3, sandbox_tokens=4096,
+                      read_rounds=5,
                       limit=dict(submissions=30, scale="demo")),
         "arch": dict(d_model=256, n_layers=6, n_heads=8, rounds=5, max_tokens=4096, warmup=True),
         "report": dict(repeat=2, students=None, class_report=True),
@@ -72,7 +74,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "eval": dict(tokens=2048, rounds=3, strides=(64, 32)),
         "train": dict(families=("gpt",), steps=2, repeat=2, overrides=()),
         "grade": dict(tiny=False, keep=QUICK_GRADE_IDS, max_tokens=1024, timeout_s=120, sandbox_rounds=2,
-                      sandbox_tokens=1024),
+                      sandbox_tokens=1024, read_rounds=3),
         "arch": dict(d_model=128, n_layers=4, n_heads=4, rounds=3, max_tokens=1024, warmup=True),
         "report": dict(repeat=1, students=3, class_report=False),
         "scaling": dict(tokens=1024, rounds=4),
@@ -80,7 +82,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "eval": dict(tokens=128, rounds=1, strides=(64,)),
         "train": dict(families=("gpt",), steps=1, repeat=1, overrides=TINY_TRAIN),
-        "grade": dict(tiny=True, keep=None, max_tokens=256, timeout_s=120, sandbox_rounds=1, sandbox_tokens=256),
+        "grade": dict(tiny=True, keep=None, max_tokens=256, timeout_s=120, sandbox_rounds=1, sandbox_tokens=256,
+                      read_rounds=1),
         "arch": dict(d_model=32, n_layers=1, n_heads=2, rounds=1, max_tokens=256, warmup=False),
         "report": dict(repeat=1, students=1, class_report=False),
         "scaling": dict(tokens=64, rounds=1),
@@ -162,10 +165,13 @@ def run_grade(size: dict, device: str, log: Callable[[str], None]) -> list[dict]
             log(f"example class: {'written in %.0f s' % wrote if wrote is not None else 'reused'} ({folder})")
             which = ("test-scale class less custom_loop (it only waits for its timeout)" if size["keep"] is None
                      else "subset of the test-scale class: " + ", ".join(size["keep"]))
+        on_row = lambda r: log(f"{r['workers']} worker(s){', fresh interpreters' if r['fresh'] else ''}: first "
+                               f"{r['first_s']:.1f} s, cached {r['cached_s']:.2f} s")  # noqa: E731
         r1, r2 = bench.measure(workers=(1, 2), max_tokens=size["max_tokens"], timeout_s=size["timeout_s"],
-                               class_dir=folder, drop=GRADE_DROP, keep=size["keep"],
-                               on_row=lambda r: log(f"{r['workers']} worker(s): first {r['first_s']:.1f} s, "
-                                                    f"cached {r['cached_s']:.2f} s"))
+                               class_dir=folder, drop=GRADE_DROP, keep=size["keep"], on_row=on_row)
+        [r2_fresh] = bench.measure(workers=(2,), max_tokens=size["max_tokens"], timeout_s=size["timeout_s"],
+                                   class_dir=folder, drop=GRADE_DROP, keep=size["keep"], on_row=on_row, fresh=True)
+    reads = bench.measure_reads(rounds=size["read_rounds"])
     ended = (f"{r1['errors']} ended in an error finding, as built" +
              (f"; {r1['timeouts']} / {r2['timeouts']} hit the {size['timeout_s']:.0f} s timeout"
               if r1["timeouts"] or r2["timeouts"] else f"; none hit the {size['timeout_s']:.0f} s timeout"))
@@ -175,6 +181,13 @@ def run_grade(size: dict, device: str, log: Callable[[str], None]) -> list[dict]
         row("grade", "submissions/min, first run, 2 workers vs 1", r2["subs_per_min"], r1["subs_per_min"],
             "subs/min", r2["subs_per_min"] / r1["subs_per_min"],
             f"{which}; {setting}; first run {r2['first_s']:.0f} s vs {r1['first_s']:.0f} s; {ended}{gpu}"),
+        row("grade", "submissions/min, first run, 2 workers: fork servers vs fresh interpreters", r2["subs_per_min"],
+            r2_fresh["subs_per_min"], "subs/min", r2["subs_per_min"] / r2_fresh["subs_per_min"],
+            f"{which}; {setting}; baseline HARNESS_FORKSERVER=0: every measuring process and checkpoint reader "
+            f"imports torch afresh; first run {r2['first_s']:.0f} s vs {r2_fresh['first_s']:.0f} s; one run each"),
+        row("grade", "seconds per checkpoint read: fork server vs fresh interpreter", reads["forked_s"],
+            reads["fresh_s"], "s", reads["ratio"],
+            f"a nanoGPT ckpt.pt (2L d128) read in its limited child, best of {reads['rounds']} alternating rounds"),
         row("grade", "cached rerun, 1 worker", r1["cached_s"], r1["first_s"], "s", r1["ratio"],
             "baseline: the first run; the rerun evaluates nothing (checked); one run each"),
         row("grade", "cached rerun, 2 workers", r2["cached_s"], r2["first_s"], "s", r2["ratio"],

@@ -21,7 +21,9 @@ same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import os
 import shutil
 import tempfile
 import time
@@ -80,12 +82,53 @@ def tiny_class(folder: Path) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def fresh_processes(fresh: bool = True):
+    """Within: every reader and measuring process a fresh interpreter (HARNESS_FORKSERVER=0), the baseline
+    of the fork servers."""
+    before = os.environ.get("HARNESS_FORKSERVER")
+    if fresh:
+        os.environ["HARNESS_FORKSERVER"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HARNESS_FORKSERVER", None)
+        else:
+            os.environ["HARNESS_FORKSERVER"] = before
+
+
+def measure_reads(rounds: int = 5) -> dict:
+    """Seconds per checkpoint read (a nanoGPT ckpt.pt of the seeds' mini-GPT size, read in its limited child)
+    forked from the reader's server against a fresh interpreter each, alternating, the best of `rounds`."""
+    import torch
+
+    from harness.checkpoint.read import read_checkpoint
+    from harness.models.gpt import GPT, GPTConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt.pt"
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=50304, context=64, n_layers=2, d_model=128, n_heads=4, dropout=0.0))
+        torch.save({"model": model.state_dict(), "iter_num": 0}, path)
+        read_checkpoint(path, root=path.parent)  # the server started, outside the clock
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):
+            for fresh in (False, True):
+                with fresh_processes(fresh):
+                    t0 = time.perf_counter()
+                    read_checkpoint(path, root=path.parent)
+                    times[fresh].append(time.perf_counter() - t0)
+    return {"forked_s": min(times[False]), "fresh_s": min(times[True]), "rounds": rounds,
+            "ratio": min(times[True]) / min(times[False])}
+
+
 def measure(*, workers: tuple[int, ...] = (1, 2), max_tokens: int = 4096, timeout_s: float = 120,
             class_dir: Path | None = None, drop: tuple[str, ...] = (), keep: tuple[str, ...] | None = None,
-            on_row: Callable[[dict], None] | None = None) -> list[dict]:
+            on_row: Callable[[dict], None] | None = None, fresh: bool = False) -> list[dict]:
     """One row per worker count: the first run's seconds and submissions/minute, the cached rerun's seconds
     and their ratio, and how the submissions ended. The class is `class_dir` copied (default: written
-    afresh), less the ids in `drop` or outside `keep`."""
+    afresh), less the ids in `drop` or outside `keep`. `fresh`: without the fork servers (the baseline)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -102,14 +145,15 @@ def measure(*, workers: tuple[int, ...] = (1, 2), max_tokens: int = 4096, timeou
             out = root / f"out-{w}"
             opts = GradeOptions(workers=w, timeout_s=timeout_s, reports=False)
             t0 = time.perf_counter()
-            first = grade(root / "class", out, course, opts)
+            with fresh_processes(fresh):
+                first = grade(root / "class", out, course, opts)
             t1 = time.perf_counter()
             again = grade(root / "class", out, course, opts)
             t2 = time.perf_counter()
             subs = first.results.submissions
             assert not again.measured, "the cached rerun evaluated something"
             codes = [s.error.code if s.error else None for s in subs]
-            row = {"workers": w, "submissions": len(subs), "ids": [s.id for s in subs],
+            row = {"workers": w, "fresh": fresh, "submissions": len(subs), "ids": [s.id for s in subs],
                    "first_s": t1 - t0, "subs_per_min": len(subs) / (t1 - t0) * 60, "cached_s": t2 - t1,
                    "ratio": (t1 - t0) / (t2 - t1), "errors": sum(c is not None for c in codes),
                    "timeouts": codes.count("grading-timeout"), "timeout_s": timeout_s, "max_tokens": max_tokens}
