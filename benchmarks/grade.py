@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from harness import forkserver
 from harness.course.config import capped_course_text
 from harness.demo.example_class import write_example_class
 from harness.grading.batch import GradeOptions, grade
@@ -144,6 +145,7 @@ def measure(*, workers: tuple[int, ...] = (1, 2), max_tokens: int = 4096, timeou
         for w in workers:
             out = root / f"out-{w}"
             opts = GradeOptions(workers=w, timeout_s=timeout_s, reports=False)
+            forkserver.shutdown()  # each first run starts its own servers, as `harness grade` does
             t0 = time.perf_counter()
             with fresh_processes(fresh):
                 first = grade(root / "class", out, course, opts)
@@ -229,6 +231,7 @@ def measure_limit(*, submissions: int = 30, scale: str = "demo", max_tokens: int
         stamps: list[float] = []
         opts = GradeOptions(workers=workers, timeout_s=timeout_s, reports=reports,
                             on_result=lambda r: (raw.append(r.to_json()), stamps.append(time.perf_counter())))
+        forkserver.shutdown()  # the servers' start is part of the whole, as in `harness grade`
         t0 = time.perf_counter()
         outcome = grade(root / "class", root / "out", course, opts)
         whole = time.perf_counter() - t0

@@ -88,9 +88,9 @@ def measure(*, rounds: int = 3, max_tokens: int = 2048) -> dict:
                     t0 = time.perf_counter()
                     result = grade_one(job)
                     best[side] = min(best[side], time.perf_counter() - t0)
-                    assert result["status"] == "graded", result["error"]
-                    assert result["model"]["sandbox"].startswith("bubblewrap" if side == "sandboxed" else "none")
-                    losses[side] = result["metrics"]["loss"]
+                    assert result.status == "graded", result.error
+                    assert result.model.sandbox.startswith("bubblewrap" if side == "sandboxed" else "none")
+                    losses[side] = result.metrics.loss
         finally:
             jail._BOUNDARY = real
     assert losses["sandboxed"] == losses["unsandboxed"], losses

@@ -121,6 +121,21 @@ def address(kind: Kind, env: dict[str, str] | None = None) -> str | None:
     return server.socket_path if server is not None else None
 
 
+def shutdown() -> None:
+    """End the servers this process started and forget every server: the next run starts as a new process
+    would (for benchmarks that time a grading run whole, server start included)."""
+    with _lock:
+        for server in _servers.values():
+            if server.proc is not None and server.proc.stdin is not None:
+                server.proc.stdin.close()  # the lifeline
+                try:
+                    server.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.proc.kill()
+                    server.proc.wait()
+        _servers.clear()
+
+
 def _server(kind: Kind, start: bool = False, env: dict[str, str] | None = None) -> _Server | None:
     if os.environ.get("HARNESS_FORKSERVER", "1") == "0" or not hasattr(os, "fork"):
         return None

@@ -187,3 +187,13 @@ def test_checkpoints_read_through_the_server_and_fresh_are_the_same(tmp_path, mo
     assert seen["1"] == seen["0"] and seen["1"][1] == "checkpoint-unsafe"
     server = forkserver._servers.get(READER.name)
     assert server is not None and not server.dead and (server.proc is None or server.proc.poll() is None)
+
+
+def test_shutdown_ends_the_servers_and_the_next_run_starts_one(tmp_path):
+    k = kind("again", "describe")
+    assert forkserver.run(k, ["0"], cwd=tmp_path, env=env_for(tmp_path)).forked
+    first = forkserver._servers["again"].proc
+    forkserver.shutdown()
+    assert first.poll() == 0 and not Path(first.args[-2]).parent.exists()  # its socket's folder removed
+    assert forkserver.run(k, ["0"], cwd=tmp_path, env=env_for(tmp_path)).forked
+    assert forkserver._servers["again"].proc.pid != first.pid
