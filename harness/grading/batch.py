@@ -19,13 +19,15 @@ import csv
 import io
 import json
 import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from harness import __version__
+from harness import __version__, forkserver
 from harness.grading.backends import Measured, backend
 from harness.grading.cache_key import measurement_basis, measurement_key
 from harness.course.config import Course, load_course
@@ -360,7 +362,8 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     outcome.results = results
     _prune_cache(cache_dir, keep)
     if opts.reports:
-        write_reports(results, out, grader=opts.grader_reports, class_report=len(results.submissions) > 1)
+        write_reports(results, out, grader=opts.grader_reports, class_report=len(results.submissions) > 1,
+                      processes=opts.workers)
     return outcome
 
 
@@ -391,11 +394,32 @@ def _report_code_fingerprint() -> str:
     return fingerprint({f.relative_to(here).as_posix(): sha256_file(f) for f in files if f.is_file()})
 
 
-def write_reports(results: ClassResults, out: Path, *, grader: bool = False, class_report: bool = True) -> list[Path]:
+PDFS_PER_PROCESS = 6  # fewer student PDFs than this a process: rendered here (a process's start costs ~2 PDFs)
+# a share of the student PDFs, in a fresh interpreter (harness.forkserver runs it: no server, no main module
+# imported again as multiprocessing's spawn would)
+REPORTS = forkserver.Kind(name="reports", entry="harness.reporting.student:render_main", isolated=False, preload=(),
+                          server_env=lambda folder: dict(os.environ), lazy=False)
+
+
+def _render_share(tmp: Path, i: int, ids: list[str], out: Path, grader: bool) -> None:
+    err = tmp / f"stderr-{i}.txt"
+    ended = forkserver.run(REPORTS, [str(tmp / "results.json"), str(out.resolve()), "1" if grader else "0", *ids], cwd=tmp,
+                           env=dict(os.environ), stderr=err)
+    if ended.code != 0:
+        tail = [line for line in err.read_text(errors="replace").splitlines() if line.strip()][-1:] \
+            if err.is_file() else []
+        raise RuntimeError(f"rendering {len(ids)} student PDFs stopped with exit {ended.code}"
+                           + (f": {tail[0][:300]}" if tail else ""))
+
+
+def write_reports(results: ClassResults, out: Path, *, grader: bool = False, class_report: bool = True,
+                  processes: int = 1) -> list[Path]:
     """Every student's PDF and the class report. Rendered again only when what they show changed:
-    a rerun on unchanged inputs leaves the PDFs (and their bytes) as they are."""
+    a rerun on unchanged inputs leaves the PDFs (and their bytes) as they are. With `processes` > 1 and
+    enough students, the student PDFs are shared among that many fresh processes while this one renders the
+    class report: the same bytes (a PDF depends on the results alone, not on the process that renders it)."""
     from harness.reporting.class_report import render_class_report
-    from harness.reporting.student import render_student_report
+    from harness.reporting.student import render_student_reports
 
     if not isinstance(results, ClassResults):  # a results.json's dict
         results = ClassResults.from_json(results)
@@ -410,10 +434,21 @@ def write_reports(results: ClassResults, out: Path, *, grader: bool = False, cla
     if before.get("key") == key and sorted(before.get("files", {})) == sorted(planned) and all(
             (out / name).is_file() and sha256_file(out / name) == sha for name, sha in before["files"].items()):
         return [out / name for name in planned]
-    written = []
-    for s in results.submissions:
-        written.append(render_student_report(results, s.id, out / f"{s.id}.pdf", grader=grader))
-    if class_report:
-        written.append(render_class_report(results, out / "class_report.pdf", grader=True))
+    ids = [s.id for s in results.submissions]
+    processes = max(1, min(processes, os.cpu_count() or 1, len(ids) // PDFS_PER_PROCESS))
+    if processes == 1:
+        written = render_student_reports(results, ids, out, grader=grader)
+        class_pdf = render_class_report(results, out / "class_report.pdf", grader=True) if class_report else None
+    else:
+        with tempfile.TemporaryDirectory(prefix="harness-reports-") as tmp, ThreadPoolExecutor(processes) as pool:
+            (Path(tmp) / "results.json").write_text(json.dumps(results.to_json()), encoding="utf-8")
+            futures = [pool.submit(_render_share, Path(tmp), i, ids[i::processes], out, grader)
+                       for i in range(processes)]
+            class_pdf = render_class_report(results, out / "class_report.pdf", grader=True) if class_report else None
+            for f in futures:
+                f.result()
+        written = [out / f"{sid}.pdf" for sid in ids]
+    if class_pdf is not None:
+        written.append(class_pdf)
     write_json(stamp, {"key": key, "files": {p.name: sha256_file(p) for p in written}})
     return written

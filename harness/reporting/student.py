@@ -341,6 +341,23 @@ def student_context(results: ClassResults | dict, submission_id: str, *, grader:
     }
 
 
+def render_student_reports(results: ClassResults | dict, submission_ids: list[str], out: Path | str, *,
+                           grader: bool = False) -> list[Path]:
+    """`OUT/<id>.pdf` for each id, in order: one process's share of a class's PDFs (`write_reports`)."""
+    if not isinstance(results, ClassResults):
+        results = ClassResults.from_json(results)
+    return [render_student_report(results, sid, Path(out) / f"{sid}.pdf", grader=grader) for sid in submission_ids]
+
+
+def render_main(argv: list[str]) -> int:
+    """A process's share of a class's PDFs (`harness.forkserver`'s entry): RESULTS.json OUT GRADER(0|1) ID..."""
+    import json
+
+    results = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    render_student_reports(results, argv[3:], Path(argv[1]), grader=argv[2] == "1")
+    return 0
+
+
 def render_student_report(results: ClassResults | dict, submission_id: str, out_pdf: Path | str, *,
                           grader: bool = False, course: Any = None) -> Path:
     """One submission's PDF. `grader=True` adds the findings meant for the grader only and the similar
