@@ -151,6 +151,9 @@ def test_a_server_with_threads_refuses_and_the_work_is_done_fresh(tmp_path):
     assert not ended.forked and ended.code == 0 and json.loads(out.read_text())["argv"] == ["0"]
     server = forkserver._servers["threads"].proc
     assert server.wait(timeout=30) == 1
+    folder = Path(server.args[-2]).parent  # kept, with the reason
+    assert "threads after importing; forking would not be safe" in (folder / "server.log").read_text()
+    shutil.rmtree(folder)
 
 
 def test_checkpoints_read_through_the_server_and_fresh_are_the_same(tmp_path, monkeypatch):
