@@ -28,7 +28,7 @@ What a fresh interpreter does at exit, a worker does too: its atexit functions (
 finalizers among them) run before it exits.
 
 Forking is safe because the server has one thread: it checks so after its imports (OpenBLAS's pool is kept
-to one thread by the server's environment) and refuses to serve otherwise, its reason left in its folder's
+to one thread by every server's environment, `SINGLE_THREADED`) and refuses to serve otherwise, its reason left in its folder's
 server.log. A caller that finds no server (it refused, died, `HARNESS_FORKSERVER=0`, a Ray node, a socket
 path too long) starts a fresh interpreter, as before.
 """
@@ -57,6 +57,7 @@ _BOOT = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); from harness
          "sys.exit({0}(*sys.argv[2:]))")
 MAX_LINE = 1 << 20  # a request (argv, environment) or an answer, in bytes
 STARTUP_S = 300.0  # the longest a server may take to import before its first answer
+SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1"}  # in every server's environment: OpenBLAS starts no thread pool
 SOCKET_PATH_MAX = 99  # sun_path holds 107 bytes and a NUL, the server binds PATH.binding first (8 more)
 
 
@@ -65,8 +66,9 @@ class Kind:
     name: str
     entry: str  # "module:function", called with the argv list, returning the exit code
     isolated: bool  # a fresh interpreter is started with -I (no PYTHON* variables, no cwd on the path)
-    preload: tuple[str, ...]  # what the server imports before it forks (absent optional ones are skipped)
-    server_env: Callable[[Path], dict[str, str]]  # the server's own environment, given its private folder
+    preload: tuple[str, ...] = ()  # what the server imports before it forks (absent optional ones are skipped)
+    # the server's own environment, given its private folder (None: this process's)
+    server_env: Callable[[Path], dict[str, str]] | None = None
     address_env: str | None = None  # where a parent passes its server's address to the processes it starts
     lazy: bool = True  # the first run starts the server (False: only `address` does, where many runs will follow)
 
@@ -91,7 +93,7 @@ _lock = threading.Lock()
 
 
 class _Lost(Exception):
-    """The server or its monitor went away before the worker's end was known."""
+    """The server could not be reached, or went away before its worker started: nothing ran."""
 
 
 # --- the caller's side -----------------------------------------------------------------------------
@@ -160,10 +162,11 @@ def _start(kind: Kind, env: dict[str, str]) -> _Server:
         shutil.rmtree(folder, ignore_errors=True)
         return _Server(path, dead=True)
     flags = ["-I"] if kind.isolated else []
+    own = kind.server_env(folder) if kind.server_env is not None else dict(os.environ)
     with open(folder / "server.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, *flags, "-c", _BOOT.format("serve"),
                                  json.dumps(_sys_path()), kind.entry, path, json.dumps(kind.preload)],
-                                cwd=folder, env={**kind.server_env(folder), **env}, stdin=subprocess.PIPE,
+                                cwd=folder, env={**own, **SINGLE_THREADED, **env}, stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, close_fds=True)
     # proc.stdin is the lifeline: never written, closed when this process ends
     deadline = time.monotonic() + 30
@@ -205,31 +208,57 @@ def _append(path: Path | str | None) -> int:
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int | None, float, bool]:
-    """Wait for a fresh process up to the limit; its exit code, CPU seconds and whether it ran out of time.
-    Its group is killed once it ended or timed out, before it is reaped (so that its pid names nothing else)."""
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    delay = 0.005
-    timed_out = False
+    """Wait for a fresh process up to the limit; its exit code, CPU seconds and whether it ran out of time."""
     try:
-        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
-                break
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
-        _kill_group(proc.pid)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        return proc.returncode, usage.ru_utime + usage.ru_stime, timed_out
+        status, cpu, timed_out = _until_ended(proc.pid, time.monotonic() + timeout_s if timeout_s else None)
     except BaseException:
-        if proc.returncode is None:
-            _kill_group(proc.pid)
-            try:
-                os.wait4(proc.pid, 0)
-            except ChildProcessError:
-                pass
-            proc.returncode = -signal.SIGKILL
+        _kill_group(proc.pid)
+        try:
+            os.wait4(proc.pid, 0)
+        except ChildProcessError:
+            pass
+        proc.returncode = -signal.SIGKILL
         raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, cpu, timed_out
+
+
+def _until_ended(pid: int, deadline: float | None, conn: socket.socket | None = None) -> tuple[int, float, bool]:
+    """Wait for the child `pid` to end; kill its group at `deadline` (None: none) or when `conn` closes (a
+    monitor's client gone). Its group is killed again once it ended, while its pid is not yet reaped (so that
+    the pid names nothing else), then it is reaped: its wait status, CPU seconds, and whether it was stopped."""
+    try:
+        handle = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        handle = None  # no pidfd: look every 50 ms
+    watching = [x for x in (handle, conn) if x is not None]
+    stopped = False
+    try:
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            wait = None if handle is not None else 0.05
+            if deadline is not None and not stopped:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    stopped = True
+                    _kill_group(pid)
+                    continue
+                wait = left if wait is None else min(wait, left)
+            ready, _, _ = select.select(watching, [], [], wait)
+            if conn is not None and conn in ready:
+                try:
+                    gone = not conn.recv(1)
+                except OSError:
+                    gone = True
+                if gone:
+                    stopped = True
+                    _kill_group(pid)
+                    watching.remove(conn)
+        _kill_group(pid)  # what it left running in its session
+        _, status, usage = os.wait4(pid, 0)
+    finally:
+        if handle is not None:
+            os.close(handle)
+    return status, usage.ru_utime + usage.ru_stime, stopped
 
 
 def _kill_group(pgid: int) -> None:
@@ -245,13 +274,13 @@ def _run_forked(server: _Server, argv: list[str], *, cwd: Path, env: dict[str, s
                "stdout": str(stdout) if stdout else None, "stderr": str(stderr) if stderr else None}
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        lines = _Lines(conn)
         try:
             conn.connect(server.socket_path)
             conn.sendall(json.dumps(request).encode() + b"\n")
-        except OSError:
+            started = lines.next(time.monotonic() + STARTUP_S)  # a server still importing answers when ready
+        except OSError:  # TimeoutError among them
             raise _Lost() from None
-        lines = _Lines(conn)
-        started = lines.next(time.monotonic() + STARTUP_S)  # a server still importing answers when ready
         if not isinstance(started, dict) or not isinstance(started.get("pid"), int):
             raise _Lost()
         deadline = time.monotonic() + timeout_s if timeout_s else None
@@ -268,8 +297,6 @@ def _run_forked(server: _Server, argv: list[str], *, cwd: Path, env: dict[str, s
         if not isinstance(ended, dict) or not isinstance(ended.get("status"), int):
             return Ended(None, 0.0, timed_out, True)  # the monitor died, and the worker with it
         return Ended(os.waitstatus_to_exitcode(ended["status"]), float(ended.get("cpu") or 0.0), timed_out, True)
-    except TimeoutError:  # no answer to the request
-        raise _Lost() from None
     finally:
         conn.close()  # before an answer came: the monitor kills the worker's group
 
@@ -402,7 +429,7 @@ def _monitor(conn: socket.socket, listener: socket.socket, server_pid: int, run_
             _worker(request, conn, monitor_pid, run_entry)  # never returns
         signal.signal(signal.SIGTERM, lambda *_: (_kill_group(pid), os._exit(1)))
         _send(conn, {"pid": pid})
-        status, cpu = _watch(pid, conn)
+        status, cpu, _ = _until_ended(pid, None, conn)
         _send(conn, {"status": status, "cpu": cpu})
         code = 0
     except BaseException:  # noqa: BLE001 - a monitor only ever exits
@@ -415,33 +442,6 @@ def _send(conn: socket.socket, value: dict) -> None:
         conn.sendall(json.dumps(value).encode() + b"\n")
     except OSError:
         pass
-
-
-def _watch(pid: int, conn: socket.socket) -> tuple[int, float]:
-    """Wait for the worker; kill its group if the client goes away. Its group is killed when it ends,
-    while its pid is not yet reaped (so that the pid cannot name anything else), then it is reaped."""
-    try:
-        handle = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        handle = None
-    watching = [conn] + ([handle] if handle is not None else [])
-    while True:
-        ready, _, _ = select.select(watching, [], [], None if handle is not None else 0.05)
-        if conn in ready:
-            try:
-                gone = not conn.recv(1)
-            except OSError:
-                gone = True
-            if gone:
-                _kill_group(pid)
-                watching.remove(conn)
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            break
-    _kill_group(pid)  # what it left running in its session
-    _, status, usage = os.wait4(pid, 0)
-    if handle is not None:
-        os.close(handle)
-    return status, usage.ru_utime + usage.ru_stime
 
 
 def _worker(request: dict, conn: socket.socket, monitor_pid: int, run_entry) -> None:

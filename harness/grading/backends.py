@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from harness import __version__, forkserver
-from harness.checkpoint.runner import READER
 from harness.errors import HarnessError
 from harness.grading.measure import Job
 from harness.grading.results import Measurement
@@ -63,7 +62,7 @@ MEASURER = forkserver.Kind(
              "harness.metrics.score", "harness.metrics.fused", "harness.metrics.candidates",
              "harness.metrics.causality", "harness.metrics.samples", "harness.models.build", "harness.models.hf",
              "harness.sandbox.custom_code", "transformers", "transformers.tokenization_utils_fast"),
-    server_env=lambda folder: {**os.environ, "OPENBLAS_NUM_THREADS": "1"}, lazy=False)
+    lazy=False)
 
 
 def measure_in_process(job: Job, env: dict[str, str] | None = None) -> Measured:
@@ -123,6 +122,8 @@ def run_local(jobs: list[Job], finish: Finish, *, workers: int) -> Iterator[tupl
     with ThreadPoolExecutor(max_workers=workers) as pool:
         env = {}
         if len(jobs) > 1:  # servers pay from their second fork on (one job: fresh processes, as `harness check`)
+            from harness.checkpoint.runner import READER  # it imports torch: not for whoever imports the backends
+
             forkserver.address(MEASURER, env={"OMP_NUM_THREADS": str(jobs[0].threads)})  # as measure_in_process
             # the reader's server serves every measuring process (they are gone before this one)
             read_server = forkserver.address(READER)

@@ -397,14 +397,13 @@ def _report_code_fingerprint() -> str:
 PDFS_PER_PROCESS = 6  # fewer student PDFs than this a process: rendered here (a process's start costs ~2 PDFs)
 # a share of the student PDFs, in a fresh interpreter (harness.forkserver runs it: no server, no main module
 # imported again as multiprocessing's spawn would)
-REPORTS = forkserver.Kind(name="reports", entry="harness.reporting.student:render_main", isolated=False, preload=(),
-                          server_env=lambda folder: dict(os.environ), lazy=False)
+REPORTS = forkserver.Kind(name="reports", entry="harness.reporting.student:render_main", isolated=False, lazy=False)
 
 
 def _render_share(tmp: Path, i: int, ids: list[str], out: Path, grader: bool) -> None:
     err = tmp / f"stderr-{i}.txt"
-    ended = forkserver.run(REPORTS, [str(tmp / "results.json"), str(out.resolve()), "1" if grader else "0", *ids], cwd=tmp,
-                           env=dict(os.environ), stderr=err)
+    argv = [str(tmp / "results.json"), str(out.resolve()), "1" if grader else "0", *ids]
+    ended = forkserver.run(REPORTS, argv, cwd=tmp, env=dict(os.environ), stderr=err)
     if ended.code != 0:
         tail = [line for line in err.read_text(errors="replace").splitlines() if line.strip()][-1:] \
             if err.is_file() else []

@@ -10,7 +10,7 @@ all answer the same way.
 from __future__ import annotations
 
 import math
-
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -174,7 +174,5 @@ class TruncatedVocabulary:
         got = ask(input_ids.clamp(max=self.n_own - 1)) if callable(ask) else None
         if got is None:
             return None
-        from dataclasses import replace
-
         hidden, head = got
         return hidden, replace(head, pad_to=self.n_outputs)
