@@ -434,3 +434,56 @@ def test_honest_code_may_use_all_its_compute_threads(tmp_path, monkeypatch):
                                "        return super().forward(idx) + (y @ y).mean() * 0\n")
     with SandboxedModel(tmp_path, "model.py:Wide", sd, kwargs=KWARGS, limits=LIMITS) as sm:
         assert sm.logits(torch.zeros(2, 4, dtype=torch.long)).shape == (2, 4, 50)
+
+
+# The memory file replies leave their logits in is the child's third argument: it tries to shrink it under
+# the parent's map (a read past its end would kill the grader with SIGBUS) and to grow it, and goes on only
+# where both were refused; with a batch of 700 windows (more than its 1 MB), it forges a reply that claims
+# the file holds them.
+SEALED = '''
+class Sealed(TinyLM):
+    def forward(self, idx):
+        import os, struct, sys, json, time
+        fd = int(sys.argv[3])
+        for size in (0, 2 << 20):  # (2 MB: within its file-size limit)
+            try:
+                os.ftruncate(fd, size)
+                raise RuntimeError(f"resized the memory file to {size}")
+            except PermissionError:
+                pass
+        if idx.shape[0] == 700:
+            head = json.dumps({"ok": True, "shape": [700, 8, 50], "shared": True}).encode()
+            os.write(int(sys.argv[2]), struct.pack("<II", len(head), 0) + head)
+            time.sleep(60)
+        return super().forward(idx)
+'''
+
+
+@needs_boundary
+def test_logits_cross_through_a_sealed_memory_file_or_the_pipe_alike(tmp_path):
+    """The same logits through the memory file, through the pipe (a reply larger than the file, or no file),
+    and from the class run here; each call's logits are the caller's own (the causality check holds on to
+    one call's while it makes the next); the child can neither resize the file nor claim it holds more."""
+    sd = _submission(tmp_path, SEALED)
+    ns: dict = {}
+    exec(TINY, ns)
+    here = ns["TinyLM"](**KWARGS)
+    here.load_state_dict(sd)
+    small, big = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (300, 8))
+    with torch.no_grad():
+        want_small, want_big = here(small), here(big)
+    one_mb = SandboxLimits(**{**LIMITS.__dict__, "shared_mb": 1})
+    no_file = SandboxLimits(**{**LIMITS.__dict__, "shared_mb": 0})
+    with SandboxedModel(tmp_path, "model.py:Sealed", sd, kwargs=KWARGS, limits=one_mb) as a, \
+            SandboxedModel(tmp_path, "model.py:TinyLM", sd, kwargs=KWARGS, limits=no_file) as b:
+        first = a.logits(small)  # 3 KB: the file
+        kept = first.clone()
+        second = a.logits(big)  # 480 KB: the file
+        assert torch.equal(first, kept)  # not overwritten by the next reply
+        torch.testing.assert_close(first, want_small, rtol=0, atol=1e-6)
+        torch.testing.assert_close(second, want_big, rtol=0, atol=1e-6)
+        assert torch.equal(b.logits(small), first) and torch.equal(b.logits(big), second)  # the pipe's
+        assert torch.equal(a.last_logits(big), second[:, -1])
+        with pytest.raises(HarnessError) as e:
+            a.logits(torch.zeros(700, 8, dtype=torch.long))  # 1.1 MB: a forged claim
+    assert e.value.code == "model-code-failed" and "malformed reply" in e.value.message, e.value.message

@@ -1,6 +1,7 @@
 """The sandboxed child of sandbox.py: no network, then the student's class, then logits on request.
 
-Run as `python -I -m harness.sandbox.child IN_FD OUT_FD` with the submission's read-only copy as cwd.
+Run as `python -I -m harness.sandbox.child IN_FD OUT_FD [SHARED_FD]` with the submission's read-only copy as cwd;
+SHARED_FD: the sealed memory file (run.SharedLogits) that replies leave their logits in.
 """
 
 from __future__ import annotations
@@ -41,10 +42,16 @@ def main() -> None:
     from harness.sandbox import student_class as sc
     from harness.sandbox.describe import describe
     from harness.sandbox.notebook_class import not_run_hint
-    from harness.sandbox.run import _read_frame, _write_frame
+    from harness.sandbox.run import SharedLogits, _read_frame, _write_frame
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     root = Path(os.getcwd())
+    shared = None
+    if len(sys.argv) > 3:
+        try:
+            shared = SharedLogits(int(sys.argv[3]), writable=True)
+        except (OSError, ValueError):  # no room to map it (the memory limit): every reply takes the pipe
+            pass
     caller = None
     reported = 0
     while True:
@@ -82,9 +89,12 @@ def main() -> None:
                 logits = caller.logits(ids)
                 if header.get("last"):  # generation: only each window's next-token row travels back
                     logits = logits[:, -1:]
-                logits = np.ascontiguousarray(logits.numpy(), dtype="<f4")  # Caller.logits: float32 already
                 new, reported = caller.notes[reported:], len(caller.notes)
-                _write_frame(out_fd, {"ok": True, "shape": list(logits.shape), "notes": new}, logits)
+                reply = {"ok": True, "shape": list(logits.shape), "notes": new}
+                if shared is not None and shared.put(logits):  # Caller.logits: float32 already
+                    _write_frame(out_fd, {**reply, "shared": True})
+                else:
+                    _write_frame(out_fd, reply, np.ascontiguousarray(logits.numpy(), dtype="<f4"))
             else:
                 raise ValueError(f"unknown op {header['op']!r}")
         except Exception as e:

@@ -8,7 +8,9 @@ boundary cannot be made, custom code is refused (`sandbox-unavailable`) unless t
 (`allow_unsandboxed`, the CLI's `--allow-unsandboxed-code`). The parent reads the weights itself (safely, see
 harness.checkpoint) and sends them as safetensors bytes; then it sends token windows and gets logits back as raw float32
 bytes. Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them;
-every reply is bounded and checked (size, shape, finite values) before it is used.
+a reply's logits are left in a sealed memory file shared with the child (`SharedLogits`; the pipe where
+there is none, or for a reply larger than it) and copied out once. Every reply is bounded and checked
+(size, shape, finite values) before it is used.
 
 `SandboxedModel` answers the evaluator like any other model (`n_outputs`, `max_positions`, `logits`).
 What the child does with the student's class (import it, construct it the way its signature asks, call
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import mmap
 import os
 import select
 import shutil
@@ -54,6 +58,8 @@ class SandboxLimits:
     file_mb: int = 64  # the largest file it may write (in its /tmp)
     tmp_mb: int = 256  # all of its /tmp together
     output_mb: int = 16  # what it may print; past it, it is ended
+    shared_mb: int = 256  # the memory file its replies' logits are left in (SharedLogits; 0: none, the pipe);
+    # a larger reply crosses the pipe. Mapped by both sides: part of its address space, touched only as used
 
     def jail(self) -> JailLimits:
         return JailLimits(memory_mb=self.memory_mb, cpu_seconds=self.cpu_seconds, open_files=self.open_files,
@@ -63,6 +69,66 @@ class SandboxLimits:
 
 MAX_HEADER = 1 << 20  # a reply's JSON; anything longer is not ours
 MAX_VOCAB = 1 << 21  # outputs per position a logits reply may claim
+
+
+class SharedLogits:
+    """A memory file the child leaves its replies' logits in, mapped by both sides: the child copies a batch
+    of logits into it once and the parent copies it out once, where a pipe copies it into the kernel and out
+    again in 1 MiB pieces (a window of a 50,257-word model: 13 MB; 2.5x faster, measured).
+
+    Sealed at its size (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_SEAL) before the child gets it: the child can
+    write into it, but cannot truncate it under the parent's map (reading past a file's end is a SIGBUS) or
+    grow it. The parent reads only what the reply's header claims, after the reply, and copies it before
+    checking it: what the child writes afterwards cannot change logits already taken.
+    """
+
+    def __init__(self, fd: int, *, writable: bool):
+        self.fd = fd
+        self.capacity = os.fstat(fd).st_size
+        self._map = mmap.mmap(fd, self.capacity, mmap.MAP_SHARED,
+                              mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+
+    @classmethod
+    def create(cls, nbytes: int) -> SharedLogits | None:
+        """The parent's side, sealed; None where the system has no sealed memory files (not Linux), or for
+        `nbytes` 0: the pipe."""
+        if nbytes <= 0:
+            return None
+        try:
+            import fcntl
+
+            fd = os.memfd_create("harness-logits", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        except (ImportError, AttributeError, OSError):
+            return None
+        try:
+            os.ftruncate(fd, nbytes)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            return cls(fd, writable=False)
+        except (AttributeError, OSError, ValueError):
+            os.close(fd)
+            return None
+
+    def put(self, logits: torch.Tensor) -> bool:
+        """The child's side: `logits` (float32) copied in; False where they do not fit (the pipe takes them)."""
+        n = logits.numel()
+        if n == 0 or 4 * n > self.capacity:
+            return False
+        torch.frombuffer(self._map, dtype=torch.float32, count=n).view(logits.shape).copy_(logits)
+        return True
+
+    def take(self, shape: list[int]) -> np.ndarray:
+        """The parent's side: the reply's `shape` of float32 logits, copied out (the caller checked the size)."""
+        return np.frombuffer(self._map, dtype=np.float32, count=math.prod(shape)).reshape(shape).copy()
+
+    def close(self) -> None:
+        try:
+            self._map.close()
+        except (BufferError, ValueError):  # a view still alive: the map goes with it
+            pass
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
 
 
 def _write_frame(fd: int, header: dict[str, Any], payload: Any = b"", deadline: float | None = None) -> None:
@@ -166,6 +232,7 @@ class SandboxedModel:
         self.notes: list[str] = []
         self._jail: Jail | None = None
         self._w = self._r = None
+        self._shared: SharedLogits | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="harness-sandbox-"))
         view = self._tmp / "submission"
         shutil.copytree(submission_root, view, symlinks=True, ignore=_not_copied(submission_root))
@@ -189,7 +256,10 @@ class SandboxedModel:
                                f"({self.boundary.detail}); the grader can install bubblewrap or grade with "
                                "--allow-unsandboxed-code")
         self.sandboxed = sandboxed
-        cmd = [sys.executable, "-s", "-m", "harness.sandbox.child", str(to_child_r), str(from_child_w)]
+        self._shared = SharedLogits.create(limits.shared_mb << 20)
+        shared_fds = (self._shared.fd,) if self._shared is not None else ()
+        cmd = [sys.executable, "-s", "-m", "harness.sandbox.child", str(to_child_r), str(from_child_w),
+               *map(str, shared_fds)]
         env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp" if sandboxed else str(home),
                "TMPDIR": "/tmp" if sandboxed else str(home), "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
@@ -203,7 +273,7 @@ class SandboxedModel:
         threads = int(env["OMP_NUM_THREADS"]) if env["OMP_NUM_THREADS"].isdigit() else 1
         jail_limits = dataclasses.replace(limits.jail(), processes=limits.processes + 2 * max(1, threads))
         try:
-            self._jail = Jail(cmd, view=view, env=env, pass_fds=(to_child_r, from_child_w),
+            self._jail = Jail(cmd, view=view, env=env, pass_fds=(to_child_r, from_child_w, *shared_fds),
                               limits=jail_limits, sandboxed=sandboxed)
         except BaseException:
             for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
@@ -266,15 +336,21 @@ class SandboxedModel:
                                      max_payload=4 * int(np.prod(rows)) * vocab)
         self.notes += [str(n)[:500] for n in header.get("notes") or ()][:20]
         shape = header.get("shape")
+        shared = header.get("shared") is True
+        if shared and not (self._shared is not None and not payload and isinstance(shape, list)
+                           and all(type(n) is int and n > 0 for n in shape)
+                           and 4 * math.prod(shape) <= self._shared.capacity):
+            raise self._malformed("computing logits")
         if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and n > 0 for n in shape)
                 and tuple(shape[:2]) == rows and shape[2] <= vocab
-                and len(payload) == 4 * int(np.prod(shape, dtype=np.int64))):
+                and (shared or len(payload) == 4 * int(np.prod(shape, dtype=np.int64)))):
             self.close()
             raise HarnessError("model-code-failed", f"the model returned logits of shape {shape!s:.80} for input "
                                f"{ids.shape}; it must return [B, T, V] (V: {vocab} here)"
                                if self._n_outputs else f"the model returned logits of shape {shape!s:.80} for "
                                f"input {ids.shape}; it must return [B, T, V]")
-        logits = torch.from_numpy(np.frombuffer(payload, dtype="<f4").reshape(shape))  # the parent's own buffer
+        logits = torch.from_numpy(self._shared.take(shape) if shared  # both: the parent's own buffer
+                                  else np.frombuffer(payload, dtype="<f4").reshape(shape))
         # NaN weights give NaN logits: the weights' finding; from finite weights, the code's failure
         if self._finite_weights and nan_or_posinf(logits):
             self.close()
@@ -297,9 +373,7 @@ class SandboxedModel:
             self.close()
             raise HarnessError("model-code-failed", f"the model code died while {doing}: {why}") from None
         except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
-            self.close()
-            raise HarnessError("model-code-failed", f"the model code sent a malformed reply while {doing} (its "
-                               "answer pipe is the harness's alone)") from None
+            raise self._malformed(doing) from None
         if not reply.get("ok"):
             self.close()
             error = str(reply.get("error"))[:500]
@@ -308,6 +382,12 @@ class SandboxedModel:
             raise HarnessError("model-code-failed",
                                f"the model code failed while {doing}: {error}{self._blocked(error)}")
         return reply, data
+
+    def _malformed(self, doing: str) -> HarnessError:
+        """A reply that is not the child's protocol: the child is ended; the error to raise."""
+        self.close()
+        return HarnessError("model-code-failed", f"the model code sent a malformed reply while {doing} (its "
+                            "answer pipe is the harness's alone)")
 
     def _blocked(self, error: str) -> str:
         """What the sandbox refused, said where the student's error is the sandbox's doing."""
@@ -359,6 +439,9 @@ class SandboxedModel:
                 except OSError:
                     pass
                 setattr(self, fd, None)
+        if getattr(self, "_shared", None) is not None:
+            self._shared.close()
+            self._shared = None
         if getattr(self, "_tmp", None) is not None and self._tmp.exists():
             for p in self._tmp.rglob("*"):
                 try:
