@@ -228,9 +228,15 @@ def _sandbox_rows(size: dict, log: Callable[[str], None]) -> list[dict]:
         log(f"sandbox row left out: {boundary().detail}")
         return []
     r = bench.measure(rounds=size["sandbox_rounds"], max_tokens=size["sandbox_tokens"])
+    t = bench.measure_transport(rounds=5 * size["sandbox_rounds"])
     return [row("grade", "honest custom code, sandboxed vs unsandboxed", r["sandboxed_s"], r["unsandboxed_s"], "s",
                 r["ratio"], f"one custom-code submission (2-layer d64 transformer) measured end to end, "
-                f"max_tokens {r['max_tokens']}, best of {r['rounds']}; {r['boundary']}; same loss both ways")]
+                f"max_tokens {r['max_tokens']}, best of {r['rounds']}; {r['boundary']}; same loss both ways"),
+            row("grade", "a window's logits from the sandbox: memory file vs pipe", t["shared_s"] * 1e3,
+                t["pipe_s"] * 1e3, "ms", t["ratio"],
+                f"{t['mb']:.1f} MB of float32 logits (vocab {t['vocab']:,}, context {t['context']}, the same 2-layer "
+                f"d64 model); its forward alone, run here: {t['forward_s'] * 1e3:.2f} ms; 1 thread, best of "
+                f"{t['rounds']} interleaved; the same logits each way")]
 
 
 def run_arch(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:

@@ -1,8 +1,12 @@
 """What the sandbox's boundary costs: an honest custom-code submission graded inside bubblewrap against the
-same submission graded without it (`--allow-unsandboxed-code` on a machine without a boundary).
+same submission graded without it (`--allow-unsandboxed-code` on a machine without a boundary); and what a
+window's logits cost to bring back from the sandbox, through the shared memory file against the pipe.
 
-Both sides run `harness.grading.measure.measure` in this process (the worker's own function: start the child, load
-the weights, evaluate, check causality, end the child), alternating over rounds, best of each.
+`measure()`: both sides run `harness.grading.measure.measure` in this process (the worker's own function: start
+the child, load the weights, evaluate, check causality, end the child), alternating over rounds, best of each.
+`measure_transport()`: the same model at GPT-2's vocabulary in two sandboxes, one with the memory file
+(run.SharedLogits) and one without (`shared_mb = 0`: the pipe), `logits()` of one window in each, interleaved,
+best of each, beside the model's own forward in this process.
 Usage: python benchmarks/sandbox.py [--rounds 3] [--max-tokens 2048]
 """
 
@@ -98,6 +102,43 @@ def measure(*, rounds: int = 3, max_tokens: int = 2048) -> dict:
             "loss": losses["sandboxed"], "rounds": rounds, "max_tokens": max_tokens, "boundary": real.describe()}
 
 
+def measure_transport(*, rounds: int = 20, vocab: int = 50257, context: int = 64) -> dict:
+    """Best seconds of one window's `logits()` from a sandboxed model with the memory file and with the pipe,
+    and of the same forward run here; the logits agree exactly."""
+    import torch
+
+    from harness.sandbox.run import SandboxedModel, SandboxLimits
+
+    ns: dict = {}
+    exec(MODEL, ns)
+    torch.manual_seed(0)
+    here = ns["CharGPT"](vocab, block_size=context).eval()
+    sd = here.state_dict()
+    ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the child's OMP_NUM_THREADS is 1 unless the grader set more
+    best = {"shared": float("inf"), "pipe": float("inf"), "forward": float("inf")}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model.py").write_text(MODEL)
+            kwargs = {"vocab_size": vocab, "block_size": context}
+            with SandboxedModel(Path(tmp), "model.py:CharGPT", sd, kwargs=kwargs) as shared, \
+                    SandboxedModel(Path(tmp), "model.py:CharGPT", sd, kwargs=kwargs,
+                                   limits=SandboxLimits(shared_mb=0)) as pipe, torch.inference_mode():
+                want = here(ids)
+                for side, call in (("shared", shared.logits), ("pipe", pipe.logits), ("forward", here)):
+                    torch.testing.assert_close(call(ids), want, rtol=0, atol=1e-5)
+                for _ in range(rounds):
+                    for side, call in (("shared", shared.logits), ("pipe", pipe.logits), ("forward", here)):
+                        t0 = time.perf_counter()
+                        call(ids)
+                        best[side] = min(best[side], time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return {**{f"{k}_s": v for k, v in best.items()}, "ratio": best["pipe"] / best["shared"], "rounds": rounds,
+            "vocab": vocab, "context": context, "mb": 4 * vocab * context / 1e6}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
@@ -106,6 +147,9 @@ def main() -> None:
     r = measure(rounds=a.rounds, max_tokens=a.max_tokens)
     print(f"sandboxed {r['sandboxed_s']:.2f} s, unsandboxed {r['unsandboxed_s']:.2f} s, ratio {r['ratio']:.3f} "
           f"({r['boundary']}; same loss {r['loss']:.6f})")
+    t = measure_transport()
+    print(f"a window's logits ({t['mb']:.1f} MB): memory file {t['shared_s'] * 1e3:.2f} ms, pipe "
+          f"{t['pipe_s'] * 1e3:.2f} ms ({t['ratio']:.2f}x), the forward alone {t['forward_s'] * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":
