@@ -214,3 +214,21 @@ def test_similar_pairs_do_not_depend_on_which_measurement_finished_first(tmp_pat
     pairs = [similarity_pairs(order, tmp_path, 0.99) for order in (measured, measured[::-1])]
     assert pairs[0] == pairs[1]
     assert [(p.a, p.b) for p in pairs[0]] == [("amy", "kim"), ("amy", "zed"), ("kim", "zed")]
+
+
+def test_the_costliest_submissions_start_first(example_class, tmp_path):
+    """Work is started longest first (custom code, then by size), so that no worker ends alone with a long
+    one: the order of the example class's jobs, and a damaged submission.toml only guessed at."""
+    from harness.grading.batch import MODEL_CODE_WORK, expected_work
+    from harness.intake.submission import discover
+
+    refs = {r.id: r for r in discover(example_class[0])}
+    work = {sid: expected_work(r) for sid, r in refs.items()}
+    order = sorted(work, key=lambda sid: (-work[sid], sid))
+    code = [sid for sid in refs if 'code = "' in (example_class[0] / sid / "submission.toml").read_text()]
+    assert code and set(order[:len(code)]) == set(code), order  # model code first (3x its bytes: 13 MB -> 39)
+    size = {sid: sum(f.stat().st_size for f in (example_class[0] / sid).rglob("*") if f.is_file()) for sid in refs}
+    assert all(work[sid] == size[sid] * (MODEL_CODE_WORK if sid in code else 1) for sid in refs)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "submission.toml").write_text("[model\ncode = 'x.py:M'\n")  # not TOML: no guess
+    assert expected_work(discover(tmp_path)[0]) == len("[model\ncode = 'x.py:M'\n")

@@ -119,6 +119,16 @@ def _toml(root: Path) -> dict[str, Any]:
         raise HarnessError("submission-invalid", f"submission.toml is not valid TOML ({e})") from None
 
 
+def names_model_code(path: Path) -> bool:
+    """Whether the submission.toml at `path` names model code ([model] code): a guess made before the
+    submission is read (any error: False), for what only orders work."""
+    try:
+        model = tomllib.loads(path.read_text(encoding="utf-8")).get("model")
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(model, dict) and bool(model.get("code"))
+
+
 def _table(data: dict, name: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:
     table = data.get(name, {})
     if not isinstance(table, dict):
