@@ -367,3 +367,36 @@ def test_load_canonical_errors(tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="model.safetensors is missing"):
         load_canonical(folder)
+
+
+@pytest.mark.parametrize("kind", ["gpt-tied", "gpt-untied", "gpt-sinusoidal", "gpt-rope", "bert-tied", "bert-untied"])
+def test_an_empty_model_loaded_is_the_model_loaded(kind):
+    """`empty=True` (what grading builds: every weight is loaded after) leaves the init undrawn, and nothing
+    else: the same parameters, shared the same way (a tied head; BERT's bias under two names), the same
+    fixed buffers (sinusoids, rotary angles) and, loaded, the same logits."""
+    torch.manual_seed(0)
+    if kind.startswith("gpt"):
+        extra = {"gpt-untied": {"tied": False}, "gpt-sinusoidal": {"positions": "sinusoidal"},
+                 "gpt-rope": {"positions": "rope"}}.get(kind, {})
+        made = randomize(GPT(GPTConfig(vocab_size=V, context=T, n_layers=2, d_model=32, n_heads=4, **extra)))
+        empty = GPT(made.config, empty=True)
+    else:
+        made = randomize(BertMLM(BertConfig(vocab_size=V, hidden=32, n_layers=2, n_heads=4, intermediate=64,
+                                            tied=kind == "bert-tied")))
+        empty = BertMLM(made.config, empty=True)
+
+    def shared(m):  # which names are one tensor
+        groups: dict[int, list[str]] = {}
+        for name, p in m.named_parameters(remove_duplicate=False):
+            groups.setdefault(id(p), []).append(name)
+        return sorted(groups.values())
+
+    assert shared(empty) == shared(made) and len(list(empty.parameters())) == len(list(made.parameters()))
+    buffers = dict(made.named_buffers())
+    assert {k: v.device.type for k, v in empty.named_buffers()} == {k: "cpu" for k in buffers}
+    assert all(torch.equal(v, buffers[k]) for k, v in empty.named_buffers())
+    assert all(p.device.type == "cpu" for p in empty.parameters())
+    empty.load_state_dict(made.state_dict(), strict=True)
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(empty.eval()(x), made(x))

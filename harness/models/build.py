@@ -399,7 +399,7 @@ def _instantiate(layout, tensors, values: dict) -> tuple[nn.Module, Any, dict]:
     told, sd, facts = _convert(layout, tensors, {k: values[k] for k in ("n_heads", *CHOICES) if k in values})
     # What the weights tell only once the heads are known (a grouped-query split: n_kv_heads, head_dim).
     cfg = _config(layout, {**told, **values} if layout.FAMILY == "gpt" else values)
-    model = (GPT if layout.FAMILY == "gpt" else BertMLM)(cfg)
+    model = (GPT if layout.FAMILY == "gpt" else BertMLM)(cfg, empty=True)  # every weight loaded below
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:

@@ -11,6 +11,7 @@ checkpoint loads as is and a Hugging Face GPT-2 one needs only the transposes in
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -325,21 +326,41 @@ class Block(nn.Module):
         return self.ln_2(x + self.mlp(x))
 
 
+def materialise(module: nn.Module) -> None:
+    """A module built on the meta device given memory on the CPU, unset, its shared parameters still shared
+    (`to_empty` alone gives each name a tensor of its own)."""
+    first: dict[int, str] = {}
+    ties = []
+    for name, p in module.named_parameters(remove_duplicate=False):
+        ties += [(name, first[id(p)])] if id(p) in first else []
+        first.setdefault(id(p), name)
+    module.to_empty(device="cpu")
+    for name, source in ties:
+        owner, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(owner), attr, module.get_parameter(source))
+
+
 class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, *, empty: bool = False):
+        """`empty`: the weights left unset, not drawn at random, for a caller that loads every one of them
+        (`load_state_dict(..., strict=True)`): built on the meta device and given memory at the end, before
+        the tie; the fixed buffers are computed either way. Drawing a 50,257-word model's init costs ~0.1 s."""
         super().__init__()
         self.config = cfg
-        layers: dict[str, nn.Module] = {"wte": nn.Embedding(cfg.vocab_size, cfg.d_model)}
-        if cfg.positions == "learned":
-            layers["wpe"] = nn.Embedding(cfg.context, cfg.d_model)
-        if cfg.embed_norm:
-            layers["ln_e"] = make_norm(cfg.d_model, cfg)
-        layers["drop"] = nn.Dropout(cfg.dropout)
-        layers["h"] = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        if cfg.final_norm:
-            layers["ln_f"] = make_norm(cfg.d_model, cfg)
-        self.transformer = nn.ModuleDict(layers)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
+        with torch.device("meta") if empty else contextlib.nullcontext():
+            layers: dict[str, nn.Module] = {"wte": nn.Embedding(cfg.vocab_size, cfg.d_model)}
+            if cfg.positions == "learned":
+                layers["wpe"] = nn.Embedding(cfg.context, cfg.d_model)
+            if cfg.embed_norm:
+                layers["ln_e"] = make_norm(cfg.d_model, cfg)
+            layers["drop"] = nn.Dropout(cfg.dropout)
+            layers["h"] = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+            if cfg.final_norm:
+                layers["ln_f"] = make_norm(cfg.d_model, cfg)
+            self.transformer = nn.ModuleDict(layers)
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
+        if empty:
+            materialise(self)
         if cfg.tied:
             # Weight tying (Press & Wolf 2017): the input and output embeddings are one matrix.
             self.lm_head.weight = self.transformer.wte.weight
@@ -350,6 +371,8 @@ class GPT(nn.Module):
             angles = rope_angles(cfg.context, cfg.rotary_dims, cfg.rope_theta)
             self.register_buffer("rope_cos", angles.cos(), persistent=False)
             self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        if empty:
+            return
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):

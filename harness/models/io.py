@@ -147,7 +147,7 @@ def gpt_from_hf_gpt2(hf_model: nn.Module) -> GPT:
     """A `GPT2LMHeadModel` as a canonical GPT with the same logits (nanoGPT's `from_pretrained` map)."""
     sd = hf_gpt2_state_dict_to_gpt(hf_model.state_dict())
     tied = torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"])
-    model = GPT(gpt_config_from_hf_gpt2(hf_model.config, tied=tied))
+    model = GPT(gpt_config_from_hf_gpt2(hf_model.config, tied=tied), empty=True)  # every weight loaded below
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:

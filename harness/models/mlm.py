@@ -7,6 +7,8 @@ masked-token prediction is all the course grades.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -14,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gpt import ACTIVATIONS, activation_fn, check_choice, check_config_dict, check_int
+from .gpt import ACTIVATIONS, activation_fn, materialise, check_choice, check_config_dict, check_int
 
 
 @dataclass
@@ -180,12 +182,17 @@ class BertOnlyMLMHead(nn.Module):
 
 
 class BertMLM(nn.Module):
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: BertConfig, *, empty: bool = False):
+        """`empty`: the weights left unset, for a caller that loads every one of them (as `GPT`'s)."""
         super().__init__()
         self.config = cfg
-        self.bert = BertModel(cfg)
-        self.cls = BertOnlyMLMHead(cfg)
-        self.apply(self._init_weights)
+        with torch.device("meta") if empty else contextlib.nullcontext():
+            self.bert = BertModel(cfg)
+            self.cls = BertOnlyMLMHead(cfg)
+        if empty:
+            materialise(self)
+        else:
+            self.apply(self._init_weights)
         if cfg.tied:
             self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
