@@ -400,3 +400,19 @@ def test_an_empty_model_loaded_is_the_model_loaded(kind):
     x = ids()
     with torch.no_grad():
         assert torch.equal(empty.eval()(x), made(x))
+
+
+def test_an_empty_model_costs_no_import():
+    """Built empty in a fresh interpreter, a model imports nothing more than one built with its init (the meta
+    device would: an Embedding on it imports torch._dynamo, 4 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nfrom harness.models import GPT, GPTConfig, BertMLM, BertConfig\n"
+            "before = set(sys.modules)\n"
+            "GPT(GPTConfig(vocab_size=100, context=16, n_layers=1, d_model=16, n_heads=2), empty=True)\n"
+            "BertMLM(BertConfig(vocab_size=100, hidden=16, n_layers=1, n_heads=2, intermediate=32), empty=True)\n"
+            "print(sorted(set(sys.modules) - before))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -326,28 +326,39 @@ class Block(nn.Module):
         return self.ln_2(x + self.mlp(x))
 
 
-def materialise(module: nn.Module) -> None:
-    """A module built on the meta device given memory on the CPU, unset, its shared parameters still shared
-    (`to_empty` alone gives each name a tensor of its own)."""
-    first: dict[int, str] = {}
-    ties = []
-    for name, p in module.named_parameters(remove_duplicate=False):
-        ties += [(name, first[id(p)])] if id(p) in first else []
-        first.setdefault(id(p), name)
-    module.to_empty(device="cpu")
-    for name, source in ties:
-        owner, _, attr = name.rpartition(".")
-        setattr(module.get_submodule(owner), attr, module.get_parameter(source))
+# What initialises weights: nn.init's functions and the tensors' own in-place random fills.
+_INITIALISERS = frozenset(
+    [getattr(nn.init, n) for n in ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                                   "xavier_uniform_", "xavier_normal_", "orthogonal_", "sparse_", "zeros_",
+                                   "ones_", "constant_", "eye_", "dirac_") if hasattr(nn.init, n)]
+    + [getattr(torch.Tensor, n) for n in ("normal_", "uniform_", "random_", "bernoulli_", "exponential_",
+                                          "log_normal_", "cauchy_", "geometric_")])
+
+
+class _Unset(torch.overrides.TorchFunctionMode):
+    """Inside it, initialisers leave their tensor as allocated (`torch.empty`'s memory, unset): modules are
+    built without drawing the random numbers a caller would overwrite. (The meta device would do the same,
+    but an `Embedding` built on it imports torch._dynamo to fill its weights: 4 s, once a process.)"""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INITIALISERS:
+            return args[0] if args else (kwargs or {}).get("tensor")
+        return func(*args, **(kwargs or {}))
+
+
+def unset_weights() -> contextlib.AbstractContextManager:
+    """Modules built inside it have their weights allocated and left unset, their fixed buffers computed: for a
+    caller that then loads every weight (`load_state_dict(..., strict=True)`)."""
+    return _Unset()
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig, *, empty: bool = False):
-        """`empty`: the weights left unset, not drawn at random, for a caller that loads every one of them
-        (`load_state_dict(..., strict=True)`): built on the meta device and given memory at the end, before
-        the tie; the fixed buffers are computed either way. Drawing a 50,257-word model's init costs ~0.1 s."""
+        """`empty`: the weights left unset, not drawn at random (`unset_weights`), for a caller that loads every
+        one of them; the fixed buffers are computed either way. A 50,257-word model's init costs ~0.1 s."""
         super().__init__()
         self.config = cfg
-        with torch.device("meta") if empty else contextlib.nullcontext():
+        with unset_weights() if empty else contextlib.nullcontext():
             layers: dict[str, nn.Module] = {"wte": nn.Embedding(cfg.vocab_size, cfg.d_model)}
             if cfg.positions == "learned":
                 layers["wpe"] = nn.Embedding(cfg.context, cfg.d_model)
@@ -359,8 +370,6 @@ class GPT(nn.Module):
                 layers["ln_f"] = make_norm(cfg.d_model, cfg)
             self.transformer = nn.ModuleDict(layers)
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
-        if empty:
-            materialise(self)
         if cfg.tied:
             # Weight tying (Press & Wolf 2017): the input and output embeddings are one matrix.
             self.lm_head.weight = self.transformer.wte.weight

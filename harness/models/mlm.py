@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gpt import ACTIVATIONS, activation_fn, materialise, check_choice, check_config_dict, check_int
+from .gpt import ACTIVATIONS, activation_fn, check_choice, check_config_dict, check_int, unset_weights
 
 
 @dataclass
@@ -186,12 +186,10 @@ class BertMLM(nn.Module):
         """`empty`: the weights left unset, for a caller that loads every one of them (as `GPT`'s)."""
         super().__init__()
         self.config = cfg
-        with torch.device("meta") if empty else contextlib.nullcontext():
+        with unset_weights() if empty else contextlib.nullcontext():
             self.bert = BertModel(cfg)
             self.cls = BertOnlyMLMHead(cfg)
-        if empty:
-            materialise(self)
-        else:
+        if not empty:
             self.apply(self._init_weights)
         if cfg.tied:
             self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
