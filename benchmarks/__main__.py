@@ -229,6 +229,7 @@ def _sandbox_rows(size: dict, log: Callable[[str], None]) -> list[dict]:
         return []
     r = bench.measure(rounds=size["sandbox_rounds"], max_tokens=size["sandbox_tokens"])
     t = bench.measure_transport(rounds=5 * size["sandbox_rounds"])
+    e = bench.measure_custom_eval(rounds=size["sandbox_rounds"], tokens=size["sandbox_tokens"])
     return [row("grade", "honest custom code, sandboxed vs unsandboxed", r["sandboxed_s"], r["unsandboxed_s"], "s",
                 r["ratio"], f"one custom-code submission (2-layer d64 transformer) measured end to end, "
                 f"max_tokens {r['max_tokens']}, best of {r['rounds']}; {r['boundary']}; same loss both ways"),
@@ -236,7 +237,11 @@ def _sandbox_rows(size: dict, log: Callable[[str], None]) -> list[dict]:
                 t["pipe_s"] * 1e3, "ms", t["ratio"],
                 f"{t['mb']:.1f} MB of float32 logits (vocab {t['vocab']:,}, context {t['context']}, the same 2-layer "
                 f"d64 model); its forward alone, run here: {t['forward_s'] * 1e3:.2f} ms; 1 thread, best of "
-                f"{t['rounds']} interleaved; the same logits each way")]
+                f"{t['rounds']} interleaved; the same logits each way"),
+            row("grade", "custom code's evaluation: fused head vs logits path", e["fused_s"], e["logits_s"], "s",
+                e["ratio"], f"the same sandboxed 2-layer d64 model (vocab 50,257, its head an nn.Linear: "
+                f"{e['head']}), clm-v1 on {e['tokens']:,} targets, context {e['context']}, 1 thread, best of "
+                f"{e['rounds']} interleaved; losses {e['fused_loss']:.9f} vs {e['logits_loss']:.9f}")]
 
 
 def run_arch(size: dict, device: str, log: Callable[[str], None]) -> list[dict]:

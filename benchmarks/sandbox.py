@@ -7,6 +7,9 @@ the child, load the weights, evaluate, check causality, end the child), alternat
 `measure_transport()`: the same model at GPT-2's vocabulary in two sandboxes, one with the memory file
 (run.SharedLogits) and one without (`shared_mb = 0`: the pipe), `logits()` of one window in each, interleaved,
 best of each, beside the model's own forward in this process.
+`measure_custom_eval()`: the same sandboxed model evaluated by clm-v1 on the embedded corpus through the fused
+head (the child hands over its output layer's input, the grader runs the layer: `SandboxedModel.hidden_and_head`)
+against the logits path (`fused=False`: every row of logits crosses), interleaved, best of each.
 Usage: python benchmarks/sandbox.py [--rounds 3] [--max-tokens 2048]
 """
 
@@ -139,6 +142,44 @@ def measure_transport(*, rounds: int = 20, vocab: int = 50257, context: int = 64
             "vocab": vocab, "context": context, "mb": 4 * vocab * context / 1e6}
 
 
+def measure_custom_eval(*, rounds: int = 3, tokens: int = 8192, context: int = 64) -> dict:
+    """Best seconds of evaluating `tokens` targets of a sandboxed custom-code model (GPT-2's vocabulary)
+    through the fused head and through the logits path, and the two losses."""
+    import torch
+
+    from benchmarks.eval import load_text
+    from harness.course.tokenizers import get_tokenizer
+    from harness.metrics.clm import evaluate_clm
+    from harness.sandbox.run import SandboxedModel
+
+    tok = get_tokenizer("gpt2")
+    split = load_text(tok, tokens, log=None)
+    ns: dict = {}
+    exec(MODEL, ns)
+    torch.manual_seed(0)
+    sd = ns["CharGPT"](tok.vocab_size, block_size=context).state_dict()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best, loss = {"fused": float("inf"), "logits": float("inf")}, {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model.py").write_text(MODEL)
+            with SandboxedModel(Path(tmp), "model.py:CharGPT", sd,
+                                kwargs={"vocab_size": tok.vocab_size, "block_size": context}) as sm:
+                for _ in range(rounds):
+                    for side in ("fused", "logits"):
+                        t0 = time.perf_counter()
+                        r = evaluate_clm(sm, split, tok, context=context, max_tokens=tokens, fused=side == "fused")
+                        best[side] = min(best[side], time.perf_counter() - t0)
+                        loss[side] = r.loss
+                fused_used = sm._head_name
+    finally:
+        torch.set_num_threads(threads)
+    return {"fused_s": best["fused"], "logits_s": best["logits"], "ratio": best["logits"] / best["fused"],
+            "fused_loss": loss["fused"], "logits_loss": loss["logits"], "head": fused_used, "rounds": rounds,
+            "tokens": tokens, "context": context}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
@@ -147,6 +188,9 @@ def main() -> None:
     r = measure(rounds=a.rounds, max_tokens=a.max_tokens)
     print(f"sandboxed {r['sandboxed_s']:.2f} s, unsandboxed {r['unsandboxed_s']:.2f} s, ratio {r['ratio']:.3f} "
           f"({r['boundary']}; same loss {r['loss']:.6f})")
+    e = measure_custom_eval()
+    print(f"custom code, {e['tokens']:,} targets: fused head {e['fused_s']:.2f} s, logits path {e['logits_s']:.2f} s "
+          f"({e['ratio']:.2f}x; losses {e['fused_loss']:.9f} / {e['logits_loss']:.9f}; head {e['head']})")
     t = measure_transport()
     print(f"a window's logits ({t['mb']:.1f} MB): memory file {t['shared_s'] * 1e3:.2f} ms, pipe "
           f"{t['pipe_s'] * 1e3:.2f} ms ({t['ratio']:.2f}x), the forward alone {t['forward_s'] * 1e3:.2f} ms")

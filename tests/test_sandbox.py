@@ -91,3 +91,52 @@ def test_the_measuring_process_limits_its_address_space_on_a_cpu_only(device, li
             "print(resource.getrlimit(resource.RLIMIT_AS)[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert (int(out) == 4096 * 2**20) is limited
+
+
+# Forwards that do not end in one untouched nn.Linear of the vocabulary: the fused head is declined for them.
+NOT_A_HEAD = {
+    "matmul": ("class Matmul(TinyLM):\n    def forward(self, idx):\n"
+               "        return torch.matmul(self.tok(idx), self.head.weight.T) + self.head.bias, None\n", "Matmul"),
+    "scaled": ("class Scaled(TinyLM):\n    def forward(self, idx):\n        return super().forward(idx)[0] / 2, None\n",
+               "Scaled"),
+    "in_place": ("class InPlace(TinyLM):\n    def forward(self, idx):\n        out = super().forward(idx)[0]\n"
+                 "        out[..., 0] = -100.0\n        return out, None\n", "InPlace"),
+}
+# A second layer of the vocabulary's width whose output is not returned (an auxiliary head), run after the
+# head: the head is still the layer whose output forward returned.
+AUX_HEAD = ("class AuxHead(TinyLM):\n    def __init__(self, **kw):\n        super().__init__(**kw)\n"
+            "        self.aux = torch.nn.Linear(16, 50)\n    def forward(self, idx):\n"
+            "        out = super().forward(idx)\n        self.aux(self.tok(idx))\n        return out\n", "AuxHead")
+
+
+@pytest.mark.parametrize("case", ["head", "aux_head", *sorted(NOT_A_HEAD)])
+def test_custom_code_is_scored_through_the_fused_head_only_where_forward_ends_in_its_linear(tmp_path, case):
+    """Where forward's logits are exactly one nn.Linear's output, the grader runs that layer itself on the
+    hidden states the sandbox hands over (no logits cross), an auxiliary layer of the same width beside it:
+    the same NLLs as the logits path to 1e-6. Where they are not (a matmul head, logits changed
+    after the layer, in place too), the fused head is declined, for good."""
+    import torch.nn.functional as F
+
+    from harness.metrics.fused import FusedScorer
+
+    extra, cls = {"aux_head": AUX_HEAD}.get(case) or NOT_A_HEAD.get(case, ("", "TinyLM"))
+    model, sd = _submission(tmp_path, extra)
+    if case == "aux_head":
+        torch.manual_seed(1)
+        sd["aux.weight"], sd["aux.bias"] = torch.randn(50, 16), torch.randn(50)
+    g = torch.Generator().manual_seed(0)
+    ids, targets = torch.randint(0, 50, (40, 8), generator=g), torch.randint(0, 50, (320,), generator=g)
+    with SandboxedModel(tmp_path, f"model.py:{cls}", sd, kwargs={"vocab_size": 50, "d": 16, "block_size": 8},
+                        max_positions=8) as sm:
+        plain = F.cross_entropy(sm.logits(ids).reshape(-1, 50), targets, reduction="none")
+        scorer = FusedScorer.for_model(sm, ids[:1], 50)
+        if case not in ("head", "aux_head"):
+            assert scorer is None and sm._head is False
+            assert sm.hidden_and_head(ids) is None  # for good
+            return
+        assert scorer is not None and sm._head_name == "head"
+        fused = scorer.nll(ids, [0] * 40, targets)
+        assert sm.hidden_and_head(ids)[0].shape == (40, 8, 16)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(plain, F.cross_entropy(model(ids)[0].reshape(-1, 50), targets, reduction="none"))

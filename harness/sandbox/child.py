@@ -45,7 +45,16 @@ def main() -> None:
     from harness.sandbox.run import SharedLogits, _read_frame, _write_frame
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+    def send(reply: dict, values: torch.Tensor) -> None:
+        """A reply with float32 `values`: left in the shared memory file where they fit, else on the pipe."""
+        if shared is not None and shared.put(values):
+            _write_frame(out_fd, {**reply, "shared": True})
+        else:
+            _write_frame(out_fd, reply, np.ascontiguousarray(values.numpy(), dtype="<f4"))
+
     root = Path(os.getcwd())
+    n_outputs = 0
     shared = None
     if len(sys.argv) > 3:
         try:
@@ -84,17 +93,27 @@ def main() -> None:
                 params = sum(p.numel() for p in model.parameters())  # tied weights once, buffers out
                 _write_frame(out_fd, {"ok": True, "n_outputs": n_outputs, "built": account, "architecture": arch,
                                       "params": int(params), "notes": new})
+            elif header["op"] == "hidden":  # the output layer's input, where forward ends in one (Caller.head_input)
+                ids = torch.from_numpy(np.frombuffer(payload, dtype=np.int64).reshape(header["shape"]))
+                hidden = caller.head_input(ids, n_outputs)
+                new, reported = caller.notes[reported:], len(caller.notes)
+                if hidden is None:
+                    _write_frame(out_fd, {"ok": True, "shape": None, "notes": new})
+                else:
+                    send({"ok": True, "shape": list(hidden.shape), "head": caller.head[0], "notes": new}, hidden)
+            elif header["op"] == "head":  # that layer's weight [V, d], then its bias [V] if it has one
+                name, layer = caller.head
+                weight = layer.weight.detach().float()
+                parts = [weight.reshape(-1)] + ([layer.bias.detach().float()] if layer.bias is not None else [])
+                send({"ok": True, "head": name, "shape": list(weight.shape), "bias": layer.bias is not None},
+                     torch.cat(parts))
             elif header["op"] == "logits":
                 ids = torch.from_numpy(np.frombuffer(payload, dtype=np.int64).reshape(header["shape"]))  # its own buffer
                 logits = caller.logits(ids)
                 if header.get("last"):  # generation: only each window's next-token row travels back
                     logits = logits[:, -1:]
                 new, reported = caller.notes[reported:], len(caller.notes)
-                reply = {"ok": True, "shape": list(logits.shape), "notes": new}
-                if shared is not None and shared.put(logits):  # Caller.logits: float32 already
-                    _write_frame(out_fd, {**reply, "shared": True})
-                else:
-                    _write_frame(out_fd, reply, np.ascontiguousarray(logits.numpy(), dtype="<f4"))
+                send({"ok": True, "shape": list(logits.shape), "notes": new}, logits)  # Caller.logits: float32
             else:
                 raise ValueError(f"unknown op {header['op']!r}")
         except Exception as e:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
+from harness.metrics.fused import OutputHead
 from harness.metrics.protocol import nan_or_posinf
 from harness.sandbox.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
 
@@ -69,6 +70,12 @@ class SandboxLimits:
 
 MAX_HEADER = 1 << 20  # a reply's JSON; anything longer is not ours
 MAX_VOCAB = 1 << 21  # outputs per position a logits reply may claim
+MAX_WIDTH = 1 << 16  # the width of hidden states a reply may claim
+
+
+def _dims(shape: Any, n: int) -> bool:
+    """Whether a reply's `shape` is `n` positive ints."""
+    return isinstance(shape, list) and len(shape) == n and all(type(k) is int and k > 0 for k in shape)
 
 
 class SharedLogits:
@@ -233,6 +240,8 @@ class SandboxedModel:
         self._jail: Jail | None = None
         self._w = self._r = None
         self._shared: SharedLogits | None = None
+        self._head: OutputHead | bool | None = None  # hidden_and_head's: None not asked yet, False declined
+        self._head_name: str | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="harness-sandbox-"))
         view = self._tmp / "submission"
         shutil.copytree(submission_root, view, symlinks=True, ignore=_not_copied(submission_root))
@@ -336,28 +345,78 @@ class SandboxedModel:
                                      max_payload=4 * int(np.prod(rows)) * vocab)
         self.notes += [str(n)[:500] for n in header.get("notes") or ()][:20]
         shape = header.get("shape")
-        shared = header.get("shared") is True
-        if shared and not (self._shared is not None and not payload and isinstance(shape, list)
-                           and all(type(n) is int and n > 0 for n in shape)
-                           and 4 * math.prod(shape) <= self._shared.capacity):
-            raise self._malformed("computing logits")
-        if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and n > 0 for n in shape)
-                and tuple(shape[:2]) == rows and shape[2] <= vocab
-                and (shared or len(payload) == 4 * int(np.prod(shape, dtype=np.int64)))):
+        if not (_dims(shape, 3) and tuple(shape[:2]) == rows and shape[2] <= vocab):
             self.close()
             raise HarnessError("model-code-failed", f"the model returned logits of shape {shape!s:.80} for input "
                                f"{ids.shape}; it must return [B, T, V] (V: {vocab} here)"
                                if self._n_outputs else f"the model returned logits of shape {shape!s:.80} for "
                                f"input {ids.shape}; it must return [B, T, V]")
-        logits = torch.from_numpy(self._shared.take(shape) if shared  # both: the parent's own buffer
-                                  else np.frombuffer(payload, dtype="<f4").reshape(shape))
+        logits = self._take(header, payload, shape, "computing logits")
         # NaN weights give NaN logits: the weights' finding; from finite weights, the code's failure
         if self._finite_weights and nan_or_posinf(logits):
             self.close()
             raise HarnessError("model-code-failed", "the model returned NaN or +inf logits from finite weights")
         return logits
 
+    def hidden_and_head(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, OutputHead] | None:
+        """The fused head's seam (`harness.metrics.fused`): the student's hidden states before its output
+        layer, and that layer, where forward's logits are exactly one `nn.Linear`'s output (found and checked
+        in the child: `Caller.head_input`); the grader then runs the head itself on the scored rows, and no
+        row of logits crosses. None where they are not (for good, once the layer's weights are not finite),
+        or where this batch's states hold a non-finite value: the logits path, with its checks."""
+        if self._head is False:
+            return None
+        ids = np.ascontiguousarray(input_ids.cpu().numpy().astype(np.int64))
+        header, payload = self._call({"op": "hidden", "shape": list(ids.shape)}, ids.tobytes(),
+                                     self.limits.call_seconds, "computing logits",
+                                     max_payload=4 * ids.size * MAX_WIDTH)
+        self.notes += [str(n)[:500] for n in header.get("notes") or ()][:20]
+        shape, name = header.get("shape"), header.get("head")
+        if shape is None:  # the child declined, for good
+            self._head = False
+            return None
+        if not (_dims(shape, 3) and tuple(shape[:2]) == ids.shape and shape[2] <= MAX_WIDTH
+                and isinstance(name, str)):
+            raise self._malformed("computing logits")
+        hidden = self._take(header, payload, shape, "computing logits")
+        if self._head is None:
+            self._head, self._head_name = self._output_layer(name, shape[2]), name
+            if self._head is False:
+                return None
+        if name != self._head_name or shape[2] != self._head.weight.shape[1]:
+            raise self._malformed("computing logits")  # the child keeps the layer it found first
+        if not bool(torch.isfinite(hidden).all()):
+            return None
+        return hidden, self._head
+
+    def _output_layer(self, name: str, width: int) -> OutputHead | bool:
+        """The child's output layer `name` (weight [V, width], its bias if any), as it holds it; False where
+        its values are not all finite (NaN weights are the weights' finding, on the logits path)."""
+        n = self.n_outputs
+        header, payload = self._call({"op": "head"}, b"", self.limits.call_seconds, "computing logits",
+                                     max_payload=4 * n * (width + 1))
+        shape, bias = header.get("shape"), header.get("bias")
+        if not (header.get("head") == name and shape == [n, width] and type(bias) is bool):
+            raise self._malformed("computing logits")
+        values = self._take(header, payload, [n * (width + bias)], "computing logits")
+        if not bool(torch.isfinite(values).all()):
+            return False
+        return OutputHead(values[: n * width].view(n, width), values[n * width:] if bias else None)
+
     # -- plumbing ---------------------------------------------------------------------------------
+
+    def _take(self, header: dict[str, Any], payload: bytes, shape: list[int], doing: str) -> torch.Tensor:
+        """The float32 values of a reply, of `shape` (checked against the request by the caller), copied out of
+        the shared memory file or read from the payload: the parent's own buffer either way. A claim the file
+        cannot hold, or a payload of another size, is not the child's protocol."""
+        n = math.prod(shape)
+        if header.get("shared") is True:
+            if self._shared is None or payload or 4 * n > self._shared.capacity:
+                raise self._malformed(doing)
+            return torch.from_numpy(self._shared.take(shape))
+        if len(payload) != 4 * n:
+            raise self._malformed(doing)
+        return torch.from_numpy(np.frombuffer(payload, dtype="<f4").reshape(shape))
 
     def _call(self, header: dict[str, Any], payload: bytes, seconds: float, doing: str,
               max_payload: int = 1 << 20) -> tuple[dict, bytes]:

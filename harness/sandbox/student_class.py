@@ -334,6 +334,12 @@ def _is_mask(t: torch.Tensor) -> bool:
 # --- calls -----------------------------------------------------------------------------------------
 
 
+# Bytes of logits one forward of `Caller.head_input` may write (the rest of a batch waits for the next): the
+# student's forward writes a full row of logits for every position, and a batch of windows fresh from the
+# allocator costs its page faults again each call; one within malloc's reach is reused.
+LOGITS_BUDGET = 16 * 2**20
+
+
 class Caller:
     """Calls the student's forward the way it works: found out on the first windows, kept for the run."""
 
@@ -351,8 +357,11 @@ class Caller:
         # NaN weights give NaN logits: that is the weights' finding (weights-nonfinite), not the code's
         self.check_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
         self.notes: list[str] = []
+        self.head: tuple[str, nn.Linear] | None = None  # the output layer `head_input` found
+        self.head_declined = False
+        self._head_checks = 2  # calls of `head_input` that also compare the logits with the layer's output
 
-    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, check: bool = True) -> torch.Tensor:
         B, T = ids.shape
         with torch.inference_mode():
             if self.with_targets:
@@ -375,7 +384,7 @@ class Caller:
             raise TypeError(f"the model returned logits of type {logits.dtype}, not floating point")
         logits = logits.detach().float()
         # -inf is a (harsh) logit; NaN and +inf are not
-        if self.check_finite and nan_or_posinf(logits):
+        if check and self.check_finite and nan_or_posinf(logits):
             raise ValueError(f"the model returned NaN or +inf logits for input {tuple(ids.shape)}")
         return logits
 
@@ -398,6 +407,69 @@ class Caller:
             return together
         self.notes.append(f"forward at batch {B} {why}; every window was run alone")
         return self.logits(ids)
+
+    def head_input(self, ids: torch.Tensor, n_outputs: int) -> torch.Tensor | None:
+        """[B, T, d]: the input of the model's output layer for `ids`, where forward's logits are exactly one
+        `nn.Linear`'s output (`self.head` names it): the grader then scores the head itself, fused, from these
+        hidden states, and no row of logits leaves the sandbox (other layers of that width may run: an
+        auxiliary head; the one whose output forward returned is the head). None where there is no such layer
+        (the head is a matmul, forward returned something else than its output, it ran windows one at a
+        time, the states are not float32), and from then on.
+
+        Found out on the first windows and kept for the run, as how forward takes a batch is: the first two
+        calls also compare the logits with a copy of the layer's output taken as it ran, so a change made in
+        place afterwards (a masked token) is caught there."""
+        if self.head_declined:
+            return None
+        B, T = ids.shape
+        if B > 1 and self.one_at_a_time is None:
+            self.logits(ids[:2])  # how forward takes a batch, found out first
+        check = self._head_checks > 0
+        self._head_checks -= 1
+        per = max(1, LOGITS_BUDGET // (4 * T * n_outputs))  # windows a forward: its logits stay small
+        if B > 1 and self.one_at_a_time:
+            per = 1
+        parts = []
+        for i in range(0, B, per):
+            part = self._head_input(ids[i:i + per], n_outputs, check)
+            if part is None:
+                self.head_declined = True
+                return None
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _head_input(self, ids: torch.Tensor, n_outputs: int, check: bool) -> torch.Tensor | None:
+        layers = {m: name for name, m in self.model.named_modules()
+                  if isinstance(m, nn.Linear) and m.out_features == n_outputs}
+        ran: list[tuple[nn.Linear, Any, torch.Tensor, torch.Tensor | None]] = []
+
+        def seen(module: nn.Module, args: tuple, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                ran.append((module, args[0] if args else None, out, out.clone() if check else None))
+
+        hooks = [m.register_forward_hook(seen) for m in layers]
+        try:
+            logits = self._forward(ids, check=False)  # the grader checks what it scores
+        finally:
+            for h in hooks:
+                h.remove()
+        returned = [r for r in ran if r[2].data_ptr() == logits.data_ptr() and r[2].numel() == logits.numel()]
+        if len(returned) != 1:  # (every output is held in `ran`: no two share an address)
+            return None
+        module, hidden, out, copy = returned[0]
+        if not (isinstance(hidden, torch.Tensor) and hidden.dtype == out.dtype == logits.dtype == torch.float32
+                and out.is_contiguous() and logits.is_contiguous()
+                and hidden.numel() == logits.shape[0] * logits.shape[1] * module.in_features):
+            return None
+        if copy is not None and not torch.equal(copy, out):
+            return None
+        if self.head is not None and self.head[1] is not module:
+            return None  # another layer than the one found first
+        if self.head is None:
+            self.notes.append(f"forward returns its layer {layers[module]}'s output unchanged (checked on the first "
+                              "windows): the harness scored that layer itself, on its input")
+        self.head = (layers[module], module)
+        return hidden.reshape(logits.shape[0], logits.shape[1], module.in_features)
 
 
 def scratch_folder() -> Path:
