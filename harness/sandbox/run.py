@@ -7,7 +7,8 @@ scrubbed environment and a `socket` module that refuses sockets on top of having
 boundary cannot be made, custom code is refused (`sandbox-unavailable`) unless the grader opted in
 (`allow_unsandboxed`, the CLI's `--allow-unsandboxed-code`). The parent reads the weights itself (safely, see
 harness.checkpoint) and sends them as safetensors bytes; then it sends token windows and gets logits back as raw float32
-bytes. Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them;
+bytes, or, where forward's logits are exactly one `nn.Linear`'s output, that layer's input and the layer
+(`hidden_and_head`: the grader runs the layer itself, fused, and no row of logits crosses). Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them;
 a reply's logits are left in a sealed memory file shared with the child (`SharedLogits`; the pipe where
 there is none, or for a reply larger than it) and copied out once. Every reply is bounded and checked
 (size, shape, finite values) before it is used.
