@@ -216,7 +216,8 @@ def _limit_rows(size: dict, log: Callable[[str], None]) -> list[dict]:
         row("grade", f"class of {r['submissions']}, whole, vs its arithmetic limit", r["whole_s"], r["limit_s"], "s",
             r["limit_s"] / r["whole_s"] if r["limit_s"] else None,
             f"limit: {r['eval_flops'] / 1e12:.2f} TFLOP of evaluation / {r['peak_flops'] / 1e9:.0f} GFLOP/s "
-            f"({r['workers']} threads' fp32 matmul peak); aim: within 2x"),
+            f"({r['workers']} threads' fp32 matmul peak, the higher of before and after grading: "
+            f"{' / '.join(f'{p / 1e9:.0f}' for p in r['peaks'])}); aim: within 2x"),
     ]
 
 
