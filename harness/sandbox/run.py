@@ -8,10 +8,11 @@ boundary cannot be made, custom code is refused (`sandbox-unavailable`) unless t
 (`allow_unsandboxed`, the CLI's `--allow-unsandboxed-code`). The parent reads the weights itself (safely, see
 harness.checkpoint) and sends them as safetensors bytes; then it sends token windows and gets logits back as raw float32
 bytes, or, where forward's logits are exactly one `nn.Linear`'s output, that layer's input and the layer
-(`hidden_and_head`: the grader runs the layer itself, fused, and no row of logits crosses). Frames travel on two dedicated pipes, so whatever the student's code prints cannot corrupt them;
-a reply's logits are left in a sealed memory file shared with the child (`SharedLogits`; the pipe where
-there is none, or for a reply larger than it) and copied out once. Every reply is bounded and checked
-(size, shape, finite values) before it is used.
+(`hidden_and_head`: the grader runs the layer itself, fused, and no row of logits crosses). Frames travel
+on two dedicated pipes, so whatever the student's code prints cannot corrupt them; a reply's values are
+left in a sealed memory file shared with the child (`SharedLogits`; the pipe where there is none, or for a
+reply larger than it) and copied out once. Every reply is bounded and checked (size, shape, finite
+values) before it is used.
 
 `SandboxedModel` answers the evaluator like any other model (`n_outputs`, `max_positions`, `logits`).
 What the child does with the student's class (import it, construct it the way its signature asks, call
@@ -80,9 +81,10 @@ def _dims(shape: Any, n: int) -> bool:
 
 
 class SharedLogits:
-    """A memory file the child leaves its replies' logits in, mapped by both sides: the child copies a batch
-    of logits into it once and the parent copies it out once, where a pipe copies it into the kernel and out
-    again in 1 MiB pieces (a window of a 50,257-word model: 13 MB; 2.5x faster, measured).
+    """A memory file the child leaves its replies' float32 values in (logits; on the fused path, hidden states
+    and the output layer), mapped by both sides: the child copies a batch of logits into it once and the
+    parent copies it out once, where a pipe copies it into the kernel and out again in 1 MiB pieces (a
+    window of a 50,257-word model: 13 MB, 2.5x faster than through the pipe, measured alone).
 
     Sealed at its size (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_SEAL) before the child gets it: the child can
     write into it, but cannot truncate it under the parent's map (reading past a file's end is a SIGBUS) or

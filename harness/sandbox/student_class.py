@@ -413,8 +413,9 @@ class Caller:
         `nn.Linear`'s output (`self.head` names it): the grader then scores the head itself, fused, from these
         hidden states, and no row of logits leaves the sandbox (other layers of that width may run: an
         auxiliary head; the one whose output forward returned is the head). None where there is no such layer
-        (the head is a matmul, forward returned something else than its output, it ran windows one at a
-        time, the states are not float32), and from then on.
+        (the head is a matmul, forward returned something else than its output, the states are not float32),
+        and from then on. A batch is run as `logits` runs it (windows alone where forward needs that), at
+        most LOGITS_BUDGET of logits a forward.
 
         Found out on the first windows and kept for the run, as how forward takes a batch is: the first two
         calls also compare the logits with a copy of the layer's output taken as it ran, so a change made in
