@@ -12,8 +12,10 @@ What is measured (the scripts beside this file, each also runnable alone):
 - grade (grade.py): a test-scale example class graded from scratch, 2 workers against 1 (submissions per
   minute), with the fork servers against fresh interpreters (HARNESS_FORKSERVER=0), and the cached rerun's
   time against the first run's; a checkpoint read forked against fresh; (full size only) a class of 30 at the demo's
-  scale, every validation target, per stage and whole, against the 5-minute aim and its arithmetic limit; (sandbox.py) an honest custom-code
-  submission graded inside the sandbox's boundary against the same without it;
+  scale, every validation target, per stage and whole, against the 5-minute aim and its arithmetic limit;
+  (sandbox.py) an honest custom-code submission graded inside the sandbox's boundary against the same
+  without it, a window's logits through the shared memory file against the pipe, and custom code's
+  evaluation through the fused head against the logits path;
 - arch (arch.py): seconds per submission of a Llama-style model (RMSNorm, RoPE, SwiGLU) against the
   GPT-2-style one of the same non-embedding size, each graded by the grading worker's own function, warm:
   Hugging Face `save_pretrained` folders and CS336 / nanoGPT state dicts, against the aim of at most 1.5x;
