@@ -86,8 +86,9 @@ def _cache_key(ref: SubmissionRef, basis: dict[str, Any], unsandboxed: bool = Fa
     return measurement_key(submission_fingerprint(list(ref.key_paths or ref.paths)), basis, unsandboxed)
 
 
-# Model code costs this many times what a layout does per byte of weights (measured at the demo's scale: its
-# forward runs in the sandbox and every row of its logits crosses to the grader; 0.3-0.5 s/MB against 1.2).
+# Model code costs about this many times what a layout does per byte of weights (measured at the demo's scale:
+# its sandbox starts in ~2 s and the student's forward computes its full head besides the grader's fused one;
+# 0.9 s/MB against 0.2-0.6 s/MB for the layouts).
 MODEL_CODE_WORK = 3
 
 
