@@ -271,7 +271,9 @@ def _kill_group(pgid: int) -> None:
 def _run_forked(server: _Server, argv: list[str], *, cwd: Path, env: dict[str, str], stdout: Path | None,
                 stderr: Path | None, timeout_s: float) -> Ended:
     request = {"argv": [str(a) for a in argv], "cwd": str(cwd), "env": env,
-               "stdout": str(stdout) if stdout else None, "stderr": str(stderr) if stderr else None}
+               "stdout": str(stdout) if stdout else None, "stderr": str(stderr) if stderr else None,
+               # a fresh interpreter inherits an ignored SIGINT (a grader started with `&` or nohup)
+               "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN}
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         lines = _Lines(conn)
@@ -450,7 +452,7 @@ def _worker(request: dict, conn: socket.socket, monitor_pid: int, run_entry) -> 
         os.setsid()
         _die_with(monitor_pid)
         conn.close()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if request.get("sigint_ignored") else signal.default_int_handler)
         devnull = os.open(os.devnull, os.O_RDWR)
         out = _append(request.get("stdout")) if request.get("stdout") else devnull
         err = out if request.get("stderr") == request.get("stdout") else (

@@ -76,6 +76,25 @@ def test_a_forked_worker_sees_what_a_fresh_one_sees(described, tmp_path):
     assert f_err == g_err == "to stderr\n"
 
 
+def test_a_grader_that_ignores_sigint_gives_workers_that_ignore_it(tmp_path, monkeypatch):
+    """A grader started with `&` from a script (or nohup) has SIGINT ignored, and a fresh interpreter inherits
+    that; a forked worker must too, not Python's KeyboardInterrupt handler."""
+    k = kind("describe", "describe")
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        seen = {}
+        for mode in ("1", "0"):
+            monkeypatch.setenv("HARNESS_FORKSERVER", mode)
+            out, err = tmp_path / f"out{mode}.txt", tmp_path / f"err{mode}.txt"
+            ended = forkserver.run(k, ["0"], cwd=tmp_path, env=env_for(tmp_path), stdout=out, stderr=err,
+                                   timeout_s=60)
+            assert ended.forked == (mode == "1") and ended.code == 0
+            seen[mode] = json.loads(out.read_text())["signals"]
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen["1"] == seen["0"] and seen["1"]["SIGINT"] == repr(signal.SIG_IGN)
+
+
 def test_a_failing_entry_exits_1_with_its_traceback(tmp_path, monkeypatch):
     for mode in ("1", "0"):
         monkeypatch.setenv("HARNESS_FORKSERVER", mode)
