@@ -467,8 +467,9 @@ class Caller:
         if self.head is not None and self.head[1] is not module:
             return None  # another layer than the one found first
         if self.head is None:
-            self.notes.append(f"forward returns its layer {layers[module]}'s output unchanged (checked on the first "
-                              "windows): the harness scored that layer itself, on its input")
+            self.notes.append(f"forward returns the output of its layer {layers[module]} unchanged (checked on its "
+                              "first windows), so the harness ran that layer itself on its input: the same loss "
+                              "to 1e-6, without sending every row of logits out of the sandbox")
         self.head = (layers[module], module)
         return hidden.reshape(logits.shape[0], logits.shape[1], module.in_features)
 
