@@ -111,7 +111,7 @@ def run(kind: Kind, argv: list[str], *, cwd: Path, env: dict[str, str], stdout: 
             return _run_forked(server, argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, timeout_s=timeout_s)
         except _Lost:  # before the worker started: nothing ran yet
             if server.proc is None or server.proc.poll() is not None:
-                server.dead = True  # it is gone (one started elsewhere cannot be checked: not asked again)
+                _gone(server)  # (one started elsewhere cannot be checked: not asked again)
     return _run_fresh(kind, argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, timeout_s=timeout_s)
 
 
@@ -150,9 +150,21 @@ def _server(kind: Kind, start: bool = False, env: dict[str, str] | None = None) 
             server = _Server(passed) if passed else _start(kind, env or {})
             _servers[kind.name] = server
         if server.dead or server.proc is not None and server.proc.poll() is not None:
-            server.dead = True  # not started again: whatever ended it would end the next one too
+            _gone(server)  # not started again: whatever ended it would end the next one too
             return None
         return server
+
+
+def _gone(server: _Server) -> None:
+    """Marks `server` dead; one that this process started and that ended with an error (it refused to fork:
+    threads) is said once on stderr, with the log that says why: its runs are slower from now on."""
+    if server.dead:
+        return
+    server.dead = True
+    if server.proc is not None and server.proc.returncode:
+        log = Path(server.socket_path).parent / "server.log"
+        print(f"harness: a fork server stopped (exit code {server.proc.returncode}; why: {log}); its runs start "
+              "fresh interpreters instead, a second or two slower each", file=sys.stderr)
 
 
 def _start(kind: Kind, env: dict[str, str]) -> _Server:
