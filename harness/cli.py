@@ -83,7 +83,7 @@ def _freeze(course: Optional[Path], data: Optional[str], tokenizer: Optional[str
     from harness.progress import progress_bar
 
     c = load_course(course)
-    source = load_source(data or c.data_source)
+    source = load_source(data or c.source_spec())
     with progress_bar("tokenizing", enabled=not quiet) as update:
         return freeze(source, tokenizer or c.clm.tokenizer, out_dir, progress=update)
 

@@ -180,3 +180,27 @@ def test_bad_data_is_one_clear_line(tmp_path, run_cli, setup, args, fragment):
         return
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_course_reads_its_relative_data_path_from_its_own_folder_and_names_it_by_name(tmp_path, run_cli):
+    """`source = "corpus.txt"` in a course file is read from the course's folder (as the course file says
+    relative paths are), whatever the folder the command runs in; and the data's fingerprint (the manifest's
+    sha256) is the same wherever the course lives: a local source is named by its name, not its path."""
+    from harness.course.config import default_course_text
+
+    shown = []
+    for where in ("here", "moved/deeper"):
+        folder = tmp_path / where
+        folder.mkdir(parents=True)
+        (folder / "corpus.txt").write_text("\n\n".join(f"Document {i} says the same few words." for i in range(40)))
+        text = default_course_text()
+        assert 'source = "wiki-vital"' in text
+        (folder / "course.toml").write_text(text.replace('source = "wiki-vital"', 'source = "corpus.txt"', 1))
+        elsewhere = tmp_path / f"cwd-{len(shown)}"
+        elsewhere.mkdir()
+        proc = run_cli("data", "show", "--course", folder / "course.toml", cwd=elsewhere,
+                       env={"HARNESS_CACHE": str(tmp_path / "cache")}, check=0)
+        shown.append({line.split()[0] + " " + line.split()[1]: line.split()[-1] for line in proc.stdout.splitlines()
+                      if line.startswith(("manifest sha256", "source sha256"))})
+        assert "corpus.txt" in proc.stdout and str(tmp_path) not in proc.stdout.replace(str(tmp_path / "cache"), "")
+    assert shown[0] == shown[1] and len(shown[0]) == 2

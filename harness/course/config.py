@@ -151,6 +151,11 @@ class Course:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 
+    def source_spec(self) -> str:
+        """`data_source` as `load_source` takes it: a named source as it is, a path from this course's folder
+        (as the course file says relative paths are read), not from wherever the command runs."""
+        return self.data_source if self.data_source in NAMED_SOURCES else str(self.resolve(self.data_source))
+
 
 class _Reader:
     """Reads one TOML table, remembering its dotted name for messages and refusing unknown keys."""

@@ -275,7 +275,10 @@ def load_local(path: Path) -> Source:
     else:
         splits = {"validation": [d for f in files for d in _documents_of_file(f, root)]}
         rule, has_splits = "no splits: the whole path is the validation data", False
-    return Source(str(path), "local", str(path.resolve()), digest, rule, splits, has_splits)
+    # named by its file or folder name, not its path: the manifest (the data's fingerprint) and every result
+    # that names the data are the same wherever the course lives; its contents are `digest`
+    return Source(path.name, "local", f"a local {'folder' if path.is_dir() else 'file'}, {path.name}", digest, rule,
+                  splits, has_splits)
 
 
 def load_source(spec: str) -> Source:

@@ -58,7 +58,7 @@ def run_demo(out: Path, *, submissions: Path = Path("submissions"), references: 
     result = DemoResult(out, submissions)
     t0 = time.monotonic()
     with bar("tokenizing") as update:
-        result.data = freeze(load_source(course.data_source), course.clm.tokenizer, progress=update)
+        result.data = freeze(load_source(course.source_spec()), course.clm.tokenizer, progress=update)
     result.timings["data"] = time.monotonic() - t0
 
     budgets = {"demo": (DEMO_GPT, DEMO_MLM), "test": (TEST_GPT, TEST_MLM)}[scale]

@@ -324,7 +324,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     # the data is frozen once here, not by every worker at the same moment
     from harness.course.data import freeze, load_source
 
-    source = load_source(course.data_source)
+    source = load_source(course.source_spec())
     try:
         freeze(source, course.clm.tokenizer)
     except HarnessError:

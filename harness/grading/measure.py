@@ -268,7 +268,7 @@ def _measure_model(job: Job, course: Course, sub, root: Path, result: Measuremen
     result.nonfinite = list(raw.nonfinite)
     result.warnings += list(raw.warnings)
 
-    source = load_source(course.data_source)
+    source = load_source(course.source_spec())
     custom = None
     if sub.code:
         from harness.sandbox.custom_code import load_custom
@@ -457,7 +457,7 @@ def inspect_checkpoint(path: Path, *, course_path: Path | None = None) -> dict[s
     warnings: list[str] = []
     try:
         loaded = _build_scored(raw, sub, course, path if path.is_dir() else path.parent,
-                               load_source(course.data_source), warnings).loaded
+                               load_source(course.source_spec()), warnings).loaded
     except HarnessError as e:
         if not e.code.startswith(("tokenizer-", "data-")):
             raise
@@ -484,7 +484,7 @@ def eval_checkpoint(path: Path, *, course_path: Path | None = None, data: str | 
     if not path.exists():
         raise HarnessError("checkpoint-missing", f"{path} does not exist")
     course = load_course(course_path)
-    source = load_source(data or course.data_source)
+    source = load_source(data or course.source_spec())
     split_name = split or (course.data_split if source.has_splits else "validation")
 
     def changed(s):

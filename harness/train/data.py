@@ -136,7 +136,7 @@ def prepare_data(cfg: TrainConfig, course, run_dir: Path) -> TrainData:
     from harness.course.data import freeze, load_source
     from harness.course.tokenizers import get_tokenizer
 
-    source = load_source(course.data_source if cfg.data == "course" else cfg.data)
+    source = load_source(course.source_spec() if cfg.data == "course" else cfg.data)
     if "train" not in source.splits or not source.splits["train"]:
         raise HarnessError("data-no-train", f"data source {source.name!r} has no train split to train on; "
                            "use wiki-vital, wikitext-2 or a folder with train* and valid* entries")
