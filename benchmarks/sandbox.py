@@ -128,6 +128,7 @@ def measure_transport(*, rounds: int = 20, vocab: int = 50257, context: int = 64
             with SandboxedModel(Path(tmp), "model.py:CharGPT", sd, kwargs=kwargs) as shared, \
                     SandboxedModel(Path(tmp), "model.py:CharGPT", sd, kwargs=kwargs,
                                    limits=SandboxLimits(shared_mb=0)) as pipe, torch.inference_mode():
+                assert shared._shared is not None and pipe._shared is None, "no memory file on this machine"
                 want = here(ids)
                 for side, call in (("shared", shared.logits), ("pipe", pipe.logits), ("forward", here)):
                     torch.testing.assert_close(call(ids), want, rtol=0, atol=1e-5)
@@ -172,6 +173,9 @@ def measure_custom_eval(*, rounds: int = 3, tokens: int = 8192, context: int = 6
                         r = evaluate_clm(sm, split, tok, context=context, max_tokens=tokens, fused=side == "fused")
                         best[side] = min(best[side], time.perf_counter() - t0)
                         loss[side] = r.loss
+                from harness.metrics.fused import OutputHead
+
+                assert isinstance(sm._head, OutputHead), "the fused head was declined: this row would time no fused run"
                 fused_used = sm._head_name
     finally:
         torch.set_num_threads(threads)

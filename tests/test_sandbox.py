@@ -101,7 +101,19 @@ NOT_A_HEAD = {
                "Scaled"),
     "in_place": ("class InPlace(TinyLM):\n    def forward(self, idx):\n        out = super().forward(idx)[0]\n"
                  "        out[..., 0] = -100.0\n        return out, None\n", "InPlace"),
+    # a Linear of its own whose forward is not nn.Linear's (loralib's unmerged lora.Linear is one)
+    "subclass": ("class Tripled(torch.nn.Linear):\n    def forward(self, x):\n        return super().forward(x) * 3\n"
+                 "class Sub(TinyLM):\n    def __init__(self, **kw):\n        super().__init__(**kw)\n"
+                 "        self.head = Tripled(16, 50)\n", "Sub"),
+    # the student's own forward hook on the head, which changes its output
+    "hooked": ("class Hooked(TinyLM):\n    def __init__(self, **kw):\n        super().__init__(**kw)\n"
+               "        self.head.register_forward_hook(lambda m, a, out: out * 2)\n", "Hooked"),
 }
+# The head's input changed in place after the layer ran (a buffer reused): its copy, taken as it ran, is scored.
+SCRIBBLED = ("class Scribbled(TinyLM):\n    def forward(self, idx):\n"
+             "        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))\n"
+             "        x = torch.cumsum(x, dim=1) / torch.arange(1, idx.shape[1] + 1)[None, :, None]\n"
+             "        out = self.head(x)\n        x.mul_(0)\n        return out, None\n", "Scribbled")
 # A second layer of the vocabulary's width whose output is not returned (an auxiliary head), run after the
 # head: the head is still the layer whose output forward returned.
 AUX_HEAD = ("class AuxHead(TinyLM):\n    def __init__(self, **kw):\n        super().__init__(**kw)\n"
@@ -109,17 +121,19 @@ AUX_HEAD = ("class AuxHead(TinyLM):\n    def __init__(self, **kw):\n        supe
             "        out = super().forward(idx)\n        self.aux(self.tok(idx))\n        return out\n", "AuxHead")
 
 
-@pytest.mark.parametrize("case", ["head", "aux_head", *sorted(NOT_A_HEAD)])
+@pytest.mark.parametrize("case", ["head", "aux_head", "scribbled", *sorted(NOT_A_HEAD)])
 def test_custom_code_is_scored_through_the_fused_head_only_where_forward_ends_in_its_linear(tmp_path, case):
     """Where forward's logits are exactly one nn.Linear's output, the grader runs that layer itself on the
     hidden states the sandbox hands over (no logits cross), an auxiliary layer of the same width beside it:
     the same NLLs as the logits path to 1e-6. Where they are not (a matmul head, logits changed
-    after the layer, in place too), the fused head is declined, for good."""
+    after the layer, in place too, a Linear subclass with its own forward, a hook of the student's on the
+    head), the fused head is declined, for good. The head's input changed after the layer ran is scored as
+    it was when the layer ran."""
     import torch.nn.functional as F
 
     from harness.metrics.fused import FusedScorer
 
-    extra, cls = {"aux_head": AUX_HEAD}.get(case) or NOT_A_HEAD.get(case, ("", "TinyLM"))
+    extra, cls = {"aux_head": AUX_HEAD, "scribbled": SCRIBBLED}.get(case) or NOT_A_HEAD.get(case, ("", "TinyLM"))
     model, sd = _submission(tmp_path, extra)
     if case == "aux_head":
         torch.manual_seed(1)
@@ -130,7 +144,7 @@ def test_custom_code_is_scored_through_the_fused_head_only_where_forward_ends_in
                         max_positions=8) as sm:
         plain = F.cross_entropy(sm.logits(ids).reshape(-1, 50), targets, reduction="none")
         scorer = FusedScorer.for_model(sm, ids[:1], 50)
-        if case not in ("head", "aux_head"):
+        if case not in ("head", "aux_head", "scribbled"):
             assert scorer is None and sm._head is False
             assert sm.hidden_and_head(ids) is None  # for good
             return

@@ -103,10 +103,15 @@ def main() -> None:
                     send({"ok": True, "shape": list(hidden.shape), "head": caller.head[0], "notes": new}, hidden)
             elif header["op"] == "head":  # that layer's weight [V, d], then its bias [V] if it has one
                 name, layer = caller.head
-                weight = layer.weight.detach().float()
-                parts = [weight.reshape(-1)] + ([layer.bias.detach().float()] if layer.bias is not None else [])
-                send({"ok": True, "head": name, "shape": list(weight.shape), "bias": layer.bias is not None},
-                     torch.cat(parts))
+                try:
+                    weight = layer.weight.detach().float()
+                    values = weight.reshape(-1) if layer.bias is None else \
+                        torch.cat([weight.reshape(-1), layer.bias.detach().float()])
+                except Exception:  # noqa: BLE001 — no room for the copy: declined, the logits path
+                    caller.head_declined = True
+                    _write_frame(out_fd, {"ok": True, "shape": None})
+                    continue
+                send({"ok": True, "head": name, "shape": list(weight.shape), "bias": layer.bias is not None}, values)
             elif header["op"] == "logits":
                 ids = torch.from_numpy(np.frombuffer(payload, dtype=np.int64).reshape(header["shape"]))  # its own buffer
                 logits = caller.logits(ids)

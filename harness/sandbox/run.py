@@ -46,6 +46,7 @@ from harness.errors import HarnessError
 from harness.metrics.fused import OutputHead
 from harness.metrics.protocol import nan_or_posinf
 from harness.sandbox.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
+from harness.sandbox.student_class import LOGITS_BUDGET
 
 _HEADER = struct.Struct("<II")  # JSON length, payload length
 
@@ -61,8 +62,9 @@ class SandboxLimits:
     file_mb: int = 64  # the largest file it may write (in its /tmp)
     tmp_mb: int = 256  # all of its /tmp together
     output_mb: int = 16  # what it may print; past it, it is ended
-    shared_mb: int = 256  # the memory file its replies' logits are left in (SharedLogits; 0: none, the pipe);
-    # a larger reply crosses the pipe. Mapped by both sides: part of its address space, touched only as used
+    shared_mb: int = 64  # the memory file its replies' values are left in (SharedLogits; 0: none, the pipe):
+    # a window of 300 positions of GPT-2's vocabulary; a larger reply crosses the pipe. Mapped by both sides,
+    # touched only as used; added to the child's memory_mb (the map is the harness's, not the code's)
 
     def jail(self) -> JailLimits:
         return JailLimits(memory_mb=self.memory_mb, cpu_seconds=self.cpu_seconds, open_files=self.open_files,
@@ -73,6 +75,11 @@ class SandboxLimits:
 MAX_HEADER = 1 << 20  # a reply's JSON; anything longer is not ours
 MAX_VOCAB = 1 << 21  # outputs per position a logits reply may claim
 MAX_WIDTH = 1 << 16  # the width of hidden states a reply may claim
+
+
+def _ids(input_ids: torch.Tensor) -> np.ndarray:
+    """Token windows as a request sends them: int64, contiguous."""
+    return np.ascontiguousarray(input_ids.cpu().numpy().astype(np.int64))
 
 
 def _dims(shape: Any, n: int) -> bool:
@@ -283,7 +290,9 @@ class SandboxedModel:
         # the process limit counts threads: torch's compute threads (two pools of OMP_NUM_THREADS: 160 tasks
         # at 80, seen) come on top of what the code may start
         threads = int(env["OMP_NUM_THREADS"]) if env["OMP_NUM_THREADS"].isdigit() else 1
-        jail_limits = dataclasses.replace(limits.jail(), processes=limits.processes + 2 * max(1, threads))
+        # and the memory file's map is the harness's: on top of the code's address space, not out of it
+        jail_limits = dataclasses.replace(limits.jail(), processes=limits.processes + 2 * max(1, threads),
+                                          memory_mb=limits.memory_mb + (limits.shared_mb if self._shared else 0))
         try:
             self._jail = Jail(cmd, view=view, env=env, pass_fds=(to_child_r, from_child_w, *shared_fds),
                               limits=jail_limits, sandboxed=sandboxed)
@@ -307,7 +316,7 @@ class SandboxedModel:
         plain = {k: v for k, v in (model_table or {}).items() if k not in ("code", "kwargs")}
         reply, _ = self._call({"op": "load", "code": code, "kwargs": kwargs or {}, "model": plain,
                                "stored": stored or {}}, st_save(tensors), limits.start_seconds, "loading the model")
-        self.notes += [str(n)[:500] for n in reply.get("notes") or ()][:20]
+        self._noted(reply)
         reply, _ = self._call({"op": "describe"}, b"", limits.call_seconds, "computing logits")
         n_outputs, built, arch, params = (reply.get("n_outputs"), reply.get("built") or {},
                                           reply.get("architecture") or {}, reply.get("params"))
@@ -320,7 +329,7 @@ class SandboxedModel:
         self.built: dict[str, Any] = built
         self.architecture: dict[str, dict[str, Any]] = arch
         self.params: int | None = params
-        self.notes += [str(n)[:500] for n in reply.get("notes") or ()][:20]
+        self._noted(reply)
         if self.max_positions is None:
             self.max_positions = (self.architecture.get("context") or {}).get("value")
 
@@ -340,13 +349,13 @@ class SandboxedModel:
         return self._logits(input_ids, last=True)[:, 0]
 
     def _logits(self, input_ids: torch.Tensor, *, last: bool) -> torch.Tensor:
-        ids = np.ascontiguousarray(input_ids.cpu().numpy().astype(np.int64))
+        ids = _ids(input_ids)
         vocab = self._n_outputs or MAX_VOCAB
         rows = (ids.shape[0], 1) if last else ids.shape
         header, payload = self._call({"op": "logits", "shape": list(ids.shape), "last": last}, ids.tobytes(),
                                      self.limits.call_seconds, "computing logits",
                                      max_payload=4 * int(np.prod(rows)) * vocab)
-        self.notes += [str(n)[:500] for n in header.get("notes") or ()][:20]
+        self._noted(header)
         shape = header.get("shape")
         if not (_dims(shape, 3) and tuple(shape[:2]) == rows and shape[2] <= vocab):
             self.close()
@@ -369,11 +378,22 @@ class SandboxedModel:
         or where this batch's states hold a non-finite value: the logits path, with its checks."""
         if self._head is False:
             return None
-        ids = np.ascontiguousarray(input_ids.cpu().numpy().astype(np.int64))
+        B, T = input_ids.shape
+        per = max(1, LOGITS_BUDGET // (4 * T * self.n_outputs))  # what one logits call runs: its time limit's
+        parts = []
+        for i in range(0, B, per):
+            got = self._hidden(input_ids[i:i + per])
+            if got is None:
+                return None
+            parts.append(got)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), self._head
+
+    def _hidden(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        ids = _ids(input_ids)
         header, payload = self._call({"op": "hidden", "shape": list(ids.shape)}, ids.tobytes(),
                                      self.limits.call_seconds, "computing logits",
                                      max_payload=4 * ids.size * MAX_WIDTH)
-        self.notes += [str(n)[:500] for n in header.get("notes") or ()][:20]
+        self._noted(header)
         shape, name = header.get("shape"), header.get("head")
         if shape is None:  # the child declined, for good
             self._head = False
@@ -390,7 +410,7 @@ class SandboxedModel:
             raise self._malformed("computing logits")  # the child keeps the layer it found first
         if not bool(torch.isfinite(hidden).all()):
             return None
-        return hidden, self._head
+        return hidden
 
     def _output_layer(self, name: str, width: int) -> OutputHead | bool:
         """The child's output layer `name` (weight [V, width], its bias if any), as it holds it; False where
@@ -399,6 +419,8 @@ class SandboxedModel:
         header, payload = self._call({"op": "head"}, b"", self.limits.call_seconds, "computing logits",
                                      max_payload=4 * n * (width + 1))
         shape, bias = header.get("shape"), header.get("bias")
+        if shape is None:  # the child had no room to copy it: declined
+            return False
         if not (header.get("head") == name and shape == [n, width] and type(bias) is bool):
             raise self._malformed("computing logits")
         values = self._take(header, payload, [n * (width + bias)], "computing logits")
@@ -444,6 +466,12 @@ class SandboxedModel:
             raise HarnessError("model-code-failed",
                                f"the model code failed while {doing}: {error}{self._blocked(error)}")
         return reply, data
+
+    def _noted(self, reply: dict[str, Any]) -> None:
+        """The notes a reply carries (how the code was built and called): at most 20, 500 characters each."""
+        notes = reply.get("notes")
+        if isinstance(notes, list):
+            self.notes += [str(n)[:500] for n in notes][:20]
 
     def _malformed(self, doing: str) -> HarnessError:
         """A reply that is not the child's protocol: the child is ended; the error to raise."""

@@ -417,9 +417,11 @@ class Caller:
         and from then on. A batch is run as `logits` runs it (windows alone where forward needs that), at
         most LOGITS_BUDGET of logits a forward.
 
-        Found out on the first windows and kept for the run, as how forward takes a batch is: the first two
-        calls also compare the logits with a copy of the layer's output taken as it ran, so a change made in
-        place afterwards (a masked token) is caught there."""
+        Found out on the first windows and kept for the run, as how forward takes a batch is: only a plain
+        `nn.Linear` (its own forward, no forward hook of the student's, none global) is taken, its input is
+        copied as it ran, and the first two calls also compare the logits with a copy of the layer's output
+        taken as it ran (a change made in place afterwards, a masked token, is caught there) and with the
+        layer run again on that input. Any failure here declines: the logits path runs the same forward."""
         if self.head_declined:
             return None
         B, T = ids.shape
@@ -432,21 +434,34 @@ class Caller:
             per = 1
         parts = []
         for i in range(0, B, per):
-            part = self._head_input(ids[i:i + per], n_outputs, check)
+            try:
+                part = self._head_input(ids[i:i + per], n_outputs, check)
+            except Exception:  # noqa: BLE001 — the logits path runs the same forward, and reports its failure
+                part = None
             if part is None:
                 self.head_declined = True
                 return None
             parts.append(part)
+        if check and self._head_checks <= 0:  # the last checked call passed: from here on, the head is scored
+            self.notes.append(f"forward returns the output of its layer {self.head[0]} unchanged (checked on its "
+                              "first windows), so the harness ran that layer itself on its input: the same loss "
+                              "to 1e-6, without sending every row of logits out of the sandbox")
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _head_input(self, ids: torch.Tensor, n_outputs: int, check: bool) -> torch.Tensor | None:
+        from torch.nn.modules import module as nn_module
+
+        if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+            return None  # the student's global hooks may change any layer's output: not ours to guess
+        # a plain nn.Linear (its own forward, no hook of the student's that could change its output)
         layers = {m: name for name, m in self.model.named_modules()
-                  if isinstance(m, nn.Linear) and m.out_features == n_outputs}
+                  if type(m).forward is nn.Linear.forward and m.out_features == n_outputs and not m._forward_hooks}
         ran: list[tuple[nn.Linear, Any, torch.Tensor, torch.Tensor | None]] = []
 
         def seen(module: nn.Module, args: tuple, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
-                ran.append((module, args[0] if args else None, out, out.clone() if check else None))
+            if isinstance(out, torch.Tensor):  # the input copied: forward may change it in place afterwards
+                x = args[0].clone() if args and isinstance(args[0], torch.Tensor) else None
+                ran.append((module, x, out, out.clone() if check else None))
 
         hooks = [m.register_forward_hook(seen) for m in layers]
         try:
@@ -462,14 +477,13 @@ class Caller:
                 and out.is_contiguous() and logits.is_contiguous()
                 and hidden.numel() == logits.shape[0] * logits.shape[1] * module.in_features):
             return None
-        if copy is not None and not torch.equal(copy, out):
-            return None
         if self.head is not None and self.head[1] is not module:
             return None  # another layer than the one found first
-        if self.head is None:
-            self.notes.append(f"forward returns the output of its layer {layers[module]} unchanged (checked on its "
-                              "first windows), so the harness ran that layer itself on its input: the same loss "
-                              "to 1e-6, without sending every row of logits out of the sandbox")
+        if copy is not None:  # the checked calls: forward returned the layer's output, and it is the layer's
+            with torch.inference_mode():
+                again = torch.nn.functional.linear(hidden, module.weight, module.bias).reshape(copy.shape)
+            if not (torch.equal(copy, out) and torch.allclose(again, copy, rtol=1e-6, atol=1e-6)):
+                return None
         self.head = (layers[module], module)
         return hidden.reshape(logits.shape[0], logits.shape[1], module.in_features)
 
