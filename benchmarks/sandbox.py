@@ -16,6 +16,7 @@ Usage: python benchmarks/sandbox.py [--rounds 3] [--max-tokens 2048]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -105,40 +106,58 @@ def measure(*, rounds: int = 3, max_tokens: int = 2048) -> dict:
             "loss": losses["sandboxed"], "rounds": rounds, "max_tokens": max_tokens, "boundary": real.describe()}
 
 
-def measure_transport(*, rounds: int = 20, vocab: int = 50257, context: int = 64) -> dict:
-    """Best seconds of one window's `logits()` from a sandboxed model with the memory file and with the pipe,
-    and of the same forward run here; the logits agree exactly."""
+@contextlib.contextmanager
+def _sandboxed(vocab: int, context: int, *limits):
+    """CharGPT at `vocab` (seeded), and the same weights in a sandbox for each of `limits`, torch at one
+    thread here as in the child (its OMP_NUM_THREADS is 1 unless the grader set more): (the model, the
+    sandboxed models)."""
     import torch
 
-    from harness.sandbox.run import SandboxedModel, SandboxLimits
+    from harness.sandbox.run import SandboxedModel
 
     ns: dict = {}
     exec(MODEL, ns)
     torch.manual_seed(0)
     here = ns["CharGPT"](vocab, block_size=context).eval()
-    sd = here.state_dict()
-    ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(0))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the child's OMP_NUM_THREADS is 1 unless the grader set more
-    best = {"shared": float("inf"), "pipe": float("inf"), "forward": float("inf")}
+    torch.set_num_threads(1)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
             (Path(tmp) / "model.py").write_text(MODEL)
-            kwargs = {"vocab_size": vocab, "block_size": context}
-            with SandboxedModel(Path(tmp), "model.py:CharGPT", sd, kwargs=kwargs) as shared, \
-                    SandboxedModel(Path(tmp), "model.py:CharGPT", sd, kwargs=kwargs,
-                                   limits=SandboxLimits(shared_mb=0)) as pipe, torch.inference_mode():
-                assert shared._shared is not None and pipe._shared is None, "no memory file on this machine"
-                want = here(ids)
-                for side, call in (("shared", shared.logits), ("pipe", pipe.logits), ("forward", here)):
-                    torch.testing.assert_close(call(ids), want, rtol=0, atol=1e-5)
-                for _ in range(rounds):
-                    for side, call in (("shared", shared.logits), ("pipe", pipe.logits), ("forward", here)):
-                        t0 = time.perf_counter()
-                        call(ids)
-                        best[side] = min(best[side], time.perf_counter() - t0)
+            yield here, [stack.enter_context(SandboxedModel(Path(tmp), "model.py:CharGPT", here.state_dict(),
+                                                            kwargs={"vocab_size": vocab, "block_size": context},
+                                                            limits=lim)) for lim in limits]
     finally:
         torch.set_num_threads(threads)
+
+
+def _best_of(rounds: int, calls: dict) -> tuple[dict[str, float], dict]:
+    """Each call's best seconds over `rounds` rounds that take them in turn, and what each returned last."""
+    best, last = {side: float("inf") for side in calls}, {}
+    for _ in range(rounds):
+        for side, call in calls.items():
+            t0 = time.perf_counter()
+            last[side] = call()
+            best[side] = min(best[side], time.perf_counter() - t0)
+    return best, last
+
+
+def measure_transport(*, rounds: int = 20, vocab: int = 50257, context: int = 64) -> dict:
+    """Best seconds of one window's `logits()` from a sandboxed model with the memory file and with the pipe,
+    and of the same forward run here; the logits agree exactly."""
+    import torch
+
+    from harness.sandbox.run import SandboxLimits
+
+    ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(0))
+    with _sandboxed(vocab, context, SandboxLimits(), SandboxLimits(shared_mb=0)) as (here, (shared, pipe)), \
+            torch.inference_mode():
+        assert shared._shared is not None and pipe._shared is None, "no memory file on this machine"
+        calls = {"shared": lambda: shared.logits(ids), "pipe": lambda: pipe.logits(ids), "forward": lambda: here(ids)}
+        want = here(ids)
+        for call in calls.values():
+            torch.testing.assert_close(call(), want, rtol=0, atol=1e-5)
+        best, _ = _best_of(rounds, calls)
     return {**{f"{k}_s": v for k, v in best.items()}, "ratio": best["pipe"] / best["shared"], "rounds": rounds,
             "vocab": vocab, "context": context, "mb": 4 * vocab * context / 1e6}
 
@@ -146,41 +165,22 @@ def measure_transport(*, rounds: int = 20, vocab: int = 50257, context: int = 64
 def measure_custom_eval(*, rounds: int = 3, tokens: int = 8192, context: int = 64) -> dict:
     """Best seconds of evaluating `tokens` targets of a sandboxed custom-code model (GPT-2's vocabulary)
     through the fused head and through the logits path, and the two losses."""
-    import torch
-
     from benchmarks.eval import load_text
     from harness.course.tokenizers import get_tokenizer
     from harness.metrics.clm import evaluate_clm
-    from harness.sandbox.run import SandboxedModel
+    from harness.metrics.fused import OutputHead
+    from harness.sandbox.run import SandboxLimits
 
     tok = get_tokenizer("gpt2")
     split = load_text(tok, tokens, log=None)
-    ns: dict = {}
-    exec(MODEL, ns)
-    torch.manual_seed(0)
-    sd = ns["CharGPT"](tok.vocab_size, block_size=context).state_dict()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    best, loss = {"fused": float("inf"), "logits": float("inf")}, {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "model.py").write_text(MODEL)
-            with SandboxedModel(Path(tmp), "model.py:CharGPT", sd,
-                                kwargs={"vocab_size": tok.vocab_size, "block_size": context}) as sm:
-                for _ in range(rounds):
-                    for side in ("fused", "logits"):
-                        t0 = time.perf_counter()
-                        r = evaluate_clm(sm, split, tok, context=context, max_tokens=tokens, fused=side == "fused")
-                        best[side] = min(best[side], time.perf_counter() - t0)
-                        loss[side] = r.loss
-                from harness.metrics.fused import OutputHead
-
-                assert isinstance(sm._head, OutputHead), "the fused head was declined: this row would time no fused run"
-                fused_used = sm._head_name
-    finally:
-        torch.set_num_threads(threads)
+    with _sandboxed(tok.vocab_size, context, SandboxLimits()) as (_, (sm,)):
+        best, last = _best_of(rounds, {
+            side: (lambda fused=side == "fused": evaluate_clm(sm, split, tok, context=context, max_tokens=tokens,
+                                                                fused=fused)) for side in ("fused", "logits")})
+        assert isinstance(sm._head, OutputHead), "the fused head was declined: this row would time no fused run"
+        head = sm._head_name
     return {"fused_s": best["fused"], "logits_s": best["logits"], "ratio": best["logits"] / best["fused"],
-            "fused_loss": loss["fused"], "logits_loss": loss["logits"], "head": fused_used, "rounds": rounds,
+            "fused_loss": last["fused"].loss, "logits_loss": last["logits"].loss, "head": head, "rounds": rounds,
             "tokens": tokens, "context": context}
 
 

@@ -28,9 +28,10 @@ What a fresh interpreter does at exit, a worker does too: its atexit functions (
 finalizers among them) run before it exits.
 
 Forking is safe because the server has one thread: it checks so after its imports (OpenBLAS's pool is kept
-to one thread by every server's environment, `SINGLE_THREADED`) and refuses to serve otherwise, its reason left in its folder's
-server.log. A caller that finds no server (it refused, died, `HARNESS_FORKSERVER=0`, a Ray node, a socket
-path too long) starts a fresh interpreter, as before.
+to one thread by every server's environment, `SINGLE_THREADED`) and refuses to serve otherwise, its reason
+left in its folder's server.log, which its starter names once on stderr. A caller that finds no server (it
+refused, died, `HARNESS_FORKSERVER=0`, a Ray node, a socket path too long) starts a fresh interpreter, as
+before.
 """
 
 from __future__ import annotations

@@ -346,10 +346,10 @@ class _Unset(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def unset_weights() -> contextlib.AbstractContextManager:
+def unset_weights(unset: bool = True) -> contextlib.AbstractContextManager:
     """Modules built inside it have their weights allocated and left unset, their fixed buffers computed: for a
-    caller that then loads every weight (`load_state_dict(..., strict=True)`)."""
-    return _Unset()
+    caller that then loads every weight (`load_state_dict(..., strict=True)`). `unset=False`: nothing."""
+    return _Unset() if unset else contextlib.nullcontext()
 
 
 class GPT(nn.Module):
@@ -358,7 +358,7 @@ class GPT(nn.Module):
         one of them; the fixed buffers are computed either way. A 50,257-word model's init costs ~0.1 s."""
         super().__init__()
         self.config = cfg
-        with unset_weights() if empty else contextlib.nullcontext():
+        with unset_weights(empty):
             layers: dict[str, nn.Module] = {"wte": nn.Embedding(cfg.vocab_size, cfg.d_model)}
             if cfg.positions == "learned":
                 layers["wpe"] = nn.Embedding(cfg.context, cfg.d_model)

@@ -7,8 +7,6 @@ masked-token prediction is all the course grades.
 
 from __future__ import annotations
 
-import contextlib
-
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -186,7 +184,7 @@ class BertMLM(nn.Module):
         """`empty`: the weights left unset, for a caller that loads every one of them (as `GPT`'s)."""
         super().__init__()
         self.config = cfg
-        with unset_weights() if empty else contextlib.nullcontext():
+        with unset_weights(empty):
             self.bert = BertModel(cfg)
             self.cls = BertOnlyMLMHead(cfg)
         if not empty:

@@ -44,9 +44,9 @@ import torch
 
 from harness.errors import HarnessError
 from harness.metrics.fused import OutputHead
+from harness.metrics.nll import CPU_LOGITS_BUDGET
 from harness.metrics.protocol import nan_or_posinf
 from harness.sandbox.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
-from harness.sandbox.student_class import LOGITS_BUDGET
 
 _HEADER = struct.Struct("<II")  # JSON length, payload length
 
@@ -379,7 +379,9 @@ class SandboxedModel:
         if self._head is False:
             return None
         B, T = input_ids.shape
-        per = max(1, LOGITS_BUDGET // (4 * T * self.n_outputs))  # what one logits call runs: its time limit's
+        # windows a request: the student's forward writes their full logits, kept within a logits batch (its
+        # time limit's, and page faults: memory within malloc's reach is reused)
+        per = max(1, CPU_LOGITS_BUDGET // (4 * T * self.n_outputs))
         parts = []
         for i in range(0, B, per):
             got = self._hidden(input_ids[i:i + per])

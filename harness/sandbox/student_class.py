@@ -334,12 +334,6 @@ def _is_mask(t: torch.Tensor) -> bool:
 # --- calls -----------------------------------------------------------------------------------------
 
 
-# Bytes of logits one forward of `Caller.head_input` may write (the rest of a batch waits for the next): the
-# student's forward writes a full row of logits for every position, and a batch of windows fresh from the
-# allocator costs its page faults again each call; one within malloc's reach is reused.
-LOGITS_BUDGET = 16 * 2**20
-
-
 class Caller:
     """Calls the student's forward the way it works: found out on the first windows, kept for the run."""
 
@@ -414,8 +408,8 @@ class Caller:
         hidden states, and no row of logits leaves the sandbox (other layers of that width may run: an
         auxiliary head; the one whose output forward returned is the head). None where there is no such layer
         (the head is a matmul, forward returned something else than its output, the states are not float32),
-        and from then on. A batch is run as `logits` runs it (windows alone where forward needs that), at
-        most LOGITS_BUDGET of logits a forward.
+        and from then on. A batch is run as `logits` runs it (windows alone where forward needs that); the
+        grader sizes the batches (`SandboxedModel.hidden_and_head`).
 
         Found out on the first windows and kept for the run, as how forward takes a batch is: only a plain
         `nn.Linear` (its own forward, no forward hook of the student's, none global) is taken, its input is
@@ -424,14 +418,12 @@ class Caller:
         layer run again on that input. Any failure here declines: the logits path runs the same forward."""
         if self.head_declined:
             return None
-        B, T = ids.shape
+        B = ids.shape[0]
         if B > 1 and self.one_at_a_time is None:
             self.logits(ids[:2])  # how forward takes a batch, found out first
         check = self._head_checks > 0
         self._head_checks -= 1
-        per = max(1, LOGITS_BUDGET // (4 * T * n_outputs))  # windows a forward: its logits stay small
-        if B > 1 and self.one_at_a_time:
-            per = 1
+        per = 1 if self.one_at_a_time else B
         parts = []
         for i in range(0, B, per):
             try:
