@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 from harness import forkserver
 from harness.course.config import capped_course_text
@@ -84,20 +85,10 @@ def tiny_class(folder: Path) -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def fresh_processes(fresh: bool = True):
+def fresh_processes(fresh: bool = True) -> contextlib.AbstractContextManager:
     """Within: every reader and measuring process a fresh interpreter (HARNESS_FORKSERVER=0), the baseline
-    of the fork servers."""
-    before = os.environ.get("HARNESS_FORKSERVER")
-    if fresh:
-        os.environ["HARNESS_FORKSERVER"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("HARNESS_FORKSERVER", None)
-        else:
-            os.environ["HARNESS_FORKSERVER"] = before
+    of the fork servers; the environment as it was after."""
+    return mock.patch.dict(os.environ, {"HARNESS_FORKSERVER": "0"} if fresh else {})
 
 
 def measure_reads(rounds: int = 5) -> dict:

@@ -384,7 +384,7 @@ def test_the_provenance_names_the_data_fingerprints_as_hex_not_as_a_python_list(
     assert rows["Manifest sha256"] == f"{'a' * 64}, {'b' * 64}"
 
 
-def test_pdfs_rendered_by_two_processes_are_the_bytes_one_process_renders(results, tmp_path):
+def test_pdfs_rendered_by_two_processes_are_the_bytes_one_process_renders(results, tmp_path, monkeypatch):
     """`harness grade --workers 2` shares a large class's student PDFs between two fresh processes while it
     renders the class report: every file equals the one process's, byte for byte, relative OUT too."""
     import copy
@@ -402,11 +402,7 @@ def test_pdfs_rendered_by_two_processes_are_the_bytes_one_process_renders(result
         pytest.skip("one core: the PDFs are rendered in this process only")
     one = write_reports(large, tmp_path / "one", processes=1)
     (tmp_path / "two").mkdir()
-    here = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        two = write_reports(large, Path("two"), processes=2)
-    finally:
-        os.chdir(here)
+    monkeypatch.chdir(tmp_path)
+    two = write_reports(large, Path("two"), processes=2)
     assert [p.name for p in one] == [p.name for p in two] and len(one) == len(large["submissions"]) + 1
     assert all(a.read_bytes() == (tmp_path / b).read_bytes() for a, b in zip(one, two))
