@@ -123,8 +123,8 @@ def names_model_code(path: Path) -> bool:
     """Whether the submission.toml at `path` names model code ([model] code): a guess made before the
     submission is read (any error: False), for what only orders work."""
     try:
-        model = tomllib.loads(path.read_text(encoding="utf-8")).get("model")
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        model = _toml(path.parent).get("model")
+    except (HarnessError, OSError):
         return False
     return isinstance(model, dict) and bool(model.get("code"))
 
