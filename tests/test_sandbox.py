@@ -121,6 +121,91 @@ AUX_HEAD = ("class AuxHead(TinyLM):\n    def __init__(self, **kw):\n        supe
             "        out = super().forward(idx)\n        self.aux(self.tok(idx))\n        return out\n", "AuxHead")
 
 
+# Forwards that return the head's output unchanged on the checked windows, and change it only where a window
+# holds token 49 (none of the checked ones does): in place, or a new tensor.
+LATER = {
+    "in_place": ("class LateInPlace(TinyLM):\n    def forward(self, idx):\n        out = super().forward(idx)[0]\n"
+                 "        if bool((idx == 49).any()):\n            out[..., 0] = -100.0\n        return out, None\n",
+                 "LateInPlace"),
+    "scaled": ("class LateScaled(TinyLM):\n    def forward(self, idx):\n        out = super().forward(idx)[0]\n"
+               "        return (out / 2 if bool((idx == 49).any()) else out), None\n", "LateScaled"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LATER))
+def test_custom_code_that_changes_its_logits_only_on_later_windows_is_scored_as_it_answers(tmp_path, case):
+    """After the checked calls the head's matmul is left out of the student's forward (the grader runs it):
+    the layer answers with a stand-in that cannot be written to. A forward that changes its logits only on
+    windows unlike the checked ones (in place, or into a new tensor) does not return that stand-in, and from
+    then on the fused head is declined: those windows score what the student's forward really returns."""
+    import torch.nn.functional as F
+
+    from harness.metrics.fused import FusedScorer
+
+    model, sd = _submission(tmp_path, LATER[case][0])
+    ns: dict = {}
+    exec(MODEL_PY + LATER[case][0], ns)
+    own = ns[LATER[case][1]](vocab_size=50, d=16, block_size=8).eval()
+    own.load_state_dict(sd)
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 49, (3, 6, 8), generator=g)  # three batches of 6 windows without token 49
+    late = clean[0].clone()
+    late[2, 5] = 49
+    targets = torch.randint(0, 50, (48,), generator=g)
+    with SandboxedModel(tmp_path, f"model.py:{LATER[case][1]}", sd,
+                        kwargs={"vocab_size": 50, "d": 16, "block_size": 8}, max_positions=8) as sm:
+        scorer = FusedScorer.for_model(sm, clean[0, :1], 50)  # the first checked call
+        assert scorer is not None
+        got = [scorer.nll(ids, [0] * 6, targets) for ids in (clean[1], clean[2], late)]  # checked, left out, late
+        assert sm._head is False  # declined, for good
+        notes = sm.notes
+    with torch.no_grad():
+        want = [F.cross_entropy(own(ids)[0].reshape(-1, 50), targets, reduction="none") for ids in clean[1:]]
+        # the declined call's windows run alone (its batch was sized for hidden states)
+        want.append(F.cross_entropy(torch.cat([own(late[k:k + 1])[0] for k in range(6)]).reshape(-1, 50), targets,
+                                    reduction="none"))
+    for g_, w in zip(got, want):
+        torch.testing.assert_close(g_, w, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(want[2], F.cross_entropy(model(late)[0].reshape(-1, 50), targets, reduction="none"))
+    assert any("on later windows forward did not return its layer head's output unchanged" in n for n in notes)
+
+
+def test_the_head_checked_is_left_out_of_forward_and_gives_its_input_as_it_ran():
+    """In the child, in-process: the first two calls run the student's head and check it; later calls leave
+    its matmul out (a stand-in of zero strides), and hand over the same hidden states, with targets too."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from harness.sandbox.student_class import Caller
+
+    class Net(nn.Module):  # nanoGPT's shape: without targets, only the last position's logits
+        def __init__(self):
+            super().__init__()
+            self.tok, self.mix, self.lm_head = nn.Embedding(300, 12), nn.Linear(12, 12), nn.Linear(12, 300)
+            self.real_calls = 0
+            self.lm_head.register_forward_pre_hook(lambda *a: None)  # a pre-hook cannot change the output
+
+        def forward(self, idx, targets=None):
+            x = torch.tanh(self.mix(self.tok(idx)))
+            self.real_calls += "forward" not in vars(self.lm_head)
+            if targets is None:
+                return self.lm_head(x[:, [-1]]), None
+            logits = self.lm_head(x)
+            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    caller = Caller(net)
+    for i in range(5):
+        ids = torch.randint(0, 300, (4, 7))
+        hidden = caller.head_input(ids, 300)
+        with torch.no_grad():
+            assert torch.equal(hidden, torch.tanh(net.mix(net.tok(ids))))
+        assert caller.head_skipped is (True if i >= 2 else None)
+    assert not caller.head_declined and caller.with_targets and caller.head[0] == "lm_head"
+    assert net.real_calls == 2 + 2 + 1  # two checked calls, the logits of two windows at batch 1 and 2, one probe
+
+
 @pytest.mark.parametrize("case", ["head", "aux_head", "scribbled", *sorted(NOT_A_HEAD)])
 def test_custom_code_is_scored_through_the_fused_head_only_where_forward_ends_in_its_linear(tmp_path, case):
     """Where forward's logits are exactly one nn.Linear's output, the grader runs that layer itself on the

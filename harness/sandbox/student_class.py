@@ -354,6 +354,7 @@ class Caller:
         self.head: tuple[str, nn.Linear] | None = None  # the output layer `head_input` found
         self.head_declined = False
         self._head_checks = 2  # calls of `head_input` that also compare the logits with the layer's output
+        self.head_skipped: bool | None = None  # after the checks: the layer's matmul left out (None: not yet tried)
 
     def _forward(self, ids: torch.Tensor, check: bool = True) -> torch.Tensor:
         B, T = ids.shape
@@ -415,7 +416,13 @@ class Caller:
         `nn.Linear` (its own forward, no forward hook of the student's, none global) is taken, its input is
         copied as it ran, and the first two calls also compare the logits with a copy of the layer's output
         taken as it ran (a change made in place afterwards, a masked token, is caught there) and with the
-        layer run again on that input. Any failure here declines: the logits path runs the same forward."""
+        layer run again on that input. Any failure here declines: the logits path runs the same forward.
+
+        After the checked calls the layer's matmul is left out of forward (`_head_input`'s `skip`): the grader
+        computes it anyway. The layer returns a stand-in that holds one number for every position, so forward
+        cannot change it in place (torch refuses to write to it), and its input is taken only where forward
+        returned that very stand-in, as it was made; where it did not, or failed (it wrote to its logits, on
+        windows unlike the checked ones), the fused head is declined for good, that call too."""
         if self.head_declined:
             return None
         B = ids.shape[0]
@@ -436,8 +443,8 @@ class Caller:
             parts.append(part)
         if check and self._head_checks <= 0:  # the last checked call passed: from here on, the head is scored
             self.notes.append(f"forward returns the output of its layer {self.head[0]} unchanged (checked on its "
-                              "first windows), so the harness ran that layer itself on its input: the same loss "
-                              "to 1e-6, without sending every row of logits out of the sandbox")
+                              "first windows), so the harness ran that layer itself on its input, and not twice: "
+                              "the same loss to 1e-6, without sending every row of logits out of the sandbox")
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _head_input(self, ids: torch.Tensor, n_outputs: int, check: bool) -> torch.Tensor | None:
@@ -448,6 +455,16 @@ class Caller:
         # a plain nn.Linear (its own forward, no hook of the student's that could change its output)
         layers = {m: name for name, m in self.model.named_modules()
                   if type(m).forward is nn.Linear.forward and m.out_features == n_outputs and not m._forward_hooks}
+        if not check and self.head is not None and self.head[1] in layers:
+            try:
+                hidden = self._head_input_skipped(ids, self.head[1])
+            except Exception:  # noqa: BLE001 — forward wrote to its logits, or needed their values
+                hidden = None
+            self.head_skipped = hidden is not None
+            if hidden is None:  # declined: what forward does with its logits on these windows is not ours to guess
+                self.notes.append(f"on later windows forward did not return its layer {self.head[0]}'s output "
+                                  "unchanged: from there on its own logits were scored")
+            return hidden
         ran: list[tuple[nn.Linear, Any, torch.Tensor, torch.Tensor | None]] = []
 
         def seen(module: nn.Module, args: tuple, out: Any) -> None:
@@ -478,6 +495,34 @@ class Caller:
                 return None
         self.head = (layers[module], module)
         return hidden.reshape(logits.shape[0], logits.shape[1], module.in_features)
+
+    def _head_input_skipped(self, ids: torch.Tensor, head: nn.Linear) -> torch.Tensor | None:
+        """`_head_input` for a head already checked, its matmul left out: while forward runs, the layer returns
+        a stand-in of the output's shape whose every element is one stored zero (torch refuses to write to
+        it in place). The input is taken only where forward returned the stand-in of the layer's one call,
+        as made (the same number, shape and zero strides); else None."""
+        made: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def stand_in(x: torch.Tensor) -> torch.Tensor:
+            if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.shape[-1:] != (head.in_features,):
+                raise TypeError("not the input the layer took on the checked windows")
+            out = x.new_zeros(()).expand(*x.shape[:-1], head.out_features)
+            made.append((x.clone(), out))  # copied: forward may change its input in place afterwards
+            return out
+
+        head.forward = stand_in  # the instance's own attribute: nn.Module.__call__ finds it first
+        try:
+            logits = self._forward(ids, check=False)
+        finally:
+            del head.forward
+        B, T = ids.shape
+        if len(made) != 1:
+            return None
+        hidden, out = made[0]
+        if not (logits.data_ptr() == out.data_ptr() and logits.numel() == out.numel() == B * T * head.out_features
+                and logits.dtype == torch.float32 and not any(logits.stride()) and hidden.numel() == B * T * head.in_features):
+            return None
+        return hidden.reshape(B, T, head.in_features)
 
 
 def scratch_folder() -> Path:
