@@ -68,6 +68,9 @@ class Kind:
     entry: str  # "module:function", called with the argv list, returning the exit code
     isolated: bool  # a fresh interpreter is started with -I (no PYTHON* variables, no cwd on the path)
     preload: tuple[str, ...] = ()  # what the server imports before it forks (absent optional ones are skipped)
+    # "module:function" the server calls once after its imports, before it forks: what a process would
+    # otherwise pay on its first run (fonts, templates); a warm-up that fails is logged and skipped
+    warm: str | None = None
     # the server's own environment, given its private folder (None: this process's)
     server_env: Callable[[Path], dict[str, str]] | None = None
     address_env: str | None = None  # where a parent passes its server's address to the processes it starts
@@ -124,6 +127,15 @@ def address(kind: Kind, env: dict[str, str] | None = None) -> str | None:
     return server.socket_path if server is not None else None
 
 
+def running(kind: Kind) -> bool:
+    """Whether `kind`'s server was started (here, or passed on) and has not gone: its runs are forked."""
+    with _lock:
+        server = _servers.get(kind.name)
+    if server is None and not (kind.address_env and os.environ.get(kind.address_env)):
+        return False
+    return _server(kind) is not None
+
+
 def shutdown() -> None:
     """End the servers this process started and forget every server: the next run starts as a new process
     would (for benchmarks that time a grading run whole, server start included)."""
@@ -178,7 +190,7 @@ def _start(kind: Kind, env: dict[str, str]) -> _Server:
     own = kind.server_env(folder) if kind.server_env is not None else dict(os.environ)
     with open(folder / "server.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, *flags, "-c", _BOOT.format("serve"),
-                                 json.dumps(_sys_path()), kind.entry, path, json.dumps(kind.preload)],
+                                 json.dumps(_sys_path()), kind.entry, path, json.dumps(kind.preload), kind.warm or ""],
                                 cwd=folder, env={**own, **SINGLE_THREADED, **env}, stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, close_fds=True)
     # proc.stdin is the lifeline: never written, closed when this process ends
@@ -367,9 +379,9 @@ def fresh(entry: str, *argv: str) -> int:
     return _entry(entry)(list(argv))
 
 
-def serve(entry: str, socket_path: str, preload: str) -> int:
-    """The server's loop: import, check that forking is safe, then a monitor per connection until the
-    lifeline (stdin) closes."""
+def serve(entry: str, socket_path: str, preload: str, warm: str = "") -> int:
+    """The server's loop: import, warm up, check that forking is safe, then a monitor per connection until
+    the lifeline (stdin) closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its starter decides when it ends: the lifeline
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path + ".binding")
@@ -382,6 +394,11 @@ def serve(entry: str, socket_path: str, preload: str) -> int:
             except ImportError:
                 pass
         run_entry = _entry(entry)
+        if warm:
+            try:
+                _entry(warm)()
+            except Exception as e:  # noqa: BLE001 — only slower: the first run of each worker pays it instead
+                print(f"forkserver: warm-up {warm} failed: {type(e).__name__}: {e}", file=sys.stderr)
         threads = _threads()
         if threads != 1:
             print(f"forkserver: {threads} threads after importing; forking would not be safe", file=sys.stderr)

@@ -47,3 +47,21 @@ def burn(argv: list[str]) -> int:
     while time.process_time() < end:
         pass
     return 0
+
+
+WARMED_BY = None  # the pid of the process whose warm-up ran
+
+
+def warm() -> None:
+    global WARMED_BY
+    WARMED_BY = os.getpid()
+
+
+def warm_fails() -> None:
+    raise RuntimeError("no fonts here")
+
+
+def warmed(argv: list[str]) -> int:
+    """Print which process warmed this one up (None: none did), and this one's pid."""
+    print(json.dumps({"warmed_by": WARMED_BY, "pid": os.getpid()}))
+    return 0

@@ -172,7 +172,7 @@ def test_a_server_with_threads_refuses_and_the_work_is_done_fresh(tmp_path, capf
         assert not ended.forked and ended.code == 0 and json.loads(out.read_text())["argv"] == ["0"]
     server = forkserver._servers["threads"].proc
     assert server.wait(timeout=30) == 1
-    folder = Path(server.args[-2]).parent  # kept, with the reason
+    folder = Path(forkserver._servers["threads"].socket_path).parent  # kept, with the reason
     assert "threads after importing; forking would not be safe" in (folder / "server.log").read_text()
     told = [line for line in capfd.readouterr().err.splitlines() if "fork server stopped" in line]
     assert told == [f"harness: a fork server stopped (exit code 1; why: {folder / 'server.log'}); its runs start "
@@ -219,8 +219,31 @@ def test_checkpoints_read_through_the_server_and_fresh_are_the_same(tmp_path, mo
 def test_shutdown_ends_the_servers_and_the_next_run_starts_one(tmp_path):
     k = kind("again", "describe")
     assert forkserver.run(k, ["0"], cwd=tmp_path, env=env_for(tmp_path)).forked
-    first = forkserver._servers["again"].proc
+    first, folder = forkserver._servers["again"].proc, Path(forkserver._servers["again"].socket_path).parent
     forkserver.shutdown()
-    assert first.poll() == 0 and not Path(first.args[-2]).parent.exists()  # its socket's folder removed
+    assert first.poll() == 0 and not folder.exists()  # its socket's folder removed
     assert forkserver.run(k, ["0"], cwd=tmp_path, env=env_for(tmp_path)).forked
     assert forkserver._servers["again"].proc.pid != first.pid
+
+
+@pytest.mark.parametrize("warm", ["warm", "warm_fails"])
+def test_a_server_warms_up_once_before_it_forks(tmp_path, warm):
+    """A kind's warm-up runs in the server, once, before any worker: every worker inherits what it did. One
+    that fails is logged in the server's log and the server serves all the same, cold."""
+    k = forkserver.Kind(name=f"warmed-{warm}", entry="forkserver_entries:warmed", isolated=False,
+                        preload=("forkserver_entries",), warm=f"forkserver_entries:{warm}",
+                        server_env=lambda folder: {**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    seen = []
+    for i in range(2):
+        out = tmp_path / f"out{i}.txt"
+        ended = forkserver.run(k, [], cwd=tmp_path, env=env_for(tmp_path), stdout=out)
+        assert ended.forked and ended.code == 0
+        seen.append(json.loads(out.read_text()))
+    server = forkserver._servers[k.name]
+    if warm == "warm":
+        assert seen[0]["warmed_by"] == seen[1]["warmed_by"] == server.proc.pid  # once, by the server
+        assert seen[0]["pid"] != seen[1]["pid"] != server.proc.pid
+    else:
+        assert seen[0]["warmed_by"] is None and seen[1]["warmed_by"] is None
+        log = (Path(server.socket_path).parent / "server.log").read_text()
+        assert "warm-up forkserver_entries:warm_fails failed: RuntimeError: no fonts here" in log

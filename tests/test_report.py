@@ -384,13 +384,18 @@ def test_the_provenance_names_the_data_fingerprints_as_hex_not_as_a_python_list(
     assert rows["Manifest sha256"] == f"{'a' * 64}, {'b' * 64}"
 
 
-def test_pdfs_rendered_by_two_processes_are_the_bytes_one_process_renders(results, tmp_path, monkeypatch):
-    """`harness grade --workers 2` shares a large class's student PDFs between two fresh processes while it
-    renders the class report: every file equals the one process's, byte for byte, relative OUT too."""
+@pytest.mark.parametrize("server", ["fresh", "warm"])
+def test_pdfs_rendered_by_two_processes_are_the_bytes_one_process_renders(results, tmp_path, monkeypatch, server):
+    """`harness grade --workers 2` shares a large class's student PDFs between two processes: fresh
+    interpreters while it renders the class report itself, or, where it started the reports' server while
+    it measured, processes forked from that server (which imported the renderer and rendered the example
+    results once), the class report in a third. Every file equals the one process's, byte for byte,
+    relative OUT too."""
     import copy
     import os
 
-    from harness.grading.batch import PDFS_PER_PROCESS, write_reports
+    from harness import forkserver
+    from harness.grading.batch import PDFS_PER_PROCESS, REPORTS, reports_server, write_reports
 
     large = copy.deepcopy(results)  # enough students for two processes' shares
     originals = large["submissions"]
@@ -401,6 +406,11 @@ def test_pdfs_rendered_by_two_processes_are_the_bytes_one_process_renders(result
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: the PDFs are rendered in this process only")
     one = write_reports(large, tmp_path / "one", processes=1)
+    if server == "fresh":
+        monkeypatch.setenv("HARNESS_FORKSERVER", "0")
+    else:
+        reports_server(len(large["submissions"]), 2)
+        assert forkserver.running(REPORTS)
     (tmp_path / "two").mkdir()
     monkeypatch.chdir(tmp_path)
     two = write_reports(large, Path("two"), processes=2)

@@ -317,6 +317,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     """`course`: the course at `course_path`, where the caller has loaded it already."""
     run = backend(opts.backend, workers=opts.workers, address=opts.ray_address)
     course = course or load_course(course_path)
+    students = len(refs)
     refs = refs + reference_refs(course)
     cache_dir = (out / ".cache").resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -359,6 +360,8 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
                 memory_mb=opts.memory_mb, timeout_s=opts.timeout_s,
                 allow_unsandboxed_code=opts.allow_unsandboxed_code, private=private) for ref, _ in todo]
     keys = {ref.id: key for ref, key in todo}
+    if opts.reports and todo:  # (a rerun that measures nothing may well render nothing either)
+        reports_server(students, opts.workers)
     for job, result in run(jobs, lambda job, m: _store(m, cache_dir, job.id, keys[job.id])):
         measured[job.id] = result
         outcome.measured.append(job.id)
@@ -418,20 +421,38 @@ def _report_code_fingerprint() -> str:
 
 
 PDFS_PER_PROCESS = 6  # fewer student PDFs than this a process: rendered here (a process's start costs ~2 PDFs)
-# a share of the student PDFs, in a fresh interpreter (harness.forkserver runs it: no server, no main module
-# imported again as multiprocessing's spawn would)
-REPORTS = forkserver.Kind(name="reports", entry="harness.reporting.student:render_main", isolated=False, lazy=False)
+# a share of the student PDFs, or the class report, in a process of its own (harness.forkserver runs it: no
+# main module imported again as multiprocessing's spawn would). Forked from a server that imported the
+# renderer and rendered the example results once, where `harness grade` started one while it measured
+# (`reports_server`); else a fresh interpreter that pays both (~3 s)
+REPORTS = forkserver.Kind(name="reports", entry="harness.reporting.student:render_main", isolated=False,
+                          preload=("weasyprint", "harness.reporting.student", "harness.reporting.class_report"),
+                          warm="harness.reporting.student:warm_up", lazy=False)
 
 
-def _render_share(tmp: Path, i: int, ids: list[str], out: Path, grader: bool) -> None:
+def pdf_processes(students: int, workers: int) -> int:
+    """How many processes share a class's student PDFs (`write_reports`): 1 renders them here."""
+    return max(1, min(workers, os.cpu_count() or 1, students // PDFS_PER_PROCESS))
+
+
+def reports_server(students: int, workers: int) -> None:
+    """Starts the reports' fork server now, where `write_reports` will share the PDFs among processes: it
+    imports and warms up while the class is measured, and each process it forks renders at once."""
+    if pdf_processes(students, workers) > 1:
+        forkserver.address(REPORTS)
+
+
+def _render_share(tmp: Path, i: int, ids: list[str] | None, out: Path, grader: bool) -> None:
+    """Student PDFs `ids` in a process of their own; `ids` None: the class report."""
     err = tmp / f"stderr-{i}.txt"
-    argv = [str(tmp / "results.json"), str(out.resolve()), "1" if grader else "0", *ids]
+    argv = [str(tmp / "results.json"), str(out.resolve()),
+            *(["class"] if ids is None else ["1" if grader else "0", *ids])]
     ended = forkserver.run(REPORTS, argv, cwd=tmp, env=dict(os.environ), stderr=err)
     if ended.code != 0:
         tail = [line for line in err.read_text(errors="replace").splitlines() if line.strip()][-1:] \
             if err.is_file() else []
-        raise RuntimeError(f"rendering {len(ids)} student PDFs stopped with exit {ended.code}"
-                           + (f": {tail[0][:300]}" if tail else ""))
+        what = "the class report" if ids is None else f"{len(ids)} student PDFs"
+        raise RuntimeError(f"rendering {what} stopped with exit {ended.code}" + (f": {tail[0][:300]}" if tail else ""))
 
 
 def write_reports(results: ClassResults, out: Path, *, grader: bool = False, class_report: bool = True,
@@ -439,7 +460,9 @@ def write_reports(results: ClassResults, out: Path, *, grader: bool = False, cla
     """Every student's PDF and the class report. Rendered again only when what they show changed:
     a rerun on unchanged inputs leaves the PDFs (and their bytes) as they are. With `processes` > 1 and
     enough students, the student PDFs are shared among that many fresh processes while this one renders the
-    class report: the same bytes (a PDF depends on the results alone, not on the process that renders it)."""
+    class report: the same bytes (a PDF depends on the results alone, not on the process that renders it).
+    Where the reports' fork server runs (`reports_server`), the class report too is rendered by a process
+    forked from it, warm, while this one waits."""
     from harness.reporting.class_report import render_class_report
     from harness.reporting.student import render_student_reports
 
@@ -457,16 +480,23 @@ def write_reports(results: ClassResults, out: Path, *, grader: bool = False, cla
             (out / name).is_file() and sha256_file(out / name) == sha for name, sha in before["files"].items()):
         return [out / name for name in planned]
     ids = [s.id for s in results.submissions]
-    processes = max(1, min(processes, os.cpu_count() or 1, len(ids) // PDFS_PER_PROCESS))
+    processes = pdf_processes(len(ids), processes)
     if processes == 1:
         written = render_student_reports(results, ids, out, grader=grader)
         class_pdf = render_class_report(results, out / "class_report.pdf", grader=True) if class_report else None
     else:
-        with tempfile.TemporaryDirectory(prefix="harness-reports-") as tmp, ThreadPoolExecutor(processes) as pool:
+        forked = class_report and forkserver.running(REPORTS)
+        with tempfile.TemporaryDirectory(prefix="harness-reports-") as tmp, \
+                ThreadPoolExecutor(processes + forked) as pool:
             (Path(tmp) / "results.json").write_text(json.dumps(results.to_json()), encoding="utf-8")
             futures = [pool.submit(_render_share, Path(tmp), i, ids[i::processes], out, grader)
                        for i in range(processes)]
-            class_pdf = render_class_report(results, out / "class_report.pdf", grader=True) if class_report else None
+            if forked:
+                futures.append(pool.submit(_render_share, Path(tmp), processes, None, out, grader))
+                class_pdf = out / "class_report.pdf"
+            else:
+                class_pdf = render_class_report(results, out / "class_report.pdf", grader=True) \
+                    if class_report else None
             for f in futures:
                 f.result()
         written = [out / f"{sid}.pdf" for sid in ids]

@@ -350,12 +350,33 @@ def render_student_reports(results: ClassResults | dict, submission_ids: list[st
 
 
 def render_main(argv: list[str]) -> int:
-    """A process's share of a class's PDFs (`harness.forkserver`'s entry): RESULTS.json OUT GRADER(0|1) ID..."""
+    """A process's share of a class's PDFs (`harness.forkserver`'s entry): RESULTS.json OUT GRADER(0|1) ID...
+    for student PDFs, RESULTS.json OUT class for the class report (`OUT/class_report.pdf`)."""
     import json
 
-    results = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    render_student_reports(results, argv[3:], Path(argv[1]), grader=argv[2] == "1")
+    results = ClassResults.from_json(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    if argv[2:] == ["class"]:
+        from harness.reporting.class_report import render_class_report
+
+        render_class_report(results, Path(argv[1]) / "class_report.pdf", grader=True)
+    else:
+        render_student_reports(results, argv[3:], Path(argv[1]), grader=argv[2] == "1")
     return 0
+
+
+def warm_up() -> None:
+    """What a process pays on its first PDF, paid once by the reports' fork server (`harness.forkserver`'s
+    `warm`): the example results' first student PDF and class report, rendered and dropped (fonts found
+    and loaded, templates compiled, matplotlib's first figure)."""
+    import tempfile
+
+    from harness.demo.example_results import make_results
+    from harness.reporting.class_report import render_class_report
+
+    results = ClassResults.from_json(make_results())
+    with tempfile.TemporaryDirectory(prefix="harness-warm-") as tmp:
+        render_student_report(results, results.submissions[0].id, Path(tmp) / "student.pdf", grader=True)
+        render_class_report(results, Path(tmp) / "class.pdf", grader=True)
 
 
 def render_student_report(results: ClassResults | dict, submission_id: str, out_pdf: Path | str, *,
