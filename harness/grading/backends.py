@@ -61,7 +61,9 @@ MEASURER = forkserver.Kind(
              "harness.course.tokenizers", "harness.course.tokenizer_files", "harness.intake.submission",
              "harness.metrics.score", "harness.metrics.fused", "harness.metrics.candidates",
              "harness.metrics.causality", "harness.metrics.samples", "harness.models.build", "harness.models.hf",
-             "harness.sandbox.custom_code", "transformers", "transformers.tokenization_utils_fast"),
+             "harness.sandbox.custom_code", "harness.sandbox.run", "harness.sandbox.student_class", "numpy.random",
+             "tiktoken.load", "transformers", "transformers.tokenization_utils_fast",
+             "transformers.models.bert.tokenization_bert"),
     lazy=False)
 
 
