@@ -235,7 +235,9 @@ def test_custom_code_is_scored_through_the_fused_head_only_where_forward_ends_in
             return
         assert scorer is not None and sm._head_name == "head"
         fused = scorer.nll(ids, [0] * 40, targets)
-        assert sm.hidden_and_head(ids)[0].shape == (40, 8, 16)
+        again = sm.hidden_and_head(ids)[0]  # the third call: the head's matmul left out in the child
+        assert again.shape == (40, 8, 16) and sm._head_skipped is True
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(scorer.head.nll(again.reshape(-1, 16), targets), plain, rtol=1e-6, atol=1e-6)
     with torch.no_grad():
         assert torch.equal(plain, F.cross_entropy(model(ids)[0].reshape(-1, 50), targets, reduction="none"))

@@ -100,7 +100,8 @@ def main() -> None:
                 if hidden is None:
                     _write_frame(out_fd, {"ok": True, "shape": None, "notes": new})
                 else:
-                    send({"ok": True, "shape": list(hidden.shape), "head": caller.head[0], "notes": new}, hidden)
+                    send({"ok": True, "shape": list(hidden.shape), "head": caller.head[0], "notes": new,
+                          "skipped": caller.head_skipped is True}, hidden)
             elif header["op"] == "head":  # that layer's weight [V, d], then its bias [V] if it has one
                 name, layer = caller.head
                 try:

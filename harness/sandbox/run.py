@@ -252,6 +252,7 @@ class SandboxedModel:
         self._shared: SharedLogits | None = None
         self._head: OutputHead | bool | None = None  # hidden_and_head's: None not asked yet, False declined
         self._head_name: str | None = None
+        self._head_skipped = False  # the child leaves the head's matmul out of forward: a request may be larger
         self._tmp = Path(tempfile.mkdtemp(prefix="harness-sandbox-"))
         view = self._tmp / "submission"
         shutil.copytree(submission_root, view, symlinks=True, ignore=_not_copied(submission_root))
@@ -379,15 +380,17 @@ class SandboxedModel:
         if self._head is False:
             return None
         B, T = input_ids.shape
-        # windows a request: the student's forward writes their full logits, kept within a logits batch (its
-        # time limit's, and page faults: memory within malloc's reach is reused)
-        per = max(1, CPU_LOGITS_BUDGET // (4 * T * self.n_outputs))
-        parts = []
-        for i in range(0, B, per):
+        parts, i = [], 0
+        while i < B:
+            # windows a request: while the student's forward writes their full logits, within a logits batch
+            # (its time limit's, and page faults: memory within malloc's reach is reused); once the child
+            # leaves the head's matmul out (`Caller.head_input`), the grader's whole batch
+            per = B - i if self._head_skipped else max(1, CPU_LOGITS_BUDGET // (4 * T * self.n_outputs))
             got = self._hidden(input_ids[i:i + per])
             if got is None:
                 return None
             parts.append(got)
+            i += per
         return (parts[0] if len(parts) == 1 else torch.cat(parts)), self._head
 
     def _hidden(self, input_ids: torch.Tensor) -> torch.Tensor | None:
@@ -401,8 +404,9 @@ class SandboxedModel:
             self._head = False
             return None
         if not (_dims(shape, 3) and tuple(shape[:2]) == ids.shape and shape[2] <= MAX_WIDTH
-                and isinstance(name, str)):
+                and isinstance(name, str) and type(header.get("skipped", False)) is bool):
             raise self._malformed("computing logits")
+        self._head_skipped = header.get("skipped", False)
         hidden = self._take(header, payload, shape, "computing logits")
         if self._head is None:
             self._head, self._head_name = self._output_layer(name, shape[2]), name
