@@ -128,12 +128,11 @@ def address(kind: Kind, env: dict[str, str] | None = None) -> str | None:
 
 
 def running(kind: Kind) -> bool:
-    """Whether `kind`'s server was started (here, or passed on) and has not gone: its runs are forked."""
+    """Whether this process started `kind`'s server (or was passed it and has used it) and it has not gone:
+    its runs are forked. Starts nothing."""
     with _lock:
         server = _servers.get(kind.name)
-    if server is None and not (kind.address_env and os.environ.get(kind.address_env)):
-        return False
-    return _server(kind) is not None
+        return server is not None and not server.dead and (server.proc is None or server.proc.poll() is None)
 
 
 def shutdown() -> None:
@@ -401,7 +400,8 @@ def serve(entry: str, socket_path: str, preload: str, warm: str = "") -> int:
                 print(f"forkserver: warm-up {warm} failed: {type(e).__name__}: {e}", file=sys.stderr)
         threads = _threads()
         if threads != 1:
-            print(f"forkserver: {threads} threads after importing; forking would not be safe", file=sys.stderr)
+            print(f"forkserver: {threads} threads after importing{' and warming up' if warm else ''}; forking would not "
+                  "be safe", file=sys.stderr)
             listener.close()
             os.unlink(socket_path)
             os._exit(1)  # its folder stays, with server.log saying why

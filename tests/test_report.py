@@ -385,7 +385,8 @@ def test_the_provenance_names_the_data_fingerprints_as_hex_not_as_a_python_list(
 
 
 @pytest.mark.parametrize("server", ["fresh", "warm"])
-def test_pdfs_rendered_by_two_processes_are_the_bytes_one_process_renders(results, tmp_path, monkeypatch, server):
+def test_pdfs_rendered_by_two_processes_are_the_bytes_one_process_renders(results, tmp_path, monkeypatch, server,
+                                                                          request):
     """`harness grade --workers 2` shares a large class's student PDFs between two processes: fresh
     interpreters while it renders the class report itself, or, where it started the reports' server while
     it measured, processes forked from that server (which imported the renderer and rendered the example
@@ -409,10 +410,13 @@ def test_pdfs_rendered_by_two_processes_are_the_bytes_one_process_renders(result
     if server == "fresh":
         monkeypatch.setenv("HARNESS_FORKSERVER", "0")
     else:
+        request.addfinalizer(forkserver.shutdown)  # later tests start as a grader would: no reports server
         reports_server(len(large["submissions"]), 2)
         assert forkserver.running(REPORTS)
     (tmp_path / "two").mkdir()
     monkeypatch.chdir(tmp_path)
     two = write_reports(large, Path("two"), processes=2)
+    # forked from it: a server that had refused (a thread after its warm-up) would have ended
+    assert forkserver.running(REPORTS) == (server == "warm")
     assert [p.name for p in one] == [p.name for p in two] and len(one) == len(large["submissions"]) + 1
     assert all(a.read_bytes() == (tmp_path / b).read_bytes() for a, b in zip(one, two))

@@ -129,19 +129,28 @@ LATER = {
                  "LateInPlace"),
     "scaled": ("class LateScaled(TinyLM):\n    def forward(self, idx):\n        out = super().forward(idx)[0]\n"
                "        return (out / 2 if bool((idx == 49).any()) else out), None\n", "LateScaled"),
+    # a masked assignment: the one kind of write torch lets through to a tensor of zero strides
+    "masked": ("class LateMasked(TinyLM):\n    def forward(self, idx):\n        out = super().forward(idx)[0]\n"
+               "        out[idx == 49] = -100.0\n        return out, None\n", "LateMasked"),
+    "none": ("", "TinyLM"),  # no change: scored through the fused head to the end
 }
 
 
 @pytest.mark.parametrize("case", sorted(LATER))
-def test_custom_code_that_changes_its_logits_only_on_later_windows_is_scored_as_it_answers(tmp_path, case):
+def test_custom_code_that_changes_its_logits_only_on_later_windows_is_scored_as_it_answers(tmp_path, case,
+                                                                                          monkeypatch):
     """After the checked calls the head's matmul is left out of the student's forward (the grader runs it):
-    the layer answers with a stand-in that cannot be written to. A forward that changes its logits only on
-    windows unlike the checked ones (in place, or into a new tensor) does not return that stand-in, and from
-    then on the fused head is declined: those windows score what the student's forward really returns."""
+    the layer answers with a stand-in, and the grader asks for more windows a request. A forward that changes
+    its logits only on windows unlike the checked ones (in place, by a masked assignment, or into a new
+    tensor) does not return that stand-in untouched: that call is run with the layer and checked, the check
+    fails, and from then on the fused head is declined: those windows score what the student's forward
+    really returns. A forward that changes nothing is scored through the fused head to the end."""
     import torch.nn.functional as F
 
+    import harness.sandbox.run as sandbox_run
     from harness.metrics.fused import FusedScorer
 
+    monkeypatch.setattr(sandbox_run, "CPU_LOGITS_BUDGET", 2 * 4 * 8 * 50)  # two windows of logits a request
     model, sd = _submission(tmp_path, LATER[case][0])
     ns: dict = {}
     exec(MODEL_PY + LATER[case][0], ns)
@@ -156,18 +165,78 @@ def test_custom_code_that_changes_its_logits_only_on_later_windows_is_scored_as_
                         kwargs={"vocab_size": 50, "d": 16, "block_size": 8}, max_positions=8) as sm:
         scorer = FusedScorer.for_model(sm, clean[0, :1], 50)  # the first checked call
         assert scorer is not None
-        got = [scorer.nll(ids, [0] * 6, targets) for ids in (clean[1], clean[2], late)]  # checked, left out, late
-        assert sm._head is False  # declined, for good
-        notes = sm.notes
+        # requests of 2 windows (the second is the last checked call), then of 32: the rest of the batch
+        got = [scorer.nll(ids, [0] * 6, targets) for ids in (clean[1], clean[2], late)]
+        declined, skipped, notes = sm._head is False, sm._head_skipped, sm.notes
     with torch.no_grad():
         want = [F.cross_entropy(own(ids)[0].reshape(-1, 50), targets, reduction="none") for ids in clean[1:]]
-        # the declined call's windows run alone (its batch was sized for hidden states)
+        # a declined call's windows run alone (its batch was sized for hidden states)
         want.append(F.cross_entropy(torch.cat([own(late[k:k + 1])[0] for k in range(6)]).reshape(-1, 50), targets,
                                     reduction="none"))
     for g_, w in zip(got, want):
         torch.testing.assert_close(g_, w, rtol=1e-6, atol=1e-6)
+    if case == "none":
+        assert not declined and skipped is True
+        assert not any("on later windows" in n for n in notes)
+        return
+    assert declined  # for good
     assert not torch.allclose(want[2], F.cross_entropy(model(late)[0].reshape(-1, 50), targets, reduction="none"))
     assert any("on later windows forward did not return its layer head's output unchanged" in n for n in notes)
+
+
+@pytest.mark.parametrize("case", ["sequence_first", "head_twice", "masked"])
+def test_a_forward_that_does_not_take_the_stand_in_as_its_head_is_checked_from_then_on(case):
+    """In the child, in-process. Checked at batch 1, then at batch 3: a forward that works sequence first
+    (the layer's input and output transposed: harmless at batch 1) must not have its stand-in's rows read
+    in another order; a forward that also calls its head on a last position keeps being scored through the
+    fused head, each call checked; a masked assignment to the logits on a later window declines."""
+    import warnings
+
+    import torch.nn as nn
+
+    from harness.sandbox.student_class import Caller
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.mix, self.head = nn.Embedding(300, 12), nn.Linear(12, 12), nn.Linear(12, 300)
+
+        def hidden(self, idx):
+            return torch.tanh(self.mix(self.tok(idx)))
+
+        def forward(self, idx):
+            x = self.hidden(idx)
+            if case == "sequence_first":
+                return self.head(x.transpose(0, 1)).transpose(0, 1)
+            if case == "head_twice":
+                self.last = self.head(x[:, -1])
+            out = self.head(x)
+            if case == "masked":
+                out[idx == 7] = -100.0
+            return out
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    caller = Caller(net)
+    for i, B in enumerate((1, 1, 3, 3)):
+        ids = torch.randint(8, 300, (B, 5))
+        if case == "masked" and i == 3:
+            ids[1, 2] = 7
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's deprecation warning on writes to an expanded tensor
+            hidden = caller.head_input(ids, 300)
+            with torch.no_grad():
+                own = net(ids)
+        if hidden is None:
+            break
+        with torch.no_grad():
+            fused = torch.nn.functional.linear(hidden, net.head.weight, net.head.bias)
+        torch.testing.assert_close(fused, own, rtol=1e-6, atol=1e-6)
+    if case == "head_twice":
+        assert hidden is not None and caller.head_skipped is False and not caller.head_declined
+    else:
+        assert hidden is None and caller.head_declined and i == (2 if case == "sequence_first" else 3)
+    assert any("did not take the stand-in" in n for n in caller.notes)
 
 
 def test_the_head_checked_is_left_out_of_forward_and_gives_its_input_as_it_ran():

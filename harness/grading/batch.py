@@ -459,10 +459,10 @@ def write_reports(results: ClassResults, out: Path, *, grader: bool = False, cla
                   processes: int = 1) -> list[Path]:
     """Every student's PDF and the class report. Rendered again only when what they show changed:
     a rerun on unchanged inputs leaves the PDFs (and their bytes) as they are. With `processes` > 1 and
-    enough students, the student PDFs are shared among that many fresh processes while this one renders the
-    class report: the same bytes (a PDF depends on the results alone, not on the process that renders it).
-    Where the reports' fork server runs (`reports_server`), the class report too is rendered by a process
-    forked from it, warm, while this one waits."""
+    enough students, the student PDFs are shared among that many processes of their own (`REPORTS`: fresh
+    interpreters, while this one renders the class report; where the reports' fork server runs,
+    `reports_server`, processes forked from it, warm, the class report in one more): the same bytes (a PDF
+    depends on the results alone, not on the process that renders it)."""
     from harness.reporting.class_report import render_class_report
     from harness.reporting.student import render_student_reports
 
@@ -487,7 +487,7 @@ def write_reports(results: ClassResults, out: Path, *, grader: bool = False, cla
     else:
         forked = class_report and forkserver.running(REPORTS)
         with tempfile.TemporaryDirectory(prefix="harness-reports-") as tmp, \
-                ThreadPoolExecutor(processes + forked) as pool:
+                ThreadPoolExecutor(processes + int(forked)) as pool:
             (Path(tmp) / "results.json").write_text(json.dumps(results.to_json()), encoding="utf-8")
             futures = [pool.submit(_render_share, Path(tmp), i, ids[i::processes], out, grader)
                        for i in range(processes)]

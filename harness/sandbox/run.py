@@ -49,6 +49,11 @@ from harness.metrics.protocol import nan_or_posinf
 from harness.sandbox.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
 
 _HEADER = struct.Struct("<II")  # JSON length, payload length
+# once the child leaves the head's matmul out of the student's forward, a request of hidden states holds this
+# many times the windows a request of logits would: forward then computes the body alone (for the course's
+# models a fraction of the head's work a position, so a request takes no longer than one of logits did), and a
+# forward that still reads its stand-in logits (a loss from them) allocates up to twice a logits batch for each
+STAND_IN_WINDOWS = 16
 
 
 @dataclass(frozen=True)
@@ -384,20 +389,20 @@ class SandboxedModel:
         while i < B:
             # windows a request: while the student's forward writes their full logits, within a logits batch
             # (its time limit's, and page faults: memory within malloc's reach is reused); once the child
-            # leaves the head's matmul out (`Caller.head_input`), the grader's whole batch
-            per = B - i if self._head_skipped else max(1, CPU_LOGITS_BUDGET // (4 * T * self.n_outputs))
-            got = self._hidden(input_ids[i:i + per])
+            # leaves the head's matmul out (`Caller.head_input`), STAND_IN_WINDOWS times as many
+            per = max(1, CPU_LOGITS_BUDGET // (4 * T * self.n_outputs))
+            got = self._hidden(input_ids[i:i + per * (STAND_IN_WINDOWS if self._head_skipped else 1)])
             if got is None:
                 return None
             parts.append(got)
-            i += per
+            i += got.shape[0]
         return (parts[0] if len(parts) == 1 else torch.cat(parts)), self._head
 
     def _hidden(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         ids = _ids(input_ids)
+        width = int(self._head.weight.shape[1]) if isinstance(self._head, OutputHead) else MAX_WIDTH
         header, payload = self._call({"op": "hidden", "shape": list(ids.shape)}, ids.tobytes(),
-                                     self.limits.call_seconds, "computing logits",
-                                     max_payload=4 * ids.size * MAX_WIDTH)
+                                     self.limits.call_seconds, "computing logits", max_payload=4 * ids.size * width)
         self._noted(header)
         shape, name = header.get("shape"), header.get("head")
         if shape is None:  # the child declined, for good

@@ -418,17 +418,18 @@ class Caller:
         taken as it ran (a change made in place afterwards, a masked token, is caught there) and with the
         layer run again on that input. Any failure here declines: the logits path runs the same forward.
 
-        After the checked calls the layer's matmul is left out of forward (`_head_input`'s `skip`): the grader
-        computes it anyway. The layer returns a stand-in that holds one number for every position, so forward
-        cannot change it in place (torch refuses to write to it), and its input is taken only where forward
-        returned that very stand-in, as it was made; where it did not, or failed (it wrote to its logits, on
-        windows unlike the checked ones), the fused head is declined for good, that call too."""
+        After the checked calls the layer's matmul is left out of forward (`_head_input_skipped`): the grader
+        computes it anyway. While forward runs, the layer answers with a stand-in (`stand_in`) and its input
+        is taken only where forward returned that very stand-in, untouched. Where it did not (it wrote to its
+        logits, returned others, called the layer twice, or failed on windows unlike the checked ones), that
+        call and every later one run the layer and are checked as the first two were (`head_skipped` False);
+        a check that fails then declines, for good."""
         if self.head_declined:
             return None
         B = ids.shape[0]
         if B > 1 and self.one_at_a_time is None:
             self.logits(ids[:2])  # how forward takes a batch, found out first
-        check = self._head_checks > 0
+        check = self._head_checks > 0 or self.head_skipped is False
         self._head_checks -= 1
         per = 1 if self.one_at_a_time else B
         parts = []
@@ -438,13 +439,17 @@ class Caller:
             except Exception:  # noqa: BLE001 — the logits path runs the same forward, and reports its failure
                 part = None
             if part is None:
+                if self._head_checks < 0:  # the head had been scored by the harness on earlier windows
+                    self.notes.append(f"on later windows forward did not return its layer {self.head[0]}'s output "
+                                      "unchanged: from there on its own logits were scored")
                 self.head_declined = True
                 return None
             parts.append(part)
-        if check and self._head_checks <= 0:  # the last checked call passed: from here on, the head is scored
+        if self._head_checks == 0:  # the last of the first checked calls passed: from here on, the head is scored
             self.notes.append(f"forward returns the output of its layer {self.head[0]} unchanged (checked on its "
-                              "first windows), so the harness ran that layer itself on its input, and not twice: "
-                              "the same loss to 1e-6, without sending every row of logits out of the sandbox")
+                              "first windows), so the harness ran that layer itself on its input (from then on "
+                              "in place of forward's own run of it): the same loss to 1e-6, without sending "
+                              "every row of logits out of the sandbox")
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _head_input(self, ids: torch.Tensor, n_outputs: int, check: bool) -> torch.Tensor | None:
@@ -454,17 +459,21 @@ class Caller:
             return None  # the student's global hooks may change any layer's output: not ours to guess
         # a plain nn.Linear (its own forward, no hook of the student's that could change its output)
         layers = {m: name for name, m in self.model.named_modules()
-                  if type(m).forward is nn.Linear.forward and m.out_features == n_outputs and not m._forward_hooks}
-        if not check and self.head is not None and self.head[1] in layers:
+                  if type(m).forward is nn.Linear.forward and "forward" not in vars(m)
+                  and m.out_features == n_outputs and not m._forward_hooks}
+        if not check and self.head is not None and self.head[1] in layers and self.head_skipped is not False:
             try:
                 hidden = self._head_input_skipped(ids, self.head[1])
-            except Exception:  # noqa: BLE001 — forward wrote to its logits, or needed their values
+            except Exception:  # noqa: BLE001 — forward wrote to its logits in a way torch refuses, or failed
                 hidden = None
-            self.head_skipped = hidden is not None
-            if hidden is None:  # declined: what forward does with its logits on these windows is not ours to guess
-                self.notes.append(f"on later windows forward did not return its layer {self.head[0]}'s output "
-                                  "unchanged: from there on its own logits were scored")
-            return hidden
+            if hidden is not None:
+                self.head_skipped = True
+                return hidden
+            self.head_skipped = False  # this call and every later one: the layer runs and is checked
+            self.notes.append(f"on later windows forward did not take the stand-in for its layer {self.head[0]}'s "
+                              "output as it takes the output: from there on the layer ran in forward and every "
+                              "call was checked as the first were")
+            check = True
         ran: list[tuple[nn.Linear, Any, torch.Tensor, torch.Tensor | None]] = []
 
         def seen(module: nn.Module, args: tuple, out: Any) -> None:
@@ -497,20 +506,21 @@ class Caller:
         return hidden.reshape(logits.shape[0], logits.shape[1], module.in_features)
 
     def _head_input_skipped(self, ids: torch.Tensor, head: nn.Linear) -> torch.Tensor | None:
-        """`_head_input` for a head already checked, its matmul left out: while forward runs, the layer returns
-        a stand-in of the output's shape whose every element is one stored zero (torch refuses to write to
-        it in place). The input is taken only where forward returned the stand-in of the layer's one call,
-        as made (the same number, shape and zero strides); else None."""
+        """`_head_input` for a head already checked, its matmul left out of forward: while forward runs, the
+        layer answers with `stand_in(x)`. The input is taken only where forward called the layer once and
+        returned its stand-in untouched and as laid out: logits [B, T, V] whose position (b, t) is the stand-in's
+        row b*T + t (a forward that transposed the layer's input or output, sequence first, is not taken), and
+        whose every stored number still has the bits it was given; else None."""
         made: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-        def stand_in(x: torch.Tensor) -> torch.Tensor:
+        def layer(x: torch.Tensor) -> torch.Tensor:
             if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.shape[-1:] != (head.in_features,):
                 raise TypeError("not the input the layer took on the checked windows")
-            out = x.new_zeros(()).expand(*x.shape[:-1], head.out_features)
-            made.append((x.clone(), out))  # copied: forward may change its input in place afterwards
+            base, out = stand_in(x, head.out_features)
+            made.append((x.clone(), base))  # copied: forward may change its input in place afterwards
             return out
 
-        head.forward = stand_in  # the instance's own attribute: nn.Module.__call__ finds it first
+        head.forward = layer  # the instance's own attribute: nn.Module.__call__ finds it first
         try:
             logits = self._forward(ids, check=False)
         finally:
@@ -518,11 +528,27 @@ class Caller:
         B, T = ids.shape
         if len(made) != 1:
             return None
-        hidden, out = made[0]
-        if not (logits.data_ptr() == out.data_ptr() and logits.numel() == out.numel() == B * T * head.out_features
-                and logits.dtype == torch.float32 and not any(logits.stride()) and hidden.numel() == B * T * head.in_features):
+        hidden, base = made[0]
+        st = logits.stride()
+        if not (base.numel() == B * T and logits.data_ptr() == base.data_ptr() and logits.dtype == torch.float32
+                and tuple(logits.shape) == (B, T, head.out_features)
+                and st[2] == 0 and (B == 1 or st[0] == T) and (T == 1 or st[1] == 1)
+                and bool(base.view(torch.int32).eq(STAND_IN_BITS).all())):
             return None
         return hidden.reshape(B, T, head.in_features)
+
+
+STAND_IN_BITS = -(2 ** 31)  # -0.0's bits as an int32: what every number of a stand-in holds
+
+
+def stand_in(x: torch.Tensor, n_outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the head answers for its input `x` [..., d] once its matmul is left out: a stand-in of the output's
+    shape [..., n_outputs] that stores one number a position (its base [..., 1], every number -0.0, returned
+    too), repeated along the outputs by a zero stride. It reads as zeros; torch refuses most writes to it in
+    place (one number under many elements), and those it allows (a masked assignment) change a stored
+    number's bits, which the caller checks; a transpose shows in its strides."""
+    base = torch.full((*x.shape[:-1], 1), -0.0, dtype=torch.float32, device=x.device)
+    return base, base.expand(*x.shape[:-1], n_outputs)
 
 
 def scratch_folder() -> Path:
