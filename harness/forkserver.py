@@ -130,6 +130,8 @@ def address(kind: Kind, env: dict[str, str] | None = None) -> str | None:
 def running(kind: Kind) -> bool:
     """Whether this process started `kind`'s server (or was passed it and has used it) and it has not gone:
     its runs are forked. Starts nothing."""
+    if os.environ.get("HARNESS_FORKSERVER", "1") == "0":
+        return False
     with _lock:
         server = _servers.get(kind.name)
         return server is not None and not server.dead and (server.proc is None or server.proc.poll() is None)

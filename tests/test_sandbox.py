@@ -132,6 +132,10 @@ LATER = {
     # a masked assignment: the one kind of write torch lets through to a tensor of zero strides
     "masked": ("class LateMasked(TinyLM):\n    def forward(self, idx):\n        out = super().forward(idx)[0]\n"
                "        out[idx == 49] = -100.0\n        return out, None\n", "LateMasked"),
+    # one that writes back what it read from a stand-in (zeros times a half): the bits stay, the write counts
+    "masked_scaled": ("class LateHalved(TinyLM):\n    def forward(self, idx):\n"
+                      "        out = super().forward(idx)[0]\n        out[idx == 49] *= 0.5\n        return out, None\n",
+                      "LateHalved"),
     "none": ("", "TinyLM"),  # no change: scored through the fused head to the end
 }
 
@@ -165,9 +169,16 @@ def test_custom_code_that_changes_its_logits_only_on_later_windows_is_scored_as_
                         kwargs={"vocab_size": 50, "d": 16, "block_size": 8}, max_positions=8) as sm:
         scorer = FusedScorer.for_model(sm, clean[0, :1], 50)  # the first checked call
         assert scorer is not None
-        # requests of 2 windows (the second is the last checked call), then of 32: the rest of the batch
+        asked = []
+        hidden = sm._hidden
+        monkeypatch.setattr(sm, "_hidden", lambda ids: asked.append(ids.shape[0]) or hidden(ids))
         got = [scorer.nll(ids, [0] * 6, targets) for ids in (clean[1], clean[2], late)]
         declined, skipped, notes = sm._head is False, sm._head_skipped, sm.notes
+    # requests of 2 windows (the first is the last checked call, the second the first without the head's
+    # matmul), then of up to 32: the rest of each batch, the late one declined on its first request
+    # a masked write on every call, even one that selects nothing, counts: such forwards run their head checked
+    # from the first call without it on, in requests of logits, and the late window fails its check
+    assert asked == ([2] * 8 if case.startswith("masked") else [2, 2, 2, 6, 6])
     with torch.no_grad():
         want = [F.cross_entropy(own(ids)[0].reshape(-1, 50), targets, reduction="none") for ids in clean[1:]]
         # a declined call's windows run alone (its batch was sized for hidden states)
@@ -236,7 +247,8 @@ def test_a_forward_that_does_not_take_the_stand_in_as_its_head_is_checked_from_t
         assert hidden is not None and caller.head_skipped is False and not caller.head_declined
     else:
         assert hidden is None and caller.head_declined and i == (2 if case == "sequence_first" else 3)
-    assert any("did not take the stand-in" in n for n in caller.notes)
+    said = "did not take a stand-in" if case == "head_twice" else "did not return its layer head's output unchanged"
+    assert any(said in n for n in caller.notes)
 
 
 def test_the_head_checked_is_left_out_of_forward_and_gives_its_input_as_it_ran():

@@ -434,14 +434,14 @@ class Caller:
         per = 1 if self.one_at_a_time else B
         parts = []
         for i in range(0, B, per):
-            try:
-                part = self._head_input(ids[i:i + per], n_outputs, check)
+            try:  # (a window that falls back from the stand-in makes the later ones checked too)
+                part = self._head_input(ids[i:i + per], n_outputs, check or self.head_skipped is False)
             except Exception:  # noqa: BLE001 — the logits path runs the same forward, and reports its failure
                 part = None
             if part is None:
                 if self._head_checks < 0:  # the head had been scored by the harness on earlier windows
                     self.notes.append(f"on later windows forward did not return its layer {self.head[0]}'s output "
-                                      "unchanged: from there on its own logits were scored")
+                                      "unchanged (or failed): from there on its own logits were scored")
                 self.head_declined = True
                 return None
             parts.append(part)
@@ -470,10 +470,12 @@ class Caller:
                 self.head_skipped = True
                 return hidden
             self.head_skipped = False  # this call and every later one: the layer runs and is checked
-            self.notes.append(f"on later windows forward did not take the stand-in for its layer {self.head[0]}'s "
-                              "output as it takes the output: from there on the layer ran in forward and every "
-                              "call was checked as the first were")
-            check = True
+            hidden = self._head_input(ids, n_outputs, check=True)
+            if hidden is not None:
+                self.notes.append(f"on later windows forward did not take a stand-in for its layer {self.head[0]}'s "
+                                  "output as it takes the output: from there on the layer ran in forward and every "
+                                  "call was checked as the first were")
+            return hidden
         ran: list[tuple[nn.Linear, Any, torch.Tensor, torch.Tensor | None]] = []
 
         def seen(module: nn.Module, args: tuple, out: Any) -> None:
@@ -509,15 +511,17 @@ class Caller:
         """`_head_input` for a head already checked, its matmul left out of forward: while forward runs, the
         layer answers with `stand_in(x)`. The input is taken only where forward called the layer once and
         returned its stand-in untouched and as laid out: logits [B, T, V] whose position (b, t) is the stand-in's
-        row b*T + t (a forward that transposed the layer's input or output, sequence first, is not taken), and
-        whose every stored number still has the bits it was given; else None."""
-        made: list[tuple[torch.Tensor, torch.Tensor]] = []
+        row b*T + t (a forward that transposed the layer's input or output, sequence first, is not taken), no
+        write to it counted (whatever was written) and every stored number with the bits it was given; else
+        None. What it cannot see: a forward that would change its logits only for some of their values (the
+        stand-in reads as zeros), or that changes how the layer itself runs on later windows."""
+        made: list[tuple[torch.Tensor, torch.Tensor, int]] = []
 
         def layer(x: torch.Tensor) -> torch.Tensor:
             if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.shape[-1:] != (head.in_features,):
                 raise TypeError("not the input the layer took on the checked windows")
             base, out = stand_in(x, head.out_features)
-            made.append((x.clone(), base))  # copied: forward may change its input in place afterwards
+            made.append((x.clone(), base, base._version))  # copied: forward may change its input in place afterwards
             return out
 
         head.forward = layer  # the instance's own attribute: nn.Module.__call__ finds it first
@@ -528,12 +532,12 @@ class Caller:
         B, T = ids.shape
         if len(made) != 1:
             return None
-        hidden, base = made[0]
+        hidden, base, version = made[0]
         st = logits.stride()
         if not (base.numel() == B * T and logits.data_ptr() == base.data_ptr() and logits.dtype == torch.float32
                 and tuple(logits.shape) == (B, T, head.out_features)
                 and st[2] == 0 and (B == 1 or st[0] == T) and (T == 1 or st[1] == 1)
-                and bool(base.view(torch.int32).eq(STAND_IN_BITS).all())):
+                and base._version == version and bool(base.view(torch.int32).eq(STAND_IN_BITS).all())):
             return None
         return hidden.reshape(B, T, head.in_features)
 
@@ -545,10 +549,13 @@ def stand_in(x: torch.Tensor, n_outputs: int) -> tuple[torch.Tensor, torch.Tenso
     """What the head answers for its input `x` [..., d] once its matmul is left out: a stand-in of the output's
     shape [..., n_outputs] that stores one number a position (its base [..., 1], every number -0.0, returned
     too), repeated along the outputs by a zero stride. It reads as zeros; torch refuses most writes to it in
-    place (one number under many elements), and those it allows (a masked assignment) change a stored
-    number's bits, which the caller checks; a transpose shows in its strides."""
-    base = torch.full((*x.shape[:-1], 1), -0.0, dtype=torch.float32, device=x.device)
-    return base, base.expand(*x.shape[:-1], n_outputs)
+    place (one number under many elements), and every write it allows (a masked assignment, `fill_`,
+    `index_put_`) counts in the base's version, which the caller checks, as it checks the numbers' bits (a
+    write through `.data` is not counted); a transpose shows in its strides. Made outside inference mode,
+    where torch keeps no version."""
+    with torch.inference_mode(False):
+        base = torch.full((*x.shape[:-1], 1), -0.0, dtype=torch.float32, device=x.device)
+        return base, base.expand(*x.shape[:-1], n_outputs)
 
 
 def scratch_folder() -> Path:
