@@ -49,10 +49,10 @@ from harness.metrics.protocol import nan_or_posinf
 from harness.sandbox.jail import HARNESS_MOUNT, Jail, JailLimits, boundary, child_python_path
 
 _HEADER = struct.Struct("<II")  # JSON length, payload length
-# once the child leaves the head's matmul out of the student's forward, a request of hidden states holds this
-# many times the windows a request of logits would: forward then computes the body alone (for the course's
-# models a fraction of the head's work a position, so a request takes no longer than one of logits did), and a
-# forward that still reads its stand-in logits (a loss from them) allocates up to twice a logits batch for each
+# once the child leaves the head's matmul out of the student's forward, a request of hidden states holds up to
+# this many times the positions a request of logits would (at least one window): the child runs each window
+# alone, its body without the head (for the course's models a fraction of the head's work a position), so the
+# request costs round trips less, not more memory, and takes about as long as one of logits did
 STAND_IN_WINDOWS = 16
 
 
@@ -390,8 +390,8 @@ class SandboxedModel:
             # windows a request: while the student's forward writes their full logits, within a logits batch
             # (its time limit's, and page faults: memory within malloc's reach is reused); once the child
             # leaves the head's matmul out (`Caller.head_input`), STAND_IN_WINDOWS times as many
-            per = max(1, CPU_LOGITS_BUDGET // (4 * T * self.n_outputs))
-            got = self._hidden(input_ids[i:i + per * (STAND_IN_WINDOWS if self._head_skipped else 1)])
+            budget = CPU_LOGITS_BUDGET * (STAND_IN_WINDOWS if self._head_skipped else 1)
+            got = self._hidden(input_ids[i:i + max(1, budget // (4 * T * self.n_outputs))])
             if got is None:
                 return None
             parts.append(got)

@@ -409,8 +409,9 @@ class Caller:
         hidden states, and no row of logits leaves the sandbox (other layers of that width may run: an
         auxiliary head; the one whose output forward returned is the head). None where there is no such layer
         (the head is a matmul, forward returned something else than its output, the states are not float32),
-        and from then on. A batch is run as `logits` runs it (windows alone where forward needs that); the
-        grader sizes the batches (`SandboxedModel.hidden_and_head`).
+        and from then on. Each window is run alone (forward at batch 1), as the logits path's `_plain` runs
+        it: a window's hidden states do not depend on which windows the grader asks for with it
+        (`SandboxedModel.hidden_and_head` sizes its requests), nor on a batched matmul's thread count.
 
         Found out on the first windows and kept for the run, as how forward takes a batch is: only a plain
         `nn.Linear` (its own forward, no forward hook of the student's, none global) is taken, its input is
@@ -427,15 +428,12 @@ class Caller:
         if self.head_declined:
             return None
         B = ids.shape[0]
-        if B > 1 and self.one_at_a_time is None:
-            self.logits(ids[:2])  # how forward takes a batch, found out first
         check = self._head_checks > 0 or self.head_skipped is False
         self._head_checks -= 1
-        per = 1 if self.one_at_a_time else B
         parts = []
-        for i in range(0, B, per):
+        for i in range(B):
             try:  # (a window that falls back from the stand-in makes the later ones checked too)
-                part = self._head_input(ids[i:i + per], n_outputs, check or self.head_skipped is False)
+                part = self._head_input(ids[i:i + 1], n_outputs, check or self.head_skipped is False)
             except Exception:  # noqa: BLE001 — the logits path runs the same forward, and reports its failure
                 part = None
             if part is None:
