@@ -130,11 +130,11 @@ def address(kind: Kind, env: dict[str, str] | None = None) -> str | None:
 def running(kind: Kind) -> bool:
     """Whether this process started `kind`'s server (or was passed it and has used it) and it has not gone:
     its runs are forked. Starts nothing."""
-    if os.environ.get("HARNESS_FORKSERVER", "1") == "0":
+    if not _enabled():
         return False
     with _lock:
         server = _servers.get(kind.name)
-        return server is not None and not server.dead and (server.proc is None or server.proc.poll() is None)
+        return server is not None and _alive(server)
 
 
 def shutdown() -> None:
@@ -152,8 +152,17 @@ def shutdown() -> None:
         _servers.clear()
 
 
+def _enabled() -> bool:
+    return os.environ.get("HARNESS_FORKSERVER", "1") != "0" and hasattr(os, "fork")
+
+
+def _alive(server: _Server) -> bool:
+    """Not marked gone, and (where this process started it) still running."""
+    return not server.dead and (server.proc is None or server.proc.poll() is None)
+
+
 def _server(kind: Kind, start: bool = False, env: dict[str, str] | None = None) -> _Server | None:
-    if os.environ.get("HARNESS_FORKSERVER", "1") == "0" or not hasattr(os, "fork"):
+    if not _enabled():
         return None
     with _lock:
         server = _servers.get(kind.name)
@@ -163,7 +172,7 @@ def _server(kind: Kind, start: bool = False, env: dict[str, str] | None = None) 
                 return None
             server = _Server(passed) if passed else _start(kind, env or {})
             _servers[kind.name] = server
-        if server.dead or server.proc is not None and server.proc.poll() is not None:
+        if not _alive(server):
             _gone(server)  # not started again: whatever ended it would end the next one too
             return None
         return server

@@ -387,9 +387,9 @@ class SandboxedModel:
         B, T = input_ids.shape
         parts, i = [], 0
         while i < B:
-            # windows a request: while the student's forward writes their full logits, within a logits batch
-            # (its time limit's, and page faults: memory within malloc's reach is reused); once the child
-            # leaves the head's matmul out (`Caller.head_input`), STAND_IN_WINDOWS times as many
+            # windows a request (the child runs each alone): a logits batch's while the student's forward runs
+            # its head and the child checks it (within the call's time limit), STAND_IN_WINDOWS times as many
+            # once the child leaves the head's matmul out (`Caller.head_input`)
             budget = CPU_LOGITS_BUDGET * (STAND_IN_WINDOWS if self._head_skipped else 1)
             got = self._hidden(input_ids[i:i + max(1, budget // (4 * T * self.n_outputs))])
             if got is None:

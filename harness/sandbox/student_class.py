@@ -427,13 +427,20 @@ class Caller:
         a check that fails then declines, for good."""
         if self.head_declined:
             return None
-        B = ids.shape[0]
-        check = self._head_checks > 0 or self.head_skipped is False
+        from torch.nn.modules import module as nn_module
+
+        # a plain nn.Linear of the outputs' width (its own forward, no hook of the student's that could change
+        # its output), found once a call; none where the student's global hooks may change any layer's output
+        layers = {} if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks else {
+            m: name for name, m in self.model.named_modules()
+            if type(m).forward is nn.Linear.forward and "forward" not in vars(m)
+            and m.out_features == n_outputs and not m._forward_hooks}
+        check = self._head_checks > 0
         self._head_checks -= 1
         parts = []
-        for i in range(B):
+        for i in range(ids.shape[0]):
             try:  # (a window that falls back from the stand-in makes the later ones checked too)
-                part = self._head_input(ids[i:i + 1], n_outputs, check or self.head_skipped is False)
+                part = self._head_input(ids[i:i + 1], layers, check or self.head_skipped is False)
             except Exception:  # noqa: BLE001 — the logits path runs the same forward, and reports its failure
                 part = None
             if part is None:
@@ -450,16 +457,11 @@ class Caller:
                               "every row of logits out of the sandbox")
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _head_input(self, ids: torch.Tensor, n_outputs: int, check: bool) -> torch.Tensor | None:
-        from torch.nn.modules import module as nn_module
-
-        if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
-            return None  # the student's global hooks may change any layer's output: not ours to guess
-        # a plain nn.Linear (its own forward, no hook of the student's that could change its output)
-        layers = {m: name for name, m in self.model.named_modules()
-                  if type(m).forward is nn.Linear.forward and "forward" not in vars(m)
-                  and m.out_features == n_outputs and not m._forward_hooks}
-        if not check and self.head is not None and self.head[1] in layers and self.head_skipped is not False:
+    def _head_input(self, ids: torch.Tensor, layers: dict[nn.Module, str], check: bool) -> torch.Tensor | None:
+        """One window's head input (`head_input`), `layers` the candidates for the head."""
+        if not layers:
+            return None
+        if not check and self.head is not None and self.head[1] in layers:
             try:
                 hidden = self._head_input_skipped(ids, self.head[1])
             except Exception:  # noqa: BLE001 — forward wrote to its logits in a way torch refuses, or failed
@@ -468,7 +470,7 @@ class Caller:
                 self.head_skipped = True
                 return hidden
             self.head_skipped = False  # this call and every later one: the layer runs and is checked
-            hidden = self._head_input(ids, n_outputs, check=True)
+            hidden = self._head_input(ids, layers, check=True)
             if hidden is not None:
                 self.notes.append(f"on later windows forward did not take a stand-in for its layer {self.head[0]}'s "
                                   "output as it takes the output: from there on the layer ran in forward and every "
