@@ -295,3 +295,24 @@ def test_a_model_with_fewer_outputs_than_the_tokenizer_has_ids(softcap, split, t
     with torch.inference_mode():
         hidden, head = wrapped.hidden_and_head(torch.tensor([[1, 2, 3]]))
         assert head.pad_to == V and torch.equal(head.logits(hidden), wrapped.logits(torch.tensor([[1, 2, 3]])))
+
+
+def test_a_round_smaller_than_a_window_gets_the_windows_rows_in_whole_tiles_with_the_same_bits(split, tok):
+    """Calibration's rounds (`clm_nll` with `batch_tokens` below a window's scored rows): the body runs once a
+    window, the head's rows come back in pieces of whole tiles, each as soon as it is scored, and every row's
+    NLL is the bits of the unsplit batch."""
+    from harness.metrics.clm import clm_nll, plan_clm
+
+    torch.manual_seed(3)
+    cfg = GPTConfig(vocab_size=V, context=64, n_layers=1, d_model=32, n_heads=4, dropout=0.0)
+    model = as_logits_model(GPT(cfg).eval())
+    plan = plan_clm(model, split, tok, context=64)
+    whole = list(clm_nll(model, plan, batch_tokens=64, fused=SMALL))
+    pieces = list(clm_nll(model, plan, batch_tokens=20, fused=SMALL))  # 20 rows: pieces of 2 tiles of 16
+    assert len(whole) == len(plan.windows) and len(pieces) > len(whole)
+    assert np.array_equal(np.concatenate([p for p, _ in pieces]), np.concatenate([p for p, _ in whole]))
+    assert np.array_equal(np.concatenate([v for _, v in pieces]), np.concatenate([v for _, v in whole]))
+    sizes = [p.size for p, _ in pieces]
+    assert sizes[0] == 32 and all(s <= 32 for s in sizes)  # a window's last piece: what is left of it
+    # a window's pieces follow its scored positions in order
+    assert all(np.array_equal(p, np.arange(p[0], p[0] + p.size)) for p, _ in pieces)

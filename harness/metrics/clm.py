@@ -137,6 +137,7 @@ def clm_nll(model: LogitsModel, plan: ClmPlan, *, batch_tokens: int | None = Non
         w0 = plan.windows[0]
         probe = s_t[w0.start : w0.start + min(w0.length, 8)][None]
         scorer = FusedScorer.for_model(model, probe, n_outputs, fused if isinstance(fused, Tiling) else None)
+    asked = batch_tokens
     if scorer is not None and batch_tokens is None:
         batch_tokens = scorer.batch_tokens(plan.context, plan.stride)
     batches = Batches(plan.windows, lambda w: w.length, batch_tokens=batch_tokens, n_outputs=n_outputs,
@@ -148,7 +149,11 @@ def clm_nll(model: LogitsModel, plan: ClmPlan, *, batch_tokens: int | None = Non
         positions = np.concatenate([np.arange(w.targets.start, w.targets.stop) for w in batch])
         targets = s_t[torch.from_numpy(positions)]
         if scorer is not None:
-            yield positions, scorer.nll(inputs, [w.first_scored for w in batch], targets).double().cpu().numpy()
+            # a caller that caps the batch below one window's scored rows (calibration's rounds) gets them in
+            # pieces of whole tiles as the head scores them: the body runs once, the bits are the same
+            piece = asked if asked is not None and positions.size > asked else None
+            for a, values in scorer.pieces(inputs, [w.first_scored for w in batch], targets, piece):
+                yield positions[a : a + values.shape[0]], values.double().cpu().numpy()
             continue
         logits = checked_logits(model, inputs, n_outputs)
         batches.saw(logits)

@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -289,21 +289,35 @@ class FusedScorer:
 
     def nll(self, inputs: torch.Tensor, first_scored: list[int], targets: torch.Tensor) -> torch.Tensor:
         """NLL (float32) of `targets`, the scored positions of each window of `inputs` [B, T] in order."""
+        return torch.cat([v for _, v in self.pieces(inputs, first_scored, targets)])
+
+    def pieces(self, inputs: torch.Tensor, first_scored: list[int], targets: torch.Tensor,
+               rows: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """`nll` a piece at a time: (offset, NLLs) of `targets[offset:]`'s next rows, each piece at least
+        `rows` rows (default: all) and a whole number of the head's tiles, so that every row's NLL is the
+        bits `nll` gives it (a tile's rows are the same rows either way). Calibration's rounds: a model with
+        long windows is looked at after a piece of one, its body run once for the whole batch."""
         got = self.model.hidden_and_head(inputs)
         if got is None:
-            return self._plain(inputs, first_scored, targets)
+            yield 0, self._plain(inputs, first_scored, targets)
+            return
         hidden, head = got
         if not self.head.same_head(head):  # a model may hand back a fresh head object: prepare it again
             if not FusedHead.accepts(head, self.head.n_outputs):
-                return self._plain(inputs, first_scored, targets)
+                yield 0, self._plain(inputs, first_scored, targets)
+                return
             self.head = FusedHead(head, self.head.tiling)
         if not _fits(hidden, inputs, head):
-            return self._plain(inputs, first_scored, targets)
+            yield 0, self._plain(inputs, first_scored, targets)
+            return
         if not any(first_scored):
-            rows = hidden.reshape(-1, hidden.shape[-1])
+            h = hidden.reshape(-1, hidden.shape[-1])
         else:
-            rows = torch.cat([hidden[k, f:] for k, f in enumerate(first_scored)])
-        return self.head.nll(rows, targets)
+            h = torch.cat([hidden[k, f:] for k, f in enumerate(first_scored)])
+        k, tile = int(h.shape[0]), self.head.tiling.rows
+        step = k if rows is None else max(1, -(-int(rows) // tile)) * tile
+        for a in range(0, max(k, 1), step):
+            yield a, self.head.nll(h[a : a + step], targets[a : a + step])
 
     def _plain(self, inputs: torch.Tensor, first_scored: list[int], targets: torch.Tensor) -> torch.Tensor:
         """A model that declined after its probe: the plain path, one window at a time (the batch was sized
