@@ -53,7 +53,8 @@ def error_result(sid: str, code: str, message: str) -> Measurement:
 
 
 # The measuring process's fork server imports what measuring imports (transformers too, where installed:
-# an MLM's tokenizer and Hugging Face folders need it), never CUDA: a worker picks its device after the fork.
+# an MLM's tokenizer and Hugging Face folders need it), never CUDA: a worker picks its device after the fork;
+# and it reads GPT-2's tokenizer once (`measure.warm_up`), which each worker would otherwise read again.
 MEASURER = forkserver.Kind(
     name="measure", entry="harness.grading.measure:main", isolated=False,
     preload=("torch", "numpy", "safetensors.torch", "tiktoken", "harness.processes", "harness.grading.measure",
@@ -64,7 +65,7 @@ MEASURER = forkserver.Kind(
              "harness.sandbox.custom_code", "harness.sandbox.run", "harness.sandbox.student_class", "numpy.random",
              "tiktoken.load", "transformers", "transformers.tokenization_utils_fast",
              "transformers.models.bert.tokenization_bert"),
-    lazy=False)
+    warm="harness.grading.measure:warm_up", lazy=False)
 
 
 def measure_in_process(job: Job, env: dict[str, str] | None = None) -> Measured:
@@ -116,20 +117,27 @@ def _devices(workers: int) -> list[str]:
     return [f"cuda:{i % n}" for i in range(workers)] if n else ["cpu"] * workers
 
 
+def local_servers(threads: int) -> dict[str, str]:
+    """The local backend's fork servers, started now where they are not running (each imports for a couple
+    of seconds, beside whatever the caller does meanwhile): the measuring one, whose workers run `threads`
+    threads (OMP_NUM_THREADS, as `measure_in_process` sets it), and the checkpoint reader's, which serves
+    every measuring process (they are gone before this one). Returns what a measuring process is told."""
+    from harness.checkpoint.runner import READER  # it imports torch: not for whoever imports the backends
+
+    forkserver.address(MEASURER, env={"OMP_NUM_THREADS": str(threads)})
+    read_server = forkserver.address(READER)
+    return {READER.address_env: read_server} if read_server else {}
+
+
 def run_local(jobs: list[Job], finish: Finish, *, workers: int) -> Iterator[tuple[Job, Measurement]]:
     """`workers` threads; each measures one job at a time and caches it (`finish`) as soon as it is done."""
     workers = max(1, workers)
     devices = _devices(workers)
     jobs = [replace(job, device=devices[i % len(devices)]) for i, job in enumerate(jobs)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        env = {}
-        if len(jobs) > 1:  # servers pay from their second fork on (one job: fresh processes, as `harness check`)
-            from harness.checkpoint.runner import READER  # it imports torch: not for whoever imports the backends
-
-            forkserver.address(MEASURER, env={"OMP_NUM_THREADS": str(jobs[0].threads)})  # as measure_in_process
-            # the reader's server serves every measuring process (they are gone before this one)
-            read_server = forkserver.address(READER)
-            env = {READER.address_env: read_server} if read_server else {}
+        # servers pay from their second fork on (one job: fresh processes, as `harness check`, unless the
+        # caller started them already)
+        env = local_servers(jobs[0].threads) if len(jobs) > 1 or forkserver.running(MEASURER) else {}
         futures = {pool.submit(lambda j: finish(j, measure_in_process(j, env)), job): job for job in jobs}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()

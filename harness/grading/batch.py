@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from harness import __version__, forkserver
-from harness.grading.backends import Measured, backend
+from harness.grading.backends import Measured, backend, local_servers
 from harness.grading.cache_key import measurement_basis, measurement_key
 from harness.course.config import Course, load_course
 from harness.errors import HarnessError
@@ -321,6 +322,12 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     refs = refs + reference_refs(course)
     cache_dir = (out / ".cache").resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))  # the same on every backend
+    if opts.backend == "local" and len(refs) > 1 and any(
+            not any(cache_dir.glob(f"{glob.escape(ref.id)}.*.json")) for ref in refs):
+        # a submission never measured here: the measuring servers import while the data is frozen and
+        # the cache keys computed (hashing every file of the class), where they would start after them
+        local_servers(threads)
 
     # the data is frozen once here, not by every worker at the same moment
     from harness.course.data import freeze, load_source
@@ -354,15 +361,18 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     total, done = len(refs), len(measured)  # the references count as work too
     if opts.progress:
         opts.progress(done, total)
-    threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))  # the same on every backend
     jobs = [Job(id=ref.id, paths=[str(p.resolve()) for p in ref.paths],
                 course_path=str(course_path.resolve()) if course_path else None, threads=threads,
                 memory_mb=opts.memory_mb, timeout_s=opts.timeout_s,
                 allow_unsandboxed_code=opts.allow_unsandboxed_code, private=private) for ref, _ in todo]
     keys = {ref.id: key for ref, key in todo}
-    if opts.reports and todo:  # (a rerun that measures nothing may well render nothing either)
-        reports_server(students, opts.workers)
+    # the reports' server starts once the first measurement is in, not beside the measuring servers' own start,
+    # which every worker waits for (a rerun that measures nothing may well render nothing either)
+    reports_due = opts.reports and bool(todo)
     for job, result in run(jobs, lambda job, m: _store(m, cache_dir, job.id, keys[job.id])):
+        if reports_due:
+            reports_server(students, opts.workers)
+            reports_due = False
         measured[job.id] = result
         outcome.measured.append(job.id)
         done += 1
