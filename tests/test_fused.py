@@ -313,6 +313,52 @@ def test_a_round_smaller_than_a_window_gets_the_windows_rows_in_whole_tiles_with
     assert np.array_equal(np.concatenate([p for p, _ in pieces]), np.concatenate([p for p, _ in whole]))
     assert np.array_equal(np.concatenate([v for _, v in pieces]), np.concatenate([v for _, v in whole]))
     sizes = [p.size for p, _ in pieces]
-    assert sizes[0] == 32 and all(s <= 32 for s in sizes)  # a window's last piece: what is left of it
+    share = 16 * torch.get_num_threads()  # whole tiles, one for each thread that shares a call's tiles
+    step = -(-20 // share) * share
+    assert sizes[0] == step and all(s <= step for s in sizes)  # a window's last piece: what is left of it
     # a window's pieces follow its scored positions in order
     assert all(np.array_equal(p, np.arange(p[0], p[0] + p.size)) for p, _ in pieces)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_recomputed_the_plain_way_keep_their_bits_in_pieces(threads):
+    """A row whose logits overflow the first chunk's shift is recomputed the plain way a tile at a time, on
+    the tile's thread: its NLL (and every other row's) is the same bits whether the rows come in one call
+    or in calibration's pieces, at any thread count."""
+    torch.manual_seed(0)
+    d, vocab, t = 128, 8192, 64
+    w, b = torch.randn(vocab, d), torch.randn(vocab)
+    hidden = torch.randn(1, t, d) * 0.5
+    spike = w[5000] / w[5000].norm() * (400.0 / w[5000].norm())  # its logit ~400 nats above the rest
+    overflow = [3, 20, 21, 40]
+    for r in overflow:
+        hidden[0, r] += spike
+
+    class Model:
+        def hidden_and_head(self, inputs):
+            return hidden[:, : inputs.shape[1]].clone(), OutputHead(w, b)
+
+    inputs = torch.zeros(1, t, dtype=torch.long)
+    targets = torch.randint(0, vocab, (t,))
+    scorer = FusedScorer(Model(), FusedHead(OutputHead(w, b), Tiling(rows=16, vocab_chunk=1024, batch_rows=64)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            whole = scorer.nll(inputs, [0], targets)
+            split = torch.cat([v for _, v in scorer.pieces(inputs, [0], targets, 16)])
+            plain = F.cross_entropy(F.linear(hidden[0], w, b), targets, reduction="none")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.isfinite(whole).all() and torch.equal(whole, split)
+    assert torch.allclose(whole[overflow], plain[overflow], rtol=1e-6)
+    assert not torch.isfinite(FusedHead(OutputHead(w, b), Tiling(16, 1024, 64))._block(hidden[0, :16], targets[:16])).all()
+
+
+def test_an_empty_call_scores_nothing():
+    w = torch.randn(97, 8)
+    scorer = FusedScorer(None, FusedHead(OutputHead(w), SMALL))
+    scorer.model = type("M", (), {"hidden_and_head": lambda self, x: (torch.zeros(1, 0, 8), OutputHead(w))})()
+    with torch.inference_mode():
+        out = scorer.nll(torch.zeros(1, 0, dtype=torch.long), [0], torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0,)

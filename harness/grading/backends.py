@@ -122,9 +122,9 @@ def local_servers(threads: int) -> dict[str, str]:
     of seconds, beside whatever the caller does meanwhile): the measuring one, whose workers run `threads`
     threads (OMP_NUM_THREADS, as `measure_in_process` sets it), and the checkpoint reader's, which serves
     every measuring process (they are gone before this one). Returns what a measuring process is told."""
+    forkserver.address(MEASURER, env={"OMP_NUM_THREADS": str(threads)})  # first: every worker waits for it
     from harness.checkpoint.runner import READER  # it imports torch: not for whoever imports the backends
 
-    forkserver.address(MEASURER, env={"OMP_NUM_THREADS": str(threads)})
     read_server = forkserver.address(READER)
     return {READER.address_env: read_server} if read_server else {}
 
@@ -137,7 +137,7 @@ def run_local(jobs: list[Job], finish: Finish, *, workers: int) -> Iterator[tupl
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # servers pay from their second fork on (one job: fresh processes, as `harness check`, unless the
         # caller started them already)
-        env = local_servers(jobs[0].threads) if len(jobs) > 1 or forkserver.running(MEASURER) else {}
+        env = local_servers(jobs[0].threads) if jobs and (len(jobs) > 1 or forkserver.running(MEASURER)) else {}
         futures = {pool.submit(lambda j: finish(j, measure_in_process(j, env)), job): job for job in jobs}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()

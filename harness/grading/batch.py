@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import os
@@ -323,8 +322,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     cache_dir = (out / ".cache").resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))  # the same on every backend
-    if opts.backend == "local" and len(refs) > 1 and any(
-            not any(cache_dir.glob(f"{glob.escape(ref.id)}.*.json")) for ref in refs):
+    if opts.backend == "local" and len(refs) > 1 and not {ref.id for ref in refs} <= _cached_ids(cache_dir):
         # a submission never measured here: the measuring servers import while the data is frozen and
         # the cache keys computed (hashing every file of the class), where they would start after them
         local_servers(threads)
@@ -410,6 +408,11 @@ def _sandbox_record(measured, allowed: bool) -> SandboxRecord:
     return SandboxRecord(boundary=boundary().describe(), allow_unsandboxed_code=allowed,
                          unsandboxed=sorted(m.id for m in measured
                                             if m.model is not None and str(m.model.sandbox or "").startswith("none")))
+
+
+def _cached_ids(cache_dir: Path) -> set[str]:
+    """The ids with an entry in the cache (`<id>.<key>.json`, the key hex), whatever its key."""
+    return {e.name[: -len(".json")].rsplit(".", 1)[0] for e in os.scandir(cache_dir) if e.name.endswith(".json")}
 
 
 def _prune_cache(cache_dir: Path, keep: set[str]) -> None:

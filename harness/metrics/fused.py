@@ -175,7 +175,13 @@ class FusedHead:
         blocks = range(0, k, r)
 
         def block(i: int) -> None:
-            out[i : i + r] = self._block(hidden[i : i + r], targets[i : i + r])
+            h, t = hidden[i : i + r], targets[i : i + r]
+            got = self._block(h, t)
+            bad = ~torch.isfinite(got)
+            if bool(bad.any()):  # recomputed a tile at a time, on its thread: the same bits however the
+                where = bad.nonzero().squeeze(1)  # rows were handed in (a matmul's bits follow its row count)
+                got[where] = self.plain_nll(h[where], t[where])
+            out[i : i + r] = got
 
         with torch.autocast(self.device.type, enabled=False):  # the protocol's float32, whoever called
             if self.device.type == "cpu":
@@ -183,10 +189,6 @@ class FusedHead:
             else:
                 for i in blocks:
                     block(i)
-            bad = ~torch.isfinite(out)
-            if bool(bad.any()):
-                where = bad.nonzero().squeeze(1)
-                out[where] = self.plain_nll(hidden[where], targets[where])
         return out
 
     def plain_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -315,7 +317,11 @@ class FusedScorer:
         else:
             h = torch.cat([hidden[k, f:] for k, f in enumerate(first_scored)])
         k, tile = int(h.shape[0]), self.head.tiling.rows
-        step = k if rows is None else max(1, -(-int(rows) // tile)) * tile
+        if rows is None:
+            step = max(k, 1)
+        else:  # whole tiles, one for each of the threads that share them (`_tiles_one_thread_each`)
+            share = tile * (max(1, torch.get_num_threads()) if self.head.device.type == "cpu" else 1)
+            step = max(1, -(-int(rows) // share)) * share
         for a in range(0, max(k, 1), step):
             yield a, self.head.nll(h[a : a + step], targets[a : a + step])
 
