@@ -322,9 +322,10 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     cache_dir = (out / ".cache").resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))  # the same on every backend
-    if opts.backend == "local" and len(refs) > 1 and not {ref.id for ref in refs} <= _cached_ids(cache_dir):
-        # a submission never measured here: the measuring servers import while the data is frozen and
-        # the cache keys computed (hashing every file of the class), where they would start after them
+    if opts.backend == "local" and students > 1 and not {ref.id for ref in refs} <= _cached_ids(cache_dir):
+        # a class with a submission never measured here: the measuring servers import while the data is frozen
+        # and the cache keys computed (hashing every file of the class), where they would start after them
+        # (`harness check`'s one submission keeps fresh processes, as `run_local` gives one job)
         local_servers(threads)
 
     # the data is frozen once here, not by every worker at the same moment
