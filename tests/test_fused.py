@@ -357,8 +357,12 @@ def test_rows_recomputed_the_plain_way_keep_their_bits_in_pieces(threads):
 
 def test_an_empty_call_scores_nothing():
     w = torch.randn(97, 8)
-    scorer = FusedScorer(None, FusedHead(OutputHead(w), SMALL))
-    scorer.model = type("M", (), {"hidden_and_head": lambda self, x: (torch.zeros(1, 0, 8), OutputHead(w))})()
+
+    class Model:
+        def hidden_and_head(self, inputs):
+            return torch.zeros(1, 0, 8), OutputHead(w)
+
+    scorer = FusedScorer(Model(), FusedHead(OutputHead(w), SMALL))
     with torch.inference_mode():
         out = scorer.nll(torch.zeros(1, 0, dtype=torch.long), [0], torch.zeros(0, dtype=torch.long))
     assert out.shape == (0,)

@@ -150,9 +150,9 @@ def clm_nll(model: LogitsModel, plan: ClmPlan, *, batch_tokens: int | None = Non
         targets = s_t[torch.from_numpy(positions)]
         if scorer is not None:
             # a caller that caps the batch below one window's scored rows (calibration's rounds) gets them in
-            # pieces of whole tiles as the head scores them: the body runs once, the bits are the same
-            piece = asked if asked is not None and positions.size > asked else None
-            for a, values in scorer.pieces(inputs, [w.first_scored for w in batch], targets, piece):
+            # pieces of whole tiles as the head scores them: the body runs once, the bits are the same (a cap
+            # at or above the batch's rows, or none, is one piece)
+            for a, values in scorer.pieces(inputs, [w.first_scored for w in batch], targets, asked):
                 yield positions[a : a + values.shape[0]], values.double().cpu().numpy()
             continue
         logits = checked_logits(model, inputs, n_outputs)

@@ -291,7 +291,8 @@ class FusedScorer:
 
     def nll(self, inputs: torch.Tensor, first_scored: list[int], targets: torch.Tensor) -> torch.Tensor:
         """NLL (float32) of `targets`, the scored positions of each window of `inputs` [B, T] in order."""
-        return torch.cat([v for _, v in self.pieces(inputs, first_scored, targets)])
+        [(_, values)] = self.pieces(inputs, first_scored, targets)  # without `rows`: one piece, all of them
+        return values
 
     def pieces(self, inputs: torch.Tensor, first_scored: list[int], targets: torch.Tensor,
                rows: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
