@@ -65,3 +65,21 @@ def warmed(argv: list[str]) -> int:
     """Print which process warmed this one up (None: none did), and this one's pid."""
     print(json.dumps({"warmed_by": WARMED_BY, "pid": os.getpid()}))
     return 0
+
+
+def collector(argv: list[str]) -> int:
+    """Print how many objects the collector holds frozen and whether a cycle this process makes is still
+    collected (one JSON line)."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    alive = weakref.ref(a)
+    del a, b
+    gc.collect()
+    print(json.dumps({"frozen": gc.get_freeze_count(), "cycle_collected": alive() is None}))
+    return 0
