@@ -108,6 +108,12 @@ def expected_work(ref: SubmissionRef) -> int:
     return size * (MODEL_CODE_WORK if code else 1)
 
 
+def cache_entry(cache_dir: Path, sid: str, key: str, suffix: str = ".json") -> Path:
+    """A submission's entry in the measurements' cache: `<id>.<key>.json` its measurement, `<id>.<key>.npy`
+    its weights' signature (the key is hex without dots: an id, dots and all, is what comes before it)."""
+    return cache_dir / f"{sid}.{key}{suffix}"
+
+
 def _store(m: Measured, cache_dir: Path, sid: str, key: str) -> Measurement:
     """A measurement into the cache (the signature first, then the result that names it); a crash is not
     cached: a dead worker may be the machine's doing (memory taken by others) or ours."""
@@ -116,8 +122,8 @@ def _store(m: Measured, cache_dir: Path, sid: str, key: str) -> Measurement:
     if not m.cacheable or result.error is not None and result.error.code == "sandbox-unavailable":
         return result  # the machine's doing: graded again once it has a sandbox
     if m.signature is not None:
-        write_atomic(cache_dir / f"{sid}.{key}.npy", m.signature)
-    write_json(cache_dir / f"{sid}.{key}.json", result.to_json())  # the cache entry: written whole or not at all
+        write_atomic(cache_entry(cache_dir, sid, key, ".npy"), m.signature)
+    write_json(cache_entry(cache_dir, sid, key), result.to_json())  # the cache entry: written whole or not at all
     return result
 
 
@@ -136,7 +142,7 @@ def similarity_pairs(measured: list[Measurement], cache_dir: Path, threshold: fl
     of the centred weight samples."""
     groups: dict[str, list[tuple[str, np.ndarray]]] = {}
     for m in sorted(measured, key=lambda m: m.id):  # not in the order they finished: a pair is (first id, second)
-        path = cache_dir / f"{m.id}.{m.cache_key}.npy"
+        path = cache_entry(cache_dir, m.id, m.cache_key, ".npy")
         if m.signature_key and path.exists():
             v = np.load(path, allow_pickle=False).astype(np.float64)
             groups.setdefault(m.signature_key, []).append((m.id, v))
@@ -346,7 +352,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
     outcome = GradeOutcome(out, ClassResults())
     for ref in refs:
         key = _cache_key(ref, basis, opts.allow_unsandboxed_code)
-        cached = cache_dir / f"{ref.id}.{key}.json"
+        cached = cache_entry(cache_dir, ref.id, key)
         if cached.is_file():
             try:
                 measured[ref.id] = Measurement.from_json(json.loads(cached.read_text()))
@@ -380,7 +386,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
         if opts.progress:
             opts.progress(done, total)
 
-    keep = {f"{m.id}.{m.cache_key}" for m in measured.values()}
+    keep = {cache_entry(cache_dir, m.id, m.cache_key, "").name for m in measured.values()}
     reference_documents = {f: reference_gap_documents(measured.get(REFERENCE_ID.format(f))) for f in FAMILIES}
     reference = _reference(course, measured)
     results = assemble(course, list(measured.values()), reference, cache_dir, overrides, times,
@@ -412,7 +418,7 @@ def _sandbox_record(measured, allowed: bool) -> SandboxRecord:
 
 
 def _cached_ids(cache_dir: Path) -> set[str]:
-    """The ids with an entry in the cache (`<id>.<key>.json`, the key hex), whatever its key."""
+    """The ids with an entry in the cache (`cache_entry`), whatever its key."""
     return {e.name[: -len(".json")].rsplit(".", 1)[0] for e in os.scandir(cache_dir) if e.name.endswith(".json")}
 
 
