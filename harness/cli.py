@@ -241,7 +241,9 @@ def _train_summary(r) -> None:
         uni = f" · unigram baseline {r.unigram_val_ppl:,.1f}" if r.unigram_val_ppl else ""
         out.print(f"validation loss {r.val_loss:.4f}, perplexity {r.val_ppl:,.1f}{uni}")
     if r.tokenizer_fallback:
-        out.print(_styled("tokenizer:", "yellow", f" {r.tokenizer_fallback}"))
+        # what the run did, then why: a reason alone ("... could not be downloaded") reads as a failure
+        out.print(_styled("tokenizer:", "yellow", f" a WordPiece trained on the train split, not the course's: "
+                          f"{r.tokenizer_fallback}"))
 
 
 @reference_app.command("train")

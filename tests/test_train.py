@@ -351,7 +351,7 @@ def test_two_nodes_rendezvous_as_the_slurm_example_does(small_data, tmp_path):
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
 
 
-def test_mlm_trains_with_the_offline_wordpiece_fallback(small_data, tmp_path):
+def test_mlm_trains_with_the_offline_wordpiece_fallback(small_data, tmp_path, capsys):
     # conftest sets HF_HUB_OFFLINE: without a cached bert-base-uncased the fallback must be used, and said
     from harness.course.tokenizers import get_tokenizer
 
@@ -363,6 +363,13 @@ def test_mlm_trains_with_the_offline_wordpiece_fallback(small_data, tmp_path):
     r = train_reference("mlm", None, tiny(small_data, context=32, wordpiece_vocab=600, total_steps=6, eval_every=3,
                                           eval_max_tokens=1500, final_eval_max_tokens=1500), tmp_path / "mlm")
     assert r.tokenizer_fallback and "bert-base-uncased" in r.tokenizer_fallback
+    from harness.cli import _train_summary  # what `harness reference train` and `make demo` print of it
+
+    capsys.readouterr()
+    _train_summary(r)
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("tokenizer: a WordPiece trained on the train split, not the course's: tokenizer 'bert-base-uncased' is "
+            "not in the local Hugging Face cache") in said
     run = json.loads((tmp_path / "mlm" / "run.json").read_text())
     fb = run["tokenizer"]["fallback"]
     assert fb["wanted"] == "bert-base-uncased" and fb["vocab_size"] == 600 and run["tokenizer"]["vocab_size"] == 600
