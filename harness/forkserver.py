@@ -26,8 +26,8 @@ only processes of the grader's user that see its temporary folder can connect (t
 
 What a fresh interpreter does at exit, a worker does too: its atexit functions (temporary folders'
 finalizers among them) run before it exits. What the server imported is frozen out of the cyclic
-collector's sight before it forks (`gc.freeze`): a worker collects its own garbage and never walks, or
-writes to the pages of, the server's ~200,000 objects.
+collector's sight before it forks (`gc.freeze`): a worker collects its own garbage and never walks the
+server's ~200,000 objects (nor writes the collector's fields of theirs, copying their pages).
 
 Forking is safe because the server has one thread: it checks so after its imports (OpenBLAS's pool is kept
 to one thread by every server's environment, `SINGLE_THREADED`) and refuses to serve otherwise, its reason
@@ -419,13 +419,14 @@ def serve(entry: str, socket_path: str, preload: str, warm: str = "") -> int:
             listener.close()
             os.unlink(socket_path)
             os._exit(1)  # its folder stays, with server.log saying why
-        sys.stdout.flush()  # what the imports printed is not every worker's to print again
-        sys.stderr.flush()
         # what the imports made lives as long as the server: out of the collector's sight, so that a worker's
-        # collections (its exit's among them) neither walk those ~200,000 objects nor write to their pages,
-        # which copies each page touched (70 ms a worker before, nothing after)
+        # collections (its exit's among them) neither walk those ~200,000 objects nor write the collector's
+        # fields in their headers, which copies each page touched (70 ms a worker before, nothing after).
+        # Before the flushes: what a finalizer run here prints is not every worker's to print either
         gc.collect()
         gc.freeze()
+        sys.stdout.flush()  # what the imports printed is not every worker's to print again
+        sys.stderr.flush()
         server_pid = os.getpid()
         while True:
             ready, _, _ = select.select([0, listener], [], [], 5.0)
