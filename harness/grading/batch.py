@@ -386,7 +386,7 @@ def grade_refs(refs: list[SubmissionRef], out: Path, course_path: Path | None, o
         if opts.progress:
             opts.progress(done, total)
 
-    keep = {cache_entry(cache_dir, m.id, m.cache_key, "").name for m in measured.values()}
+    keep = {cache_entry(cache_dir, m.id, m.cache_key).stem for m in measured.values()}
     reference_documents = {f: reference_gap_documents(measured.get(REFERENCE_ID.format(f))) for f in FAMILIES}
     reference = _reference(course, measured)
     results = assemble(course, list(measured.values()), reference, cache_dir, overrides, times,
@@ -425,8 +425,7 @@ def _cached_ids(cache_dir: Path) -> set[str]:
 def _prune_cache(cache_dir: Path, keep: set[str]) -> None:
     """Entries of submissions that changed or left: gone, so the cache holds one entry per submission."""
     for p in cache_dir.iterdir():
-        stem = p.name.rsplit(".", 1)[0]
-        if stem not in keep:
+        if p.stem not in keep:  # `<id>.<key>`, whichever the suffix
             p.unlink(missing_ok=True)
 
 
